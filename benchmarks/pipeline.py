@@ -1,0 +1,227 @@
+"""One measured run of the full daemon (`Service`): cameras -> board -> inference -> dispatcher -> every sink.
+
+Sinks on: Prometheus metrics, progress, confidence tracker, Model Monitoring (aggregator + SQLite spool, no
+API key so nothing leaves the machine) and MQTT to a real local Mosquitto. The run warms up, then measures a
+window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
+time (the inference duration histogram), and each frame's latency from capture until every sink is done
+(a recording sink placed after the daemon's own, so it sees the frame when they have all handled it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from daemon.config import (
+    CameraConfig,
+    Config,
+    DeviceConfig,
+    MetricsConfig,
+    ModelConfig,
+    MqttConfig,
+    RoboflowConfig,
+)
+from daemon.frames import FrameResult
+from daemon.model import Model
+from daemon.service import CameraFactory, Service
+
+
+class LatencyRecorder:
+    """A Sink that notes each frame's seconds from capture until it is called."""
+
+    name = "bench-latency"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed = False
+        self._latencies: list[float] = []
+
+    def arm(self) -> None:
+        with self._lock:
+            self._armed = True
+            self._latencies.clear()
+
+    def disarm(self) -> np.ndarray:
+        """The latencies (seconds) noted since `arm`."""
+        with self._lock:
+            self._armed = False
+            return np.array(self._latencies)
+
+    def handle(self, result: FrameResult) -> None:
+        latency = time.monotonic() - result.captured_mono
+        with self._lock:
+            if self._armed:
+                self._latencies.append(latency)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Counters:
+    at: float
+    offered: float
+    inferred: float
+    dropped: dict[str, float]
+    run_seconds: float  # sum of session.run time
+    batches: float
+    per_camera: dict[str, float]
+    mqtt_dropped: float
+
+
+@dataclass
+class Measured:
+    seconds: float
+    offered: int
+    inferred: int
+    dropped: dict[str, int]
+    batches: int
+    run_seconds: float
+    latencies_ms: np.ndarray
+    per_camera: dict[str, int]
+    mqtt_dropped: int
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, RSS MiB)
+
+    @property
+    def fps(self) -> float:
+        return self.inferred / self.seconds if self.seconds else 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.inferred / self.batches if self.batches else 0.0
+
+    @property
+    def overhead_ms(self) -> float:
+        """Mean time per inferred frame the inference loop spent outside session.run."""
+        return (self.seconds - self.run_seconds) / self.inferred * 1000 if self.inferred else 0.0
+
+    @property
+    def run_ms_per_frame(self) -> float:
+        return self.run_seconds / self.inferred * 1000 if self.inferred else 0.0
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    @property
+    def share_spread(self) -> float:
+        """(max - min) / mean of the frames inferred per live camera: 0 when all got the same share."""
+        counts = [n for n in self.per_camera.values() if n > 0]
+        if len(counts) < 2:
+            return 0.0
+        return (max(counts) - min(counts)) / (sum(counts) / len(counts))
+
+
+def rss_mib() -> float:
+    """This process's resident set size, MiB (Linux)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_config(
+    model: ModelConfig,
+    cameras: list[CameraConfig],
+    workdir: Path,
+    broker: tuple[str, int],
+    max_batch: int,
+    batch_timeout_ms: float,
+) -> Config:
+    model_config = model.model_copy(update={"max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms})
+    return Config(
+        device=DeviceConfig(id="bench"),
+        model=model_config,
+        cameras=cameras,
+        roboflow=RoboflowConfig(enabled=True, api_key="", spool=workdir / "spool.db", frequency=5),
+        mqtt=MqttConfig(enabled=True, host=broker[0], port=broker[1]),
+        metrics=MetricsConfig(host="127.0.0.1", port=0),
+    )
+
+
+def _counters(service: Service) -> Counters:
+    registry = service.metrics.registry
+    cameras = [camera.id for camera in service.config.cameras]
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    per_camera = {c: value("edgewatch_frames_inferred_total", camera=c) for c in cameras}
+    reasons = ("stale", "dispatch_full", "read_error")
+    return Counters(
+        at=time.monotonic(),
+        offered=sum(value("edgewatch_frames_captured_total", camera=c) for c in cameras),
+        inferred=sum(per_camera.values()),
+        dropped={r: sum(value("edgewatch_frames_dropped_total", camera=c, reason=r) for c in cameras) for r in reasons},
+        run_seconds=value("edgewatch_inference_duration_seconds_sum"),
+        batches=value("edgewatch_inference_duration_seconds_count"),
+        per_camera=per_camera,
+        mqtt_dropped=value("edgewatch_mqtt_messages_dropped_total"),
+    )
+
+
+def run_pipeline(
+    config: Config,
+    model: Model,
+    factory: CameraFactory,
+    warmup: float,
+    seconds: float,
+    rss_at: tuple[float, ...] = (),
+    on_window: Callable[[Service], None] | None = None,
+) -> tuple[Measured, Counters]:
+    """Run the daemon for `warmup + seconds`; measure the last `seconds`.
+
+    Returns the window's figures and the totals at the end (after a clean stop) for the drop accounting.
+    `rss_at`: seconds since the start at which to sample RSS (the window must cover them).
+    """
+    service = Service(config, model, camera_factory=factory)
+    recorder = LatencyRecorder()
+    service.dispatcher.sinks.append(recorder)
+    exit_code: list[int] = []
+    runner = threading.Thread(target=lambda: exit_code.append(service.run()), name="bench-service")
+    started = time.monotonic()
+    runner.start()
+    rss: list[tuple[float, float]] = []
+    try:
+        service.stop.wait(warmup)
+        before = _counters(service)
+        recorder.arm()
+        if on_window is not None:
+            on_window(service)
+        for at in sorted(rss_at):
+            service.stop.wait(max(0.0, started + at - time.monotonic()))
+            rss.append((at, rss_mib()))
+        service.stop.wait(max(0.0, before.at + seconds - time.monotonic()))
+        after = _counters(service)
+        latencies = recorder.disarm()
+    finally:
+        service.stop.set()
+        runner.join(60)
+    if runner.is_alive() or exit_code != [0]:
+        raise RuntimeError(f"the daemon did not stop cleanly (exit code {exit_code or 'none'})")
+    totals = _counters(service)
+    measured = Measured(
+        seconds=after.at - before.at,
+        offered=round(after.offered - before.offered),
+        inferred=round(after.inferred - before.inferred),
+        dropped={r: round(after.dropped[r] - before.dropped[r]) for r in after.dropped},
+        batches=round(after.batches - before.batches),
+        run_seconds=after.run_seconds - before.run_seconds,
+        latencies_ms=latencies * 1000,
+        per_camera={c: round(after.per_camera[c] - before.per_camera[c]) for c in after.per_camera},
+        mqtt_dropped=round(after.mqtt_dropped - before.mqtt_dropped),
+        rss_mb=rss,
+    )
+    return measured, totals

@@ -1,0 +1,399 @@
+"""edgewatch benchmark: the daemon's throughput, latency and memory against the model's own ceiling.
+
+    .venv/bin/python -m benchmarks.run [--long] [--quick] [--markdown FILE]
+
+Sections, in one process, one model, one set of thread settings:
+1. raw: `session.run` in a tight loop on letterboxed batches of B frames: the ceiling;
+2. pipeline, decode excluded: N in-memory cameras (pre-decoded frames handed out as fast as taken) through the
+   whole daemon with every sink on; then 4 paced cameras at 15 fps (more than the CPU can infer); then the same
+   with a dead camera (a URL nothing answers) and a stalled one beside them;
+3. pipeline with decode: N file cameras (the real capture code) playing H.264 clips at 640x480, 720p, 1080p,
+   read as fast as inference takes them, and paced (realtime) at the highest fps that drops < 1 % of frames;
+4. memory: RSS after 1 minute of steady load and later (2 minutes, or 10 with --long).
+
+Prints a table, the targets met or missed, and the command line. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.clips import CLIP_SIZES, make_clips
+from benchmarks.pipeline import Measured, bench_config, rss_mib, run_pipeline
+from benchmarks.sources import camera_factory, demo_frames
+from daemon.config import CameraConfig, ModelConfig
+from daemon.model import Model
+from daemon.preprocess import LetterboxBuffer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "yolov3-tiny-coco.onnx"
+RAW_BATCHES = (1, 2, 4, 8)
+OVERLOAD_FPS = 15.0
+OVERLOAD_CAMERAS = 4
+MAX_DROP_RATIO = 0.01
+
+
+@dataclass
+class Row:
+    section: str
+    case: str
+    cameras: int
+    batch: float
+    fps: float
+    ratio: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    overhead_ms: float | None = None
+    run_ms: float | None = None
+    dropped: str = ""
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    checks: list[tuple[bool, str]] = field(default_factory=list)
+    raw: dict[int, float] = field(default_factory=dict)  # batch size -> frames/s
+    notes: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, text: str) -> None:
+        self.checks.append((ok, text))
+        print(f"  {'PASS' if ok else 'MISS'}  {text}", flush=True)
+
+    def ratio(self, fps: float, batch: float) -> float:
+        nearest = min(self.raw, key=lambda b: abs(b - batch))
+        return fps / self.raw[nearest]
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "uncommitted"
+    return f"{head}{' (+ uncommitted changes)' if dirty else ''}"
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+# 1. raw
+
+
+def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
+    print("raw: session.run on letterboxed batches", flush=True)
+    for size in (b for b in RAW_BATCHES if b <= model.max_batch):
+        buffer = LetterboxBuffer(*model.input_size, max_batch=size)
+        batch, _ = buffer.fill(frames[:size])
+        for _ in range(2):
+            model.run(batch)
+        runs = 0
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            model.run(batch)
+            runs += 1
+        fps = runs * size / elapsed
+        report.raw[size] = fps
+        report.rows.append(Row("raw", f"B={size}", 0, size, fps, run_ms=elapsed / runs / size * 1000))
+        print(f"  B={size}: {fps:.1f} frames/s ({elapsed / runs * 1000:.1f} ms per batch)", flush=True)
+
+
+# 2-4. the daemon
+
+
+@dataclass
+class Bench:
+    model: Model
+    model_config: ModelConfig
+    broker: tuple[str, int]
+    workdir: Path
+    frames: list[np.ndarray]
+    max_batch: int
+    batch_timeout_ms: float
+    warmup: float
+    window: float
+    report: Report
+    runs: int = 0
+
+    def pipeline(
+        self, cameras: list[CameraConfig], seconds: float | None = None, rss_at: tuple[float, ...] = ()
+    ) -> tuple[Measured, int]:
+        """Measure one run; also returns the frames left unaccounted at the end (offered - inferred - drops)."""
+        self.runs += 1
+        workdir = self.workdir / f"run-{self.runs}"
+        workdir.mkdir()
+        config = bench_config(
+            self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms
+        )
+        measured, totals = run_pipeline(
+            config, self.model, camera_factory(self.frames), self.warmup, seconds or self.window, rss_at
+        )
+        unaccounted = round(totals.offered - totals.inferred - totals.dropped["stale"] - totals.dropped["read_error"])
+        return measured, unaccounted
+
+    def row(self, section: str, case: str, m: Measured, cameras: int, note: str = "") -> Row:
+        dropped = f"{m.dropped_total}/{m.offered}" if m.offered else "0"
+        row = Row(
+            section, case, cameras, m.mean_batch, m.fps, self.report.ratio(m.fps, m.mean_batch),
+            m.latency(50), m.latency(95), m.latency(99), m.overhead_ms, m.run_ms_per_frame, dropped, note,
+        )
+        self.report.rows.append(row)
+        print(
+            f"  {case}: {m.fps:.1f} frames/s (ratio {row.ratio:.3f}, batch {m.mean_batch:.2f}), latency p50 "
+            f"{row.p50:.0f} / p95 {row.p95:.0f} / p99 {row.p99:.0f} ms, outside session.run "
+            f"{m.overhead_ms:.2f} ms/frame, dropped {dropped}{', ' + note if note else ''}",
+            flush=True,
+        )
+        return row
+
+
+def memory_cameras(count: int, mode: str, fps: float = 240) -> list[CameraConfig]:
+    return [CameraConfig(id=f"cam-{i + 1}", url=f"memory:{mode}", fps=fps) for i in range(count)]
+
+
+def bench_unpaced(bench: Bench, counts: tuple[int, ...]) -> None:
+    print("pipeline, decode excluded: in-memory cameras handed out as fast as taken", flush=True)
+    for count in counts:
+        m, _ = bench.pipeline(memory_cameras(count, "unpaced"))
+        row = bench.row("memory", f"N={count} unpaced", m, count)
+        if count == OVERLOAD_CAMERAS:
+            bench.report.check(row.ratio is not None and row.ratio >= 0.95,
+                               f"N={count} unpaced in-memory: pipeline/raw {row.ratio:.3f} >= 0.95")
+            bench.report.check(m.overhead_ms <= 1.5,
+                               f"N={count} unpaced: {m.overhead_ms:.2f} ms per frame outside session.run <= 1.5")
+
+
+def overload_figures(bench: Bench, case: str, cameras: list[CameraConfig], live: int, seconds: float) -> None:
+    m, unaccounted = bench.pipeline(cameras, seconds)
+    period = 1000 / OVERLOAD_FPS
+    batch_ms = m.run_seconds / m.batches * 1000 if m.batches else 0.0
+    budget = period + 1.5 * batch_ms + bench.batch_timeout_ms
+    row = bench.row("overload", case, m, live, note=f"p95 budget {budget:.0f} ms, shares spread {m.share_spread:.1%}")
+    report = bench.report
+    report.check(row.ratio is not None and row.ratio >= 0.95, f"{case}: inferred/raw {row.ratio:.3f} >= 0.95")
+    report.check(row.p95 is not None and row.p95 <= budget, f"{case}: p95 latency {row.p95:.0f} ms <= {budget:.0f}")
+    report.check(m.share_spread <= 0.10, f"{case}: camera shares within 10% (spread {m.share_spread:.1%})")
+    report.check(
+        unaccounted == 0 and m.dropped["dispatch_full"] == 0,
+        f"{case}: every frame offered was inferred or counted dropped ({unaccounted} unaccounted at the end, "
+        f"{m.dropped['dispatch_full']} results dropped by the dispatcher)",
+    )
+
+
+def bench_overload(bench: Bench, seconds: float) -> None:
+    print(f"pipeline, decode excluded: {OVERLOAD_CAMERAS} paced cameras at {OVERLOAD_FPS:g} fps", flush=True)
+    cameras = memory_cameras(OVERLOAD_CAMERAS, "paced", OVERLOAD_FPS)
+    overload_figures(bench, f"N={OVERLOAD_CAMERAS} paced {OVERLOAD_FPS:g} fps", cameras, OVERLOAD_CAMERAS, seconds)
+    dead = CameraConfig(id="dead", url=f"rtsp://127.0.0.1:{closed_port()}/none", fps=OVERLOAD_FPS)
+    stalled = CameraConfig(id="stalled", url="memory:stalled", fps=OVERLOAD_FPS)
+    overload_figures(
+        bench, f"N={OVERLOAD_CAMERAS} paced + 1 dead URL + 1 stalled", [*cameras, dead, stalled], OVERLOAD_CAMERAS,
+        seconds,
+    )
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_decode(bench: Bench, clips: dict[str, Path], counts: tuple[int, ...], quick: bool) -> None:
+    print("pipeline with decode: file cameras (the real capture code) playing H.264 clips", flush=True)
+    for name, path in clips.items():
+        for count in counts:
+            cameras = [
+                CameraConfig(id=f"cam-{i + 1}", url=str(path), fps=240, loop=True, realtime=False)
+                for i in range(count)
+            ]
+            m, _ = bench.pipeline(cameras)
+            row = bench.row("decode", f"{name} N={count} realtime=false", m, count)
+            if name == "640x480" and count == OVERLOAD_CAMERAS:
+                bench.report.check(row.ratio is not None and row.ratio >= 0.95,
+                                   f"{name} N={count} unpaced files: pipeline/raw {row.ratio:.3f} >= 0.95")
+        best = highest_paced_fps(bench, path, OVERLOAD_CAMERAS, quick)
+        if best is not None:
+            fps, m = best
+            bench.row("decode", f"{name} N={OVERLOAD_CAMERAS} realtime=true", m, OVERLOAD_CAMERAS,
+                      note=f"highest fps per camera with < 1% dropped: {fps:g}")
+        else:
+            bench.report.notes.append(f"{name}: no paced rate tried held < 1% dropped")
+
+
+def highest_paced_fps(bench: Bench, path: Path, count: int, quick: bool) -> tuple[float, Measured] | None:
+    """The highest per-camera fps cap (from a fixed ladder) at which paced file cameras drop < 1 %."""
+    raw_best = max(bench.report.raw.values())
+    ceiling = raw_best / count
+    ladder = [f for f in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15) if f <= ceiling * 1.1]
+    best: tuple[float, Measured] | None = None
+    low, high = 0, len(ladder) - 1
+    while low <= high:  # binary search: drops grow with the rate
+        mid = (low + high) // 2
+        fps = ladder[mid]
+        cameras = [
+            CameraConfig(id=f"cam-{i + 1}", url=str(path), fps=fps, loop=True, realtime=True) for i in range(count)
+        ]
+        m, _ = bench.pipeline(cameras, seconds=bench.window / 2 if quick else bench.window)
+        ratio = m.dropped_total / m.offered if m.offered else 1.0
+        print(f"    {fps:g} fps per camera: {m.fps:.1f} inferred/s, dropped {ratio:.1%}", flush=True)
+        if ratio < MAX_DROP_RATIO and m.offered:
+            best = (fps, m)
+            low = mid + 1
+        else:
+            high = mid - 1
+    return best
+
+
+def bench_memory(bench: Bench, clip: Path | None, long: bool) -> None:
+    end = 600.0 if long else 120.0
+    print(f"memory: RSS under steady load (4 cameras at {OVERLOAD_FPS:g} fps) at 60 s and {end:.0f} s", flush=True)
+    if clip is not None:
+        cameras = [
+            CameraConfig(id=f"cam-{i + 1}", url=str(clip), fps=OVERLOAD_FPS, loop=True, realtime=True)
+            for i in range(OVERLOAD_CAMERAS)
+        ]
+    else:
+        cameras = memory_cameras(OVERLOAD_CAMERAS, "paced", OVERLOAD_FPS)
+    saved = bench.warmup
+    bench.warmup = 5.0
+    try:
+        m, _ = bench.pipeline(cameras, seconds=end - bench.warmup + 1, rss_at=(60.0, end))
+    finally:
+        bench.warmup = saved
+    (_, first), (_, last) = m.rss_mb
+    growth = (last - first) / first
+    bench.report.rows.append(
+        Row("memory", f"RSS {first:.0f} MiB at 60 s, {last:.0f} MiB at {end:.0f} s", OVERLOAD_CAMERAS,
+            m.mean_batch, m.fps, bench.report.ratio(m.fps, m.mean_batch), note=f"growth {growth:+.1%}")
+    )
+    print(f"  RSS {first:.1f} MiB at 60 s, {last:.1f} MiB at {end:.0f} s: {growth:+.1%}", flush=True)
+    bench.report.check(growth < 0.05, f"RSS growth from 60 s to {end:.0f} s {growth:+.1%} < 5%")
+
+
+# output
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def table(report: Report) -> str:
+    header = ("section", "case", "N", "batch", "frames/s", "vs raw", "p50 ms", "p95 ms", "p99 ms",
+              "outside run ms/frame", "run ms/frame", "dropped", "note")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in report.rows:
+        cells = (r.section, r.case, str(r.cameras or ""), fmt(r.batch, 2), fmt(r.fps, 1), fmt(r.ratio, 3),
+                 fmt(r.p50), fmt(r.p95), fmt(r.p99), fmt(r.overhead_ms, 2), fmt(r.run_ms, 1), r.dropped, r.note)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--long", action="store_true", help="memory: sample RSS at 10 minutes (default 2)")
+    parser.add_argument("--quick", action="store_true", help="short windows, fewer cases (a smoke run)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: the default)")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--batch-timeout-ms", type=float, default=10)
+    parser.add_argument("--sections", default="raw,memory,overload,decode,rss",
+                        help="comma-separated subset of raw,memory,overload,decode,rss (raw always runs)")
+    parser.add_argument("--markdown", type=Path, help="also write the table and the checks to this file")
+    args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = shlex.join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    started = datetime.now(timezone.utc)
+    load_before = load_average()
+
+    from tests.support.mosquitto import Mosquitto  # the test suite's broker wrapper (Debian mosquitto)
+
+    model_config = ModelConfig(path=args.model, providers=["cpu"], threads=args.threads, max_batch=args.max_batch)
+    model = Model.load(model_config)
+    model.warm_up()
+    report = Report()
+    frames = demo_frames((640, 480))
+    quick = args.quick
+    bench_raw(model, frames, 1.5 if quick else 4.0, report)
+
+    with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = Mosquitto(workdir / "mosquitto")
+        broker.start()
+        try:
+            bench = Bench(model, model_config, (broker.host, broker.port), workdir, frames, args.max_batch,
+                          args.batch_timeout_ms, warmup=1.0 if quick else 2.0, window=2.0 if quick else 8.0,
+                          report=report)
+            steps: list[tuple[str, Callable[[], None]]] = [
+                ("memory", lambda: bench_unpaced(bench, (1, 4) if quick else (1, 2, 4, 8))),
+                ("overload", lambda: bench_overload(bench, 3.0 if quick else 15.0)),
+                ("decode", lambda: bench_decode(
+                    bench, make_clips(workdir / "clips", sizes=CLIP_SIZES[:1] if quick else CLIP_SIZES),
+                    (OVERLOAD_CAMERAS,) if quick else (1, OVERLOAD_CAMERAS), quick)),
+                ("rss", lambda: bench_memory(bench, make_clips(workdir / "clips", CLIP_SIZES[:1])["640x480"], args.long)),
+            ]
+            for name, step in steps:
+                if name in sections and not (quick and name == "rss"):
+                    step()
+        finally:
+            broker.stop()
+
+    print()
+    print(f"edgewatch benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {commit()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()}), Python {platform.python_version()}, "
+          f"onnxruntime {ort.__version__}, provider {model.provider}, intra-op threads {model.threads}; "
+          f"model {args.model.name} at {model.input_size[1]}x{model.input_size[0]}, max_batch {args.max_batch}, "
+          f"batch_timeout_ms {args.batch_timeout_ms:g}")
+    print(f"load average before {load_before}, after {load_average()}; peak RSS {rss_mib():.0f} MiB")
+    print()
+    text = table(report)
+    print(text)
+    print()
+    for ok, line in report.checks:
+        print(f"{'PASS' if ok else 'MISS'}  {line}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"\ncommand: {command}")
+    if args.markdown:
+        checks = "\n".join(f"- {'PASS' if ok else 'MISS'}: {line}" for ok, line in report.checks)
+        args.markdown.write_text(f"{text}\n\n{checks}\n\ncommand: `{command}`\n")
+    return 0
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

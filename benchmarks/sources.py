@@ -1,0 +1,137 @@
+"""In-memory cameras: pre-decoded frames handed to the daemon's real path, decode left out.
+
+`MemoryCamera` has the interface of `daemon.capture.Camera`: a thread built as
+`(config, board, metrics, stop, on_status)`, with `.config`, `.state` and `.finished`. `Service` takes it
+through its `camera_factory`, so everything after decode is the daemon's own code. The camera's URL says
+how it behaves:
+- `memory:unpaced`: a new frame as soon as inference took the previous one (a file read with realtime=false);
+- `memory:paced`: a live camera delivering `config.fps` frames a second, whether inference keeps up or not;
+- `memory:stalled`: delivers for a second, then stays connected but silent (a stalled stream);
+- `memory:dead`: never delivers a frame (a camera that is down).
+Any other URL goes to the real capture code.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from daemon.board import FrameBoard
+from daemon.capture import Camera, CameraState
+from daemon.config import CameraConfig
+from daemon.demo import DEMO_PHOTOS, pan_zoom_transform, photo_path, read_photo
+from daemon.frames import Frame
+from daemon.metrics import Metrics
+
+TAKEN_WAIT = 0.5  # seconds an unpaced source waits for its frame to be taken before checking `stop`
+STALL_AFTER = 1.0  # seconds a `memory:stalled` camera delivers before it goes silent
+
+
+def demo_frames(size: tuple[int, int], count: int = 24) -> list[np.ndarray]:
+    """`count` BGR frames of `size` (width, height): pans and zooms over the demo photos, in turn."""
+    photos = [read_photo(photo_path(name)) for name in DEMO_PHOTOS.values()]
+    frames = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        matrix = pan_zoom_transform((photo.shape[1], photo.shape[0]), size, index / count)
+        frames.append(cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR))
+    return frames
+
+
+class MemoryCamera(threading.Thread):
+    def __init__(
+        self,
+        config: CameraConfig,
+        board: FrameBoard,
+        metrics: Metrics,
+        stop: threading.Event,
+        on_status: Callable[[str, bool], None],
+        frames: Sequence[np.ndarray],
+    ) -> None:
+        super().__init__(name=f"camera:{config.id}", daemon=True)
+        self.config = config
+        self.state = CameraState()
+        self.finished = False
+        self._board = board
+        self._halt = stop
+        self._on_status = on_status
+        self._frames = frames
+        self._captured = metrics.frames_captured.labels(config.id)
+        self._up = metrics.camera_up.labels(config.id)
+        self._last_frame = metrics.camera_last_frame.labels(config.id)
+        self._mode = config.url.removeprefix("memory:")
+
+    def run(self) -> None:
+        if self._mode == "dead":
+            self.state.last_error = "no frames (a dead camera)"
+            self._halt.wait()
+            return
+        self._set_online(True)
+        try:
+            if self._mode == "paced":
+                self._run_paced()
+            elif self._mode == "stalled":
+                self._run_paced(until=STALL_AFTER)
+                self._halt.wait()
+            else:
+                self._run_unpaced()
+        finally:
+            self._set_online(False)
+
+    def _run_unpaced(self) -> None:
+        camera = self.config.id
+        while not self._halt.is_set():
+            self._deliver()
+            while not self._board.wait_taken(camera, TAKEN_WAIT):
+                if self._halt.is_set():
+                    return
+
+    def _run_paced(self, until: float = math.inf) -> None:
+        period = 1 / self.config.fps
+        started = time.monotonic()
+        tick = 0
+        while not self._halt.is_set() and time.monotonic() - started < until:
+            self._deliver()
+            # the next tick on the camera's own clock; a late one is skipped, as a live camera would
+            tick = max(tick + 1, math.floor((time.monotonic() - started) / period) + 1)
+            self._halt.wait(max(0.0, started + tick * period - time.monotonic()))
+
+    def _deliver(self) -> None:
+        state = self.state
+        state.frames += 1
+        now = time.monotonic()
+        state.last_frame_mono = now
+        image = self._frames[state.frames % len(self._frames)]
+        wall = time.time()
+        self._board.put(Frame(self.config.id, state.frames, wall, now, image))
+        self._captured.inc()
+        self._last_frame.set(wall)
+
+    def _set_online(self, online: bool) -> None:
+        self.state.online = online
+        self.state.since_mono = time.monotonic()
+        self._up.set(1 if online else 0)
+        self._board.set_live(self.config.id, online)
+        self._on_status(self.config.id, online)
+
+
+def camera_factory(frames: Sequence[np.ndarray]) -> Callable[..., threading.Thread]:
+    """A `Service` camera factory: `memory:` URLs become `MemoryCamera`s over `frames`, others real cameras."""
+
+    def make(
+        config: CameraConfig,
+        board: FrameBoard,
+        metrics: Metrics,
+        stop: threading.Event,
+        on_status: Callable[[str, bool], None],
+    ) -> threading.Thread:
+        if config.url.startswith("memory:"):
+            return MemoryCamera(config, board, metrics, stop, on_status, frames)
+        return Camera(config, board, metrics, stop, on_status)
+
+    return make

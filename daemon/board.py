@@ -1,0 +1,113 @@
+"""The hand-off between camera threads and the inference worker: one slot per camera.
+
+A camera never blocks here: `put` replaces the camera's unconsumed frame (the old one is reported to
+`on_stale` and counted as dropped). The worker takes the freshest frame of every camera that has one,
+longest-waiting first, so that with more cameras than `max_batch` every camera gets its turn.
+
+Frames of HTTP inference requests wait in a bounded FIFO beside the camera slots: they are never
+overwritten, compete with camera frames by age (so neither side starves the other), and `put_request`
+refuses them when the FIFO is full (the API answers 503).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from daemon.frames import Frame
+
+
+class FrameBoard:
+    def __init__(
+        self, camera_ids: Iterable[str], on_stale: Callable[[Frame], None], max_requests: int = 16
+    ) -> None:
+        self._slots: dict[str, Frame | None] = dict.fromkeys(camera_ids)
+        self._requests: deque[Frame] = deque()
+        self._max_requests = max_requests
+        self._live: set[str] = set()  # cameras currently delivering; a batch waits for these only
+        self._on_stale = on_stale
+        self._changed = threading.Condition()
+        self._closed = False
+
+    @property
+    def camera_ids(self) -> list[str]:
+        return list(self._slots)
+
+    def put(self, frame: Frame) -> None:
+        with self._changed:
+            stale = self._slots[frame.camera_id]
+            self._slots[frame.camera_id] = frame
+            self._changed.notify_all()
+        if stale is not None:
+            self._on_stale(stale)
+
+    def put_request(self, frame: Frame) -> bool:
+        """Queue a request frame; False when `max_requests` are already waiting."""
+        with self._changed:
+            if self._closed or len(self._requests) >= self._max_requests:
+                return False
+            self._requests.append(frame)
+            self._changed.notify_all()
+            return True
+
+    def set_live(self, camera_id: str, live: bool) -> None:
+        with self._changed:
+            if live:
+                self._live.add(camera_id)
+            else:
+                self._live.discard(camera_id)
+            self._changed.notify_all()
+
+    def wait_taken(self, camera_id: str, timeout: float) -> bool:
+        """Block until the camera's slot is empty (for sources read as fast as inference takes them)."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._closed or self._slots[camera_id] is None, timeout=timeout
+            )
+
+    def take_batch(self, max_batch: int, fill_timeout: float, wait: float) -> list[Frame]:
+        """Wait up to `wait` s for a first frame, then up to `fill_timeout` s for the batch to fill.
+
+        The batch is full at `max_batch` frames or when every live camera has a frame waiting. Returns the
+        frames, oldest capture first (empty on timeout or close).
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._closed or self._ready_count() > 0, timeout=wait):
+                return []
+            if self._closed:
+                return []
+            want = min(max_batch, max(1, len(self._live) + len(self._requests)))
+            if fill_timeout > 0 and self._ready_count() < want:
+                deadline = time.monotonic() + fill_timeout
+                self._changed.wait_for(
+                    lambda: self._closed or self._ready_count() >= want,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+            waiting = [frame for frame in self._slots.values() if frame is not None]
+            waiting += self._requests
+            ready = sorted(waiting, key=lambda frame: frame.captured_mono)[:max_batch]
+            for frame in ready:
+                if frame.reply is None:
+                    self._slots[frame.camera_id] = None
+            taken = {id(frame) for frame in ready if frame.reply is not None}
+            if taken:
+                self._requests = deque(frame for frame in self._requests if id(frame) not in taken)
+            self._changed.notify_all()
+            return ready
+
+    def _ready_count(self) -> int:
+        return sum(frame is not None for frame in self._slots.values()) + len(self._requests)
+
+    def close(self) -> list[Frame]:
+        """Stop handing out frames; returns the request frames still waiting, for the caller to answer."""
+        with self._changed:
+            self._closed = True
+            left, self._requests = list(self._requests), deque()
+            self._changed.notify_all()
+        return left
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

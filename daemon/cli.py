@@ -1,0 +1,133 @@
+"""`edgewatch run | check | reports`: the command line. Bad input gets one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, find_config, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+log = logging.getLogger("edgewatch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgewatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgewatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "-c",
+            "--config",
+            help="config file (default: $EDGEWATCH_CONFIG, ./config.toml, /etc/edgewatch/config.toml)",
+        )
+        sub.add_argument(
+            "--log-level",
+            default=os.environ.get("EDGEWATCH_LOG_LEVEL", "INFO"),
+            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            type=str.upper,
+        )
+        return sub
+
+    run = with_config("run", "run until SIGTERM/SIGINT (or --duration)")
+    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
+    with_config("check", "validate the config, load the model, try each source once")
+    reports = with_config("reports", "list the Model Monitoring requests waiting in the spool")
+    reports.add_argument("--json", action="store_true", help="print the exact request bodies")
+    reports.add_argument("--limit", type=int, default=50, help="show at most this many (newest last)")
+    return parser
+
+
+def _secrets(config: Config) -> list[str]:
+    return [
+        config.roboflow.api_key.get_secret_value(),
+        config.mqtt.password.get_secret_value(),
+        *(key.get_secret_value() for key in config.api.keys),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from daemon.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        config = load_config(find_config(args.config))
+    except ConfigError as exc:
+        print(f"edgewatch: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    setup_logging(args.log_level, _secrets(config))
+    if args.command == "run":
+        return _run(config, args.duration)
+    if args.command == "check":
+        return _check(config)
+    from daemon.monitoring import list_reports
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly
+    return list_reports(config, as_json=args.json, limit=args.limit)
+
+
+def _load_model(config: Config):
+    from daemon.model import Model, ModelError
+
+    try:
+        model = Model.load(config.model)
+        model.warm_up()
+    except ModelError as exc:
+        print(f"edgewatch: {config.source}: model.path: {exc}", file=sys.stderr)
+        return None
+    return model
+
+
+def _run(config: Config, duration: float | None) -> int:
+    if duration is not None and duration <= 0:
+        print("edgewatch: --duration must be a positive number of seconds", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    model = _load_model(config)
+    if model is None:
+        return EXIT_BAD_INPUT
+    from daemon.history import HistoryError
+    from daemon.service import Service
+    from daemon.spool import SpoolError
+
+    try:
+        service = Service(config, model)
+    except ConfigError as exc:
+        print(f"edgewatch: {config.source}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (SpoolError, HistoryError) as exc:
+        print(f"edgewatch: {config.source}: roboflow.spool: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # e.g. the metrics port is taken, the spool folder is not writable
+        print(f"edgewatch: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    service.install_signal_handlers()
+    return service.run(duration)
+
+
+def _check(config: Config) -> int:
+    from daemon.capture import probe_source, redact_url
+
+    model = _load_model(config)
+    if model is None:
+        return EXIT_BAD_INPUT
+    print(
+        f"ok: model {config.model.path} ({model.layout}, {len(model.class_names)} classes, "
+        f"input {model.input_size[1]}x{model.input_size[0]}, provider {model.provider})"
+    )
+    failed = 0
+    for camera in config.cameras:
+        problem = probe_source(camera.url)
+        if problem:
+            failed += 1
+            print(f"FAIL: cameras.{camera.id}: {redact_url(camera.url)}: {problem}")
+        else:
+            print(f"ok: cameras.{camera.id}: {redact_url(camera.url)}")
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,268 @@
+"""config.toml -> validated pydantic models that mirror the file.
+
+Unknown keys are errors, `${VAR}` (or `${VAR:-default}`) expands from the environment, relative paths are
+taken relative to the config file's folder, and every error names the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+SEARCH_PATHS = (Path("config.toml"), Path("/etc/edgewatch/config.toml"))
+CAMERA_ID = r"^[A-Za-z0-9_-]+$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the operator: `file: key: what is wrong`."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Section):
+    id: Annotated[str, Field(pattern=CAMERA_ID)] = Field(default_factory=lambda: _hostname())
+
+
+Provider = Literal["tensorrt", "cuda", "cpu"]
+
+
+class ModelConfig(_Section):
+    path: Path
+    id: Annotated[str, Field(min_length=1)] = "coco/3"
+    confidence: Annotated[float, Field(ge=0, le=1)] = 0.25
+    iou: Annotated[float, Field(ge=0, le=1)] = 0.45
+    providers: Annotated[list[Provider], Field(min_length=1)] = ["tensorrt", "cuda", "cpu"]
+    max_batch: Annotated[int, Field(ge=1, le=64)] = 8
+    batch_timeout_ms: Annotated[float, Field(ge=0, le=1000)] = 10
+    labels: Path | None = None
+    layout: Literal["auto", "yolov8", "yolov5", "rfdetr"] = "auto"
+    max_detections: Annotated[int, Field(ge=1)] = 300
+    threads: Annotated[int, Field(ge=0)] = 0  # intra-op threads on CPU; 0 = one per core
+    fp16: bool = True  # TensorRT only
+    cache_dir: Path = Path("/var/lib/edgewatch/trt")  # TensorRT engine and timing caches
+
+
+class CameraConfig(_Section):
+    id: Annotated[str, Field(pattern=CAMERA_ID)]
+    url: Annotated[str, Field(min_length=1)]
+    fps: Annotated[float, Field(gt=0, le=240)] = 5
+    loop: bool = False
+    realtime: bool = True
+    metadata: dict[str, str] = {}
+    stall_timeout: Annotated[float, Field(gt=0)] = 10
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_reserved_field(cls, value: dict[str, str]) -> dict[str, str]:
+        if "camera" in value:
+            raise ValueError("'camera' is set by edgewatch to the camera id; choose another field name")
+        return value
+
+
+class RoboflowConfig(_Section):
+    enabled: bool = True
+    api_key: SecretStr = SecretStr("")
+    api_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.roboflow.com"
+    workspace: Annotated[str, Field(pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]*$")] = ""
+    frequency: Annotated[int, Field(ge=1)] = 5
+    spool: Path = Path("/var/lib/edgewatch/spool.db")
+    max_spool_mb: Annotated[float, Field(gt=0)] = 100
+    max_spool_age: Annotated[float, Field(gt=0)] = 7 * 24 * 3600  # seconds
+    fire_and_forget: bool = True
+    timeout: Annotated[float, Field(gt=0)] = 10  # seconds per HTTP request
+
+
+class MqttConfig(_Section):
+    enabled: bool = True
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    tls: bool = False
+    ca_file: Path | None = None
+    client_id: str = ""  # default: edgewatch-<device id>
+    keepalive: Annotated[int, Field(ge=5)] = 30
+    topic_prefix: Annotated[str, Field(pattern=r"^[^#+]+$")] = "edgewatch"
+    homeassistant: bool = False
+    discovery_prefix: str = "homeassistant"
+    max_queued: Annotated[int, Field(ge=1)] = 1000  # detections waiting for the socket; alerts held offline
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+
+class AlertsConfig(_Section):
+    camera_down_after: Annotated[float, Field(gt=0)] = 30
+    confidence_window: Annotated[float, Field(gt=0)] = 300  # seconds of recent confidences compared
+    confidence_baseline: Annotated[float, Field(gt=0)] = 3600  # seconds of history forming the baseline
+    confidence_drop_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    upload_failing_after: Annotated[float, Field(gt=0)] = 300
+    inference_stalled_after: Annotated[float, Field(gt=0)] = 30
+
+
+class ApiConfig(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9001
+    keys: list[SecretStr] = []
+    max_body_mb: Annotated[float, Field(gt=0)] = 20
+    allow_url_images: bool = False
+    max_pending: Annotated[int, Field(ge=1)] = 16
+
+
+class Config(_Section):
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    model: ModelConfig
+    cameras: list[CameraConfig] = []
+    roboflow: RoboflowConfig = Field(default_factory=RoboflowConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    source: Path | None = None  # the file this was loaded from; set by load_config
+
+    @model_validator(mode="after")
+    def _unique_camera_ids(self) -> Config:
+        seen: set[str] = set()
+        for camera in self.cameras:
+            if camera.id in seen:
+                raise ValueError(f"camera id {camera.id!r} is used twice; ids must be unique")
+            seen.add(camera.id)
+        return self
+
+
+def _hostname() -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])
+    return name or "edgewatch"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`-c`, else $EDGEWATCH_CONFIG, else ./config.toml, else /etc/edgewatch/config.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("EDGEWATCH_CONFIG"):
+        return Path(os.environ["EDGEWATCH_CONFIG"])
+    for candidate in SEARCH_PATHS:
+        if candidate.is_file():
+            return candidate
+    return SEARCH_PATHS[0]
+
+
+def expand_env(value: Any) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; an unset variable becomes its default or ''."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [expand_env(item) for item in value]
+    if isinstance(value, dict):
+        return {key: expand_env(item) for key, item in value.items()}
+    return value
+
+
+def _key_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    if error["type"] not in ("model_type", "dict_type") and isinstance(given, (str, int, float, bool)):
+        message += f" (got {given!r})"
+    return message
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def _read_credential(name: str) -> str:
+    """systemd's LoadCredential= puts secrets in files under $CREDENTIALS_DIRECTORY."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return ""
+    try:
+        return (Path(directory) / name).read_text().strip()
+    except OSError:
+        return ""
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "source" in raw:
+        raise ConfigError(f"{path}: source: unknown key")
+    try:
+        config = Config.model_validate(expand_env(raw))
+    except ValidationError as exc:
+        problems = [f"{path}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(problems)) from None
+
+    base = path.resolve().parent
+    model = config.model.model_copy(
+        update={
+            "path": _resolve(base, config.model.path),
+            "labels": _resolve(base, config.model.labels) if config.model.labels else None,
+            "cache_dir": _resolve(base, config.model.cache_dir),
+        }
+    )
+    roboflow = config.roboflow
+    updates: dict[str, Any] = {"spool": _resolve(base, roboflow.spool)}
+    if not roboflow.api_key.get_secret_value():
+        updates["api_key"] = SecretStr(_read_credential("roboflow_api_key"))
+    cameras = [
+        camera.model_copy(update={"url": _resolve_file_url(base, camera.url)}) for camera in config.cameras
+    ]
+    return config.model_copy(
+        update={
+            "model": model,
+            "cameras": cameras,
+            "roboflow": roboflow.model_copy(update=updates),
+            "source": path,
+        }
+    )
+
+
+def _resolve_file_url(base: Path, url: str) -> str:
+    """A relative file path is relative to the config file; URLs, gst: pipelines and V4L2 indexes stay."""
+    if "://" in url or url.startswith(("gst:", "/")) or url.isdigit():
+        return url
+    return str(base / url)

@@ -1,0 +1,104 @@
+"""The data that flows between stages: a captured frame, and one frame's inference result.
+
+Detections are `sv.Detections` in the original frame's pixel coordinates (xyxy), with `data` holding
+`class_name`, `inference_id` and `detection_id` arrays, one entry per detection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import supervision as sv
+
+
+@dataclass(slots=True, eq=False)
+class Frame:
+    camera_id: str
+    frame_id: int  # per camera, counting from 1 since the daemon started
+    captured_at: float  # wall clock (time.time()) when the frame was read
+    captured_mono: float  # time.monotonic() at the same moment, for latency
+    image: np.ndarray  # H x W x 3, uint8, BGR
+    # Set on frames sent through the HTTP inference API: called by the inference worker with the result.
+    reply: Callable[[FrameResult], None] | None = None
+    params: DecodeParams | None = None  # per-request thresholds; None: the model config's
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeParams:
+    confidence: float
+    iou: float
+    max_detections: int
+    class_agnostic: bool = False
+    classes: tuple[int, ...] | None = None  # class ids to keep (a request's class_filter); None: all
+
+
+@dataclass(slots=True, eq=False)
+class FrameResult:
+    camera_id: str
+    frame_id: int
+    captured_at: float
+    captured_mono: float
+    inference_id: str  # uuid4, one per frame
+    model_id: str
+    width: int
+    height: int
+    detections: sv.Detections
+    inference_seconds: float  # session.run time of the batch this frame was in
+    batch_size: int
+    done_mono: float = field(default_factory=time.monotonic)  # when the worker finished the frame
+    # "camera": a configured camera; "api": an HTTP request, and camera_id is its stream name
+    source: Literal["camera", "api"] = "camera"
+
+
+class Sink(Protocol):
+    """What the dispatcher calls for every result. `handle` must not block on network I/O."""
+
+    name: str
+
+    def handle(self, result: FrameResult) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def roboflow_predictions(detections: sv.Detections) -> list[dict[str, Any]]:
+    """Detections in Roboflow's prediction format: centre x/y, width, height, in pixels."""
+    if len(detections) == 0:
+        return []
+    xyxy = detections.xyxy
+    widths = xyxy[:, 2] - xyxy[:, 0]
+    heights = xyxy[:, 3] - xyxy[:, 1]
+    centres_x = xyxy[:, 0] + widths / 2
+    centres_y = xyxy[:, 1] + heights / 2
+    confidence = detections.confidence if detections.confidence is not None else np.ones(len(detections))
+    class_ids = detections.class_id if detections.class_id is not None else np.zeros(len(detections), int)
+    names = detections.data["class_name"]
+    ids = detections.data["detection_id"]
+    return [
+        {
+            "x": round(float(centres_x[i]), 1),
+            "y": round(float(centres_y[i]), 1),
+            "width": round(float(widths[i]), 1),
+            "height": round(float(heights[i]), 1),
+            "confidence": round(float(confidence[i]), 4),
+            "class": str(names[i]),
+            "class_id": int(class_ids[i]),
+            "detection_id": str(ids[i]),
+        }
+        for i in range(len(detections))
+    ]
+
+
+def roboflow_response(result: FrameResult) -> dict[str, Any]:
+    """One frame's result in Roboflow's inference response format."""
+    return {
+        "inference_id": result.inference_id,
+        "time": round(result.inference_seconds, 6),
+        "image": {"width": result.width, "height": result.height},
+        "predictions": roboflow_predictions(result.detections),
+    }

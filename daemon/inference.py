@@ -1,0 +1,99 @@
+"""The inference worker: the one thread that runs the model.
+
+It takes the freshest frame of every ready camera from the board (up to `max_batch`, waiting at most
+`batch_timeout_ms` for the batch to fill), runs them as one batch, gives every frame an `inference_id` and
+every detection a `detection_id`, and hands the results to the dispatcher without ever blocking on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+from daemon.board import FrameBoard
+from daemon.frames import Frame, FrameResult
+from daemon.metrics import Metrics
+from daemon.model import Model
+
+log = logging.getLogger("edgewatch.inference")
+
+IDLE_WAIT = 0.5  # seconds; how long one wait for a first frame lasts before the stop flag is checked again
+
+
+class InferenceWorker(threading.Thread):
+    def __init__(
+        self,
+        model: Model,
+        model_id: str,
+        board: FrameBoard,
+        submit: Callable[[FrameResult], bool],
+        metrics: Metrics,
+        max_batch: int,
+        batch_timeout: float,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="inference", daemon=True)
+        self._model = model
+        self._model_id = model_id
+        self._board = board
+        self._submit = submit
+        self._metrics = metrics
+        self._max_batch = max(1, min(max_batch, model.max_batch))
+        self._batch_timeout = batch_timeout
+        self._halt = stop
+        self._inferred = {camera: metrics.frames_inferred.labels(camera) for camera in board.camera_ids}
+        self.last_progress = time.monotonic()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                self.last_progress = time.monotonic()
+                frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
+                if frames:
+                    self._process(frames)
+        except BaseException as exc:  # the process must end: systemd restarts it
+            self.error = exc
+            log.critical("inference worker failed: %s", exc, exc_info=True)
+
+    def _process(self, frames: list[Frame]) -> None:
+        params = [frame.params for frame in frames]
+        detections, seconds = self._model.infer(
+            [frame.image for frame in frames], params if any(params) else None
+        )
+        self._metrics.inference_duration.observe(seconds)
+        self._metrics.batch_size.observe(len(frames))
+        done = time.monotonic()
+        for frame, found in zip(frames, detections, strict=True):
+            inference_id = str(uuid.uuid4())
+            found.data["inference_id"] = np.full(len(found), inference_id, dtype=object)
+            found.data["detection_id"] = np.array(
+                [str(uuid.uuid4()) for _ in range(len(found))], dtype=object
+            )
+            height, width = frame.image.shape[:2]
+            result = FrameResult(
+                camera_id=frame.camera_id,
+                frame_id=frame.frame_id,
+                captured_at=frame.captured_at,
+                captured_mono=frame.captured_mono,
+                inference_id=inference_id,
+                model_id=self._model_id,
+                width=width,
+                height=height,
+                detections=found,
+                inference_seconds=seconds,
+                batch_size=len(frames),
+                done_mono=done,
+                source="camera" if frame.reply is None else "api",
+            )
+            if frame.reply is None:
+                self._inferred[frame.camera_id].inc()
+            else:
+                frame.reply(result)
+            self._submit(result)
+        self.last_progress = done

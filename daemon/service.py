@@ -1,0 +1,254 @@
+"""Wiring and lifecycle: build every stage from the config, start them, watch them, stop them in order.
+
+Start: metrics endpoint, model (loaded and warmed up), sinks, dispatcher, inference worker, cameras, then
+READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker): cameras first, then the worker,
+then the dispatcher, which drains its queue and flushes and closes every sink (the monitoring sink spools
+every partial window), then the endpoint. A failed inference worker ends the process with exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemon import __version__, sdnotify
+from daemon.alerts import AlertEngine, ConfidenceTracker
+from daemon.api import ApiServer, ModelInfo
+from daemon.board import FrameBoard
+from daemon.capture import Camera
+from daemon.config import CameraConfig, Config
+from daemon.dispatcher import Dispatcher
+from daemon.exporter import Exporter
+from daemon.frames import Frame, Sink
+from daemon.history import History
+from daemon.inference import InferenceWorker
+from daemon.metrics import Metrics
+from daemon.metrics_sink import DetectionMetrics
+from daemon.model import Model
+from daemon.monitoring import MonitoringSink
+from daemon.mqtt import MqttPublisher
+from daemon.progress import ProgressReporter
+
+log = logging.getLogger("edgewatch")
+
+# How cameras are made: the real capture threads, or (benchmarks) sources with the same interface.
+CameraFactory = Callable[
+    [CameraConfig, FrameBoard, Metrics, threading.Event, Callable[[str, bool], None]], Camera
+]
+
+HEALTH_STALL = 15.0  # seconds without an inference-loop turn before /healthz and the watchdog fail
+JOIN_TIMEOUT = 5.0
+
+
+class Service:
+    def __init__(self, config: Config, model: Model, camera_factory: CameraFactory = Camera) -> None:
+        self.config = config
+        self.model = model
+        self.metrics = Metrics()
+        self.stop = threading.Event()
+        self._capture_stop = threading.Event()
+        self._worker_stop = threading.Event()
+        self._dispatch_stop = threading.Event()
+        camera_ids = [camera.id for camera in config.cameras]
+
+        self.metrics.set_provider(model.provider)
+        if not config.mqtt.enabled:  # no broker configured: no "disconnected" series to alert on
+            self.metrics.registry.unregister(self.metrics.mqtt_connected)
+            self.metrics.registry.unregister(self.metrics.mqtt_dropped)
+        self.metrics.init_cameras(camera_ids)
+        stale = {camera: self.metrics.frames_dropped.labels(camera, "stale") for camera in camera_ids}
+
+        def count_stale(frame: Frame) -> None:
+            stale[frame.camera_id].inc()
+
+        self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
+        state_dir = config.roboflow.spool.parent
+        self.mqtt = (
+            MqttPublisher(
+                config.mqtt,
+                config.device.id,
+                camera_ids,
+                self.metrics,
+                discovery_state=state_dir / "homeassistant.json",
+            )
+            if config.mqtt.enabled
+            else None
+        )
+        # The monitoring page's store lives beside the spool; without the API nobody reads it.
+        self.history = History(state_dir / "history.db") if config.api.enabled else None
+        on_report = self.history.record_report if self.history else None
+        self.monitoring = (
+            MonitoringSink(config, self.metrics, on_report=on_report) if config.roboflow.enabled else None
+        )
+        self.progress = ProgressReporter(camera_ids, self.metrics)
+        self.confidence = ConfidenceTracker(
+            config.alerts.confidence_window, config.alerts.confidence_baseline
+        )
+        sinks: list[Sink] = [DetectionMetrics(self.metrics), self.progress, self.confidence]
+        api_sinks: list[Sink] = []
+        if self.monitoring:
+            sinks.append(self.monitoring)
+            api_sinks.append(self.monitoring)
+        if self.history:  # after monitoring: its last reports arrive while the monitoring sink flushes
+            sinks.append(self.history)
+            api_sinks.append(self.history)
+        if self.mqtt:
+            sinks.append(self.mqtt)
+        self.dispatcher = Dispatcher(sinks, self.metrics, self._dispatch_stop, api_sinks=tuple(api_sinks))
+        self.worker = InferenceWorker(
+            model,
+            config.model.id,
+            self.board,
+            self.dispatcher.submit,
+            self.metrics,
+            config.model.max_batch,
+            config.model.batch_timeout_ms / 1000,
+            self._worker_stop,
+        )
+        self.cameras = [
+            camera_factory(camera, self.board, self.metrics, self._capture_stop, self._on_camera_status)
+            for camera in config.cameras
+        ]
+        self.alerts = AlertEngine(
+            config.alerts,
+            self.metrics,
+            on_alert=self._on_alert,
+            cameras=self._camera_states,
+            inference_progress=lambda: self.worker.last_progress,
+            upload_failing_since=(lambda: self.monitoring.uploader_state().failing_since)
+            if self.monitoring
+            else None,
+            monitoring_unauthorized=(lambda: self.monitoring.uploader_state().unauthorized)
+            if self.monitoring
+            else None,
+            confidence=self.confidence,
+        )
+        self.api = (
+            ApiServer(config, ModelInfo.of(model), self.board, self.history, self.metrics)
+            if config.api.enabled and self.history
+            else None
+        )
+        self.exporter = (
+            Exporter(config.metrics.host, config.metrics.port, self.metrics.registry, self.health)
+            if config.metrics.enabled
+            else None
+        )
+
+    def _on_alert(self, alert: dict[str, Any]) -> None:
+        if self.mqtt:
+            self.mqtt.publish_alert(alert)
+        if self.history:
+            self.history.record_alert(alert)
+
+    def _on_camera_status(self, camera_id: str, online: bool) -> None:
+        if self.mqtt:
+            self.mqtt.set_camera_status(camera_id, online)
+
+    def _camera_states(self) -> dict[str, tuple[bool, float]]:
+        return {camera.config.id: (camera.state.online, camera.state.since_mono) for camera in self.cameras}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stalled_for = time.monotonic() - self.worker.last_progress
+        threads = {
+            "inference": self.worker.is_alive(),
+            "dispatcher": self.dispatcher.is_alive(),
+            **{
+                f"camera:{camera.config.id}": camera.is_alive()
+                for camera in self.cameras
+                if not camera.finished
+            },
+        }
+        healthy = all(threads.values()) and stalled_for < HEALTH_STALL
+        detail = {
+            "inference_idle_seconds": round(stalled_for, 1),
+            "threads": threads,
+            "cameras": {camera.config.id: camera.state.online for camera in self.cameras},
+            "alerts": [alert["type"] for alert in self.alerts.active()],
+        }
+        return healthy, detail
+
+    def _status_line(self) -> str:
+        parts = []
+        for camera in self.cameras:
+            state = camera.state
+            parts.append(f"{camera.config.id} {'up' if state.online else 'down'} {state.frames} frames")
+        return "; ".join(parts) or "no cameras"
+
+    def run(self, duration: float | None = None) -> int:
+        """Run until stopped; returns the process exit code."""
+        started = time.monotonic()
+        if self.exporter:
+            self.exporter.start()
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.exporter.port)
+        if self.mqtt:
+            self.mqtt.start()
+        self.progress.start()
+        self.dispatcher.start()
+        self.worker.start()
+        if self.api:
+            self.api.start()
+        for camera in self.cameras:
+            camera.start()
+        self.alerts.start()
+        sdnotify.ready()
+        log.info(
+            "edgewatch %s running: device %s, %d camera(s), model %s on %s",
+            __version__,
+            self.config.device.id,
+            len(self.cameras),
+            self.config.model.id,
+            self.model.provider,
+        )
+        watchdog = sdnotify.watchdog_interval()
+        tick = min(1.0, watchdog / 2) if watchdog else 1.0
+        last_status = 0.0
+        while not self.stop.wait(tick):
+            if self.worker.error is not None:
+                break
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                log.info("ran for %.0f s as asked; stopping", duration)
+                break
+            if watchdog and self.health()[0]:
+                sdnotify.watchdog()
+            if now - last_status >= 5:
+                sdnotify.status(self._status_line())
+                last_status = now
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        sdnotify.stopping()
+        log.info("stopping")
+        self.alerts.close()
+        self._capture_stop.set()
+        for camera in self.cameras:
+            camera.join(JOIN_TIMEOUT)
+        self._worker_stop.set()
+        self.board.close()
+        self.worker.join(JOIN_TIMEOUT)
+        if self.api:
+            self.api.close()  # answers the requests still waiting with 503
+        self._dispatch_stop.set()
+        self.dispatcher.join(JOIN_TIMEOUT * 2)
+        if self.exporter:
+            self.exporter.close()
+        stuck = [t.name for t in (*self.cameras, self.worker, self.dispatcher) if t.is_alive()]
+        if stuck:
+            log.warning("threads still running at exit: %s", ", ".join(stuck))
+        if self.worker.error is not None:
+            log.critical("exiting with code 1: the inference worker failed")
+            return 1
+        log.info("stopped cleanly")
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(signum: int, _frame: object) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)

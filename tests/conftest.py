@@ -1,0 +1,7 @@
+"""Fixtures shared by the suite live in tests/support/; each module registers itself here."""
+
+pytest_plugins: list[str] = [
+    "tests.support.daemon",
+    "tests.support.mosquitto",
+    "tests.support.roboflow_server",
+]
