@@ -114,20 +114,19 @@ class Measured:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
-    @property
-    def share_spread(self) -> float:
-        """(max - min) / mean of the frames inferred per live camera: 0 when all got the same share."""
-        counts = [n for n in self.per_camera.values() if n > 0]
-        if len(counts) < 2:
+    def share_spread(self, cameras: list[str]) -> float:
+        """(max - min) / mean of the frames inferred per camera of `cameras`: 0 when all got the same share."""
+        counts = [self.per_camera[camera] for camera in cameras]
+        if len(counts) < 2 or not sum(counts):
             return 0.0
         return (max(counts) - min(counts)) / (sum(counts) / len(counts))
 
 
-def rss_mib() -> float:
-    """This process's resident set size, MiB (Linux)."""
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident set size (VmRSS; VmHWM: its peak), MiB (Linux)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 

@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -55,7 +56,7 @@ class MemoryCamera(threading.Thread):
     ) -> None:
         super().__init__(name=f"camera:{config.id}", daemon=True)
         self.config = config
-        self.state = CameraState()
+        self.state = CameraState(since_mono=time.monotonic())  # frozen: replaced whole, read without a lock
         self.finished = False
         self._board = board
         self._halt = stop
@@ -68,7 +69,7 @@ class MemoryCamera(threading.Thread):
 
     def run(self) -> None:
         if self._mode == "dead":
-            self.state.last_error = "no frames (a dead camera)"
+            self.state = replace(self.state, last_error="no frames (a dead camera)")
             self._halt.wait()
             return
         self._set_online(True)
@@ -102,19 +103,15 @@ class MemoryCamera(threading.Thread):
             self._halt.wait(max(0.0, started + tick * period - time.monotonic()))
 
     def _deliver(self) -> None:
-        state = self.state
-        state.frames += 1
-        now = time.monotonic()
-        state.last_frame_mono = now
-        image = self._frames[state.frames % len(self._frames)]
-        wall = time.time()
-        self._board.put(Frame(self.config.id, state.frames, wall, now, image))
+        number = self.state.frames + 1
+        now, wall = time.monotonic(), time.time()
+        self._board.put(Frame(self.config.id, number, wall, now, self._frames[number % len(self._frames)]))
         self._captured.inc()
         self._last_frame.set(wall)
+        self.state = replace(self.state, frames=number, last_frame_mono=now)
 
     def _set_online(self, online: bool) -> None:
-        self.state.online = online
-        self.state.since_mono = time.monotonic()
+        self.state = replace(self.state, online=online, since_mono=time.monotonic())
         self._up.set(1 if online else 0)
         self._board.set_live(self.config.id, online)
         self._on_status(self.config.id, online)

@@ -71,15 +71,14 @@ class FrameBoard:
         """Wait up to `wait` s for a first frame, then up to `fill_timeout` s for the batch to fill.
 
         The batch is full at `max_batch` frames or when every live camera has a frame waiting. Returns the
-        frames, oldest capture first (empty on timeout or close).
+        frames, oldest capture first (empty on timeout). Once closed it waits for nothing and hands out the
+        camera frames left on the board (the cameras have stopped: they are inferred, not lost), then none.
         """
         with self._changed:
             if not self._changed.wait_for(lambda: self._closed or self._ready_count() > 0, timeout=wait):
                 return []
-            if self._closed:
-                return []
             want = min(max_batch, max(1, len(self._live) + len(self._requests)))
-            if fill_timeout > 0 and self._ready_count() < want:
+            if fill_timeout > 0 and not self._closed and self._ready_count() < want:
                 deadline = time.monotonic() + fill_timeout
                 self._changed.wait_for(
                     lambda: self._closed or self._ready_count() >= want,

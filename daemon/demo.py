@@ -1,7 +1,7 @@
 """Demo camera clips made from real photos bundled with scikit-image.
 
-Each clip is a slow pan and zoom over one photo, so consecutive frames differ (as from a real camera) while the
-object stays in view. `python -m daemon.demo OUT_DIR` writes the clips the default config plays.
+Each clip is a slow pan and zoom over one photo: consecutive frames differ, as from a real camera,
+while the object stays in view. `python -m daemon.demo OUT_DIR` writes the clips the default config plays.
 """
 
 from __future__ import annotations
@@ -44,9 +44,7 @@ def read_photo(photo: Path) -> np.ndarray:
     return image
 
 
-def pan_zoom_transform(
-    photo_size: tuple[int, int], frame_size: tuple[int, int], phase: float
-) -> np.ndarray:
+def pan_zoom_transform(photo_size: tuple[int, int], frame_size: tuple[int, int], phase: float) -> np.ndarray:
     """2x3 affine matrix mapping the photo into the frame at `phase` (0..1, one full zoom in and out).
 
     The photo is fitted inside the frame, then zoomed by up to ZOOM and panned by up to PAN around the centre.
@@ -85,7 +83,11 @@ def write_demo_clip(
         for index in range(frames):
             matrix = pan_zoom_transform(photo_size, size, index / frames)
             frame = cv2.warpAffine(
-                image, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                image,
+                matrix,
+                size,
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
                 borderValue=BORDER_BGR,
             )
             writer.write(frame)
@@ -96,7 +98,11 @@ def write_demo_clip(
 
 
 def write_demo_clips(
-    out_dir: Path, seconds: float = 10, fps: float = 10, size: tuple[int, int] = (640, 480), suffix: str = ".mp4"
+    out_dir: Path,
+    seconds: float = 10,
+    fps: float = 10,
+    size: tuple[int, int] = (640, 480),
+    suffix: str = ".mp4",
 ) -> dict[str, Path]:
     """Every demo clip in `out_dir` (name -> path); clips already there are kept as they are."""
     clips = {}

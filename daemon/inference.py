@@ -8,6 +8,7 @@ every detection a `detection_id`, and hands the results to the dispatcher withou
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -57,6 +58,13 @@ class InferenceWorker(threading.Thread):
                 frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
                 if frames:
                     self._process(frames)
+            # the cameras stopped first: the frames they left are inferred, so that every frame captured is
+            # either inferred or counted as dropped (at most one per camera; bounded if cameras still run)
+            for _ in range(math.ceil(len(self._inferred) / self._max_batch)):
+                frames = self._board.take_batch(self._max_batch, 0, 0)
+                if not frames:
+                    break
+                self._process(frames)
         except BaseException as exc:  # the process must end: systemd restarts it
             self.error = exc
             log.critical("inference worker failed: %s", exc, exc_info=True)

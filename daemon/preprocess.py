@@ -11,8 +11,10 @@ PAD_VALUE = 114  # the gray Ultralytics pads with; models trained on letterboxed
 class LetterboxBuffer:
     """Preallocated input batch for a model of input size (height, width), filled in place frame by frame.
 
-    Each frame is resized (aspect ratio kept) straight into a uint8 canvas, then the whole batch goes into
-    the float buffer in one vectorised pass that swaps BGR->RGB, scales to 0..1 and transposes HWC->CHW.
+    Each frame is resized (aspect ratio kept) straight into its slot's uint8 canvas, then the rows it covers
+    go into the float buffer in one vectorised pass that swaps BGR->RGB, scales to 0..1 and transposes
+    HWC->CHW. The padding is painted (and converted) only when a slot's geometry changes: a camera's frames
+    keep one size, so for most frames only the picture itself is converted.
     """
 
     def __init__(self, height: int, width: int, max_batch: int) -> None:
@@ -22,6 +24,7 @@ class LetterboxBuffer:
         self.batch = np.zeros((max_batch, 3, height, width), dtype=np.float32)
         self._canvas = np.full((max_batch, height, width, 3), PAD_VALUE, dtype=np.uint8)
         self._transforms = np.zeros((max_batch, 3), dtype=np.float32)
+        self._geometry: list[tuple[int, int, int, int] | None] = [None] * max_batch  # per slot
 
     def fill(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Letterbox `images` (H x W x 3 uint8 BGR) into the buffer.
@@ -33,31 +36,35 @@ class LetterboxBuffer:
         n = len(images)
         if n > self.max_batch:
             raise ValueError(f"{n} images given, the buffer holds at most {self.max_batch}")
-        for canvas, transform, image in zip(self._canvas[:n], self._transforms[:n], images, strict=True):
-            transform[:] = self._resize_into(image, canvas)
-        np.multiply(
-            self._canvas[:n, :, :, ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), out=self.batch[:n]
-        )
+        for slot, image in enumerate(images):
+            self._fill_slot(slot, image)
         return self.batch[:n], self._transforms[:n]
 
-    def _resize_into(self, image: np.ndarray, canvas: np.ndarray) -> tuple[float, int, int]:
+    def _fill_slot(self, slot: int, image: np.ndarray) -> None:
         height, width = image.shape[:2]
         scale = min(self.height / height, self.width / width)
         new_w = min(self.width, max(1, round(width * scale)))
         new_h = min(self.height, max(1, round(height * scale)))
         pad_x = (self.width - new_w) // 2
         pad_y = (self.height - new_h) // 2
-        # Only the borders need repainting: the previous frame in this slot may have had another size.
-        canvas[:pad_y] = PAD_VALUE
-        canvas[pad_y + new_h :] = PAD_VALUE
-        canvas[pad_y : pad_y + new_h, :pad_x] = PAD_VALUE
-        canvas[pad_y : pad_y + new_h, pad_x + new_w :] = PAD_VALUE
+        canvas = self._canvas[slot]
+        geometry = (new_w, new_h, pad_x, pad_y)
+        if geometry == self._geometry[slot]:
+            rows = slice(pad_y, pad_y + new_h)  # the padding, already painted and converted, stays
+        else:
+            canvas[:pad_y] = PAD_VALUE
+            canvas[pad_y + new_h :] = PAD_VALUE
+            canvas[pad_y : pad_y + new_h, :pad_x] = PAD_VALUE
+            canvas[pad_y : pad_y + new_h, pad_x + new_w :] = PAD_VALUE
+            rows = slice(0, self.height)
+            self._geometry[slot] = geometry
         inner = canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w]
         if (new_h, new_w) == (height, width):
             inner[:] = image
         else:
             cv2.resize(image, (new_w, new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
-        return scale, pad_x, pad_y
+        np.multiply(canvas[rows, :, ::-1].transpose(2, 0, 1), np.float32(1 / 255), out=self.batch[slot, :, rows])
+        self._transforms[slot] = (scale, pad_x, pad_y)
 
 
 def unletterbox(xyxy: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:

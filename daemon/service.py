@@ -179,8 +179,28 @@ class Service:
         return "; ".join(parts) or "no cameras"
 
     def run(self, duration: float | None = None) -> int:
-        """Run until stopped; returns the process exit code."""
+        """Start, watch until stopped (signal, `duration` or a failed worker), stop; returns the exit code."""
         started = time.monotonic()
+        self.start()
+        watchdog = sdnotify.watchdog_interval()
+        tick = min(1.0, watchdog / 2) if watchdog else 1.0
+        last_status = 0.0
+        while not self.stop.wait(tick):
+            if self.worker.error is not None:
+                break
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                log.info("ran for %.0f s as asked; stopping", duration)
+                break
+            if watchdog and self.health()[0]:
+                sdnotify.watchdog()
+            if now - last_status >= 5:
+                sdnotify.status(self._status_line())
+                last_status = now
+        return self.shutdown()
+
+    def start(self) -> None:
+        """Start every thread, sinks first and cameras last, then tell systemd we are ready."""
         if self.exporter:
             self.exporter.start()
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.exporter.port)
@@ -203,22 +223,6 @@ class Service:
             self.config.model.id,
             self.model.provider,
         )
-        watchdog = sdnotify.watchdog_interval()
-        tick = min(1.0, watchdog / 2) if watchdog else 1.0
-        last_status = 0.0
-        while not self.stop.wait(tick):
-            if self.worker.error is not None:
-                break
-            now = time.monotonic()
-            if duration is not None and now - started >= duration:
-                log.info("ran for %.0f s as asked; stopping", duration)
-                break
-            if watchdog and self.health()[0]:
-                sdnotify.watchdog()
-            if now - last_status >= 5:
-                sdnotify.status(self._status_line())
-                last_status = now
-        return self.shutdown()
 
     def shutdown(self) -> int:
         sdnotify.stopping()

@@ -2,6 +2,8 @@
 
 pytest_plugins: list[str] = [
     "tests.support.daemon",
+    "tests.support.media",
     "tests.support.mosquitto",
     "tests.support.roboflow_server",
+    "tests.support.rtsp",
 ]

@@ -199,7 +199,7 @@ def test_a_wrong_or_missing_key_is_refused_and_no_key_is_ever_logged(
         == 200
     )
     assert requests.get(f"{edge.url}/info", timeout=10).status_code == 200  # the client sends no key here
-    ours = "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("daemon"))
+    ours = "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("edgewatch"))
     assert KEY not in ours and "not-the-key" not in ours
     assert "GET /model/registry -> 401" in ours  # requests are logged, without their query strings
 

@@ -131,12 +131,15 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
-def sample(text: str, name: str, **labels: str) -> float:
+def sample(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    """The value of one series in a scrape; `default` when absent (else the test fails)."""
     for line in text.splitlines():
         if line.startswith(name + ("{" if labels else " ")) and all(
             f'{k}="{v}"' in line for k, v in labels.items()
         ):
             return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
     raise AssertionError(f"{name} {labels} not in the scrape")
 
 

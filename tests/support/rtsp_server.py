@@ -24,7 +24,8 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 def decode(path: str) -> tuple[list[bytes], Gst.Caps, int, int]:
     """Every frame of the file as raw I420, with their caps and the frame rate (num, den)."""
     pipeline = Gst.parse_launch(
-        "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=I420 ! appsink name=sink sync=false"
+        "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=I420"
+        " ! appsink name=sink sync=false"
     )
     pipeline.get_by_name("file").set_property("location", path)
     sink = pipeline.get_by_name("sink")
@@ -50,9 +51,13 @@ def decode(path: str) -> tuple[list[bytes], Gst.Caps, int, int]:
 
 
 def serve(path: str, port: int, mount: str) -> None:
-    frames, caps, num, den = decode(path)
-    caps = caps.copy()
-    caps.set_value("framerate", Gst.Fraction(num, den))
+    frames, decoded_caps, num, den = decode(path)
+    structure = decoded_caps.get_structure(0)
+    width, height = structure.get_int("width")[1], structure.get_int("height")[1]
+    # Built from text: Gst.Fraction needs the python3-gst overrides, which are not installed everywhere.
+    caps = Gst.Caps.from_string(
+        f"video/x-raw,format=I420,width={width},height={height},framerate={num}/{den}"
+    )
     duration = Gst.util_uint64_scale_int(Gst.SECOND, den, num)
     gop = max(1, round(num / den))  # a keyframe every second: a (re)connecting client starts quickly
 
