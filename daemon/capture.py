@@ -184,26 +184,21 @@ class Camera(threading.Thread):
         backoff = BACKOFF_START
         while not self._halt.is_set():
             try:
-                capture = open_source(self.config.url, self.config.stall_timeout)
-            except CaptureError as exc:
-                problem = str(exc)
-            else:
-                try:
-                    problem, delivered = self._read(capture)
-                except Exception as exc:  # a bug or a backend surprise: log it, reopen like any failure
-                    log.exception("camera %s: capture failed", self.config.id)
-                    problem, delivered = f"capture failed: {exc}", False
-                finally:
-                    capture.release()
-                if delivered:
-                    backoff = BACKOFF_START
-                if problem == "end of file":
-                    if self.config.loop:
-                        continue
-                    self._set_online(False, "end of file")
-                    log.info("camera %s: end of %s; not looping", self.config.id, self._url)
-                    self.finished = True
-                    return
+                problem, delivered = self._open_and_read()
+            except Exception as exc:  # a bug or a backend surprise: log it, reopen like any failure
+                log.exception("camera %s: capture failed", self.config.id)
+                problem, delivered = f"capture failed: {exc}", False
+            if delivered:
+                backoff = BACKOFF_START
+            if problem == "end of file" and delivered:
+                if self.config.loop:
+                    continue
+                self._set_online(False, "end of file")
+                log.info("camera %s: end of %s; not looping", self.config.id, self._url)
+                self.finished = True
+                return
+            if problem == "end of file":  # opened, yet not one frame: a corrupt or empty file
+                problem = "no frame could be decoded"
             if self._halt.is_set():
                 break
             self._set_online(False, problem)
@@ -217,6 +212,16 @@ class Camera(threading.Thread):
             self._reconnects.inc()
             self._update(reconnects=self.state.reconnects + 1)
         self._set_online(False, "stopped")
+
+    def _open_and_read(self) -> tuple[str, bool]:
+        try:
+            capture = open_source(self.config.url, self.config.stall_timeout)
+        except CaptureError as exc:
+            return str(exc), False
+        try:
+            return self._read(capture)
+        finally:
+            capture.release()
 
     def _read(self, capture: cv2.VideoCapture) -> tuple[str, bool]:
         """Read until stopped or a failure; returns (the problem, whether any frame was delivered)."""

@@ -183,3 +183,22 @@ def test_probe_source(demo_clips, tmp_path) -> None:
 def test_gstreamer_pipeline_without_gstreamer_build_is_a_clear_error(url) -> None:
     problem = probe_source(url)
     assert problem is None or "GStreamer" in problem
+
+
+def test_a_corrupt_file_is_retried_with_backoff_not_spun_on(tmp_path, demo_clips) -> None:
+    corrupt = tmp_path / "corrupt.mp4"
+    data = demo_clips["coffee"].read_bytes()
+    corrupt.write_bytes(data[:48] + bytes(len(data) - 48))  # the header survives, every frame is gone
+    with Rig(camera("broken", corrupt, loop=True), camera("fine", demo_clips["coffee"], loop=True)) as rig:
+        wait_until(
+            lambda: rig.value("edgewatch_camera_reconnects_total", "broken") >= 1,
+            timeout=20,
+            message="the corrupt file to be retried",
+        )
+        wait_until(lambda: len(rig.frames["fine"]) >= 10, timeout=20, message="the good camera's frames")
+        assert rig.value("edgewatch_camera_reconnects_total", "broken") <= 3  # backoff, not a spin
+        assert not rig.frames["broken"]
+        assert rig.cameras["broken"].state.last_error in (
+            "cannot decode the file",
+            "no frame could be decoded",
+        )
