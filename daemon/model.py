@@ -395,31 +395,48 @@ class Model:
         seconds = 0.0
         for start in range(0, len(images), self.max_batch):
             chunk = images[start : start + self.max_batch]
-            batch, transforms = self._buffer.fill(chunk)
-            feed = self._buffer.batch if self.fixed_batch else batch
+            feed, transforms = self.prepare(chunk)
             started = time.perf_counter()
             outputs = self.run(feed)
             seconds += time.perf_counter() - started
-            if params is None:
-                decoded = self._decode(outputs, len(chunk), self._defaults)
-            else:
-                chunk_params = params[start : start + self.max_batch]
-                decoded = [
-                    self._decode([output[i : i + 1] for output in outputs], 1, p or self._defaults)[0]
-                    for i, p in enumerate(chunk_params)
-                ]
-            for image, transform, found in zip(chunk, transforms, decoded, strict=True):
-                xyxy, confidence, class_id = found
-                height, width = image.shape[:2]
-                results.append(
-                    sv.Detections(
-                        xyxy=unletterbox(xyxy, transform, width, height),
-                        confidence=confidence,
-                        class_id=class_id,
-                        data={"class_name": self._names[class_id]},
-                    )
-                )
+            chunk_params = None if params is None else params[start : start + self.max_batch]
+            results += self.detections(outputs, chunk, transforms, chunk_params)
         return results, seconds
+
+    def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Letterbox at most `max_batch` images into the input buffer: (the batch to run, their transforms).
+
+        Both are views of the model's one buffer, valid until the next `prepare`."""
+        batch, transforms = self._buffer.fill(images)
+        return (self._buffer.batch if self.fixed_batch else batch), transforms
+
+    def detections(
+        self,
+        outputs: list[np.ndarray],
+        images: list[np.ndarray],
+        transforms: np.ndarray,
+        params: list[DecodeParams | None] | None = None,
+    ) -> list[sv.Detections]:
+        """The outputs of one run of `prepare(images)` decoded into detections in each image's pixels."""
+        if params is None:
+            decoded = self._decode(outputs, len(images), self._defaults)
+        else:
+            decoded = [
+                self._decode([output[i : i + 1] for output in outputs], 1, p or self._defaults)[0]
+                for i, p in enumerate(params)
+            ]
+        results = []
+        for image, transform, (xyxy, confidence, class_id) in zip(images, transforms, decoded, strict=True):
+            height, width = image.shape[:2]
+            results.append(
+                sv.Detections(
+                    xyxy=unletterbox(xyxy, transform, width, height),
+                    confidence=confidence,
+                    class_id=class_id,
+                    data={"class_name": self._names[class_id]},
+                )
+            )
+        return results
 
     def _decode(self, outputs: list[np.ndarray], count: int, p: DecodeParams) -> list[Decoded]:
         classes = None if p.classes is None else np.array(p.classes, dtype=np.int64)

@@ -2,6 +2,7 @@
 
 pytest_plugins: list[str] = [
     "tests.support.daemon",
+    "tests.support.edge",
     "tests.support.media",
     "tests.support.mosquitto",
     "tests.support.roboflow_server",

@@ -38,14 +38,6 @@ MODEL_ID = "coco/3"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Model:
-    folder = tmp_path_factory.mktemp("model")
-    loaded = Model.load(edge_config(folder, demo_model, {}, "http://127.0.0.1:9").model)
-    loaded.warm_up()
-    return loaded
-
-
-@pytest.fixture(scope="module")
 def roboflow() -> Iterator[RoboflowServer]:
     server = RoboflowServer().start()
     yield server

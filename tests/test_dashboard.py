@@ -216,14 +216,6 @@ def test_the_store_keeps_to_its_size_bound_dropping_the_oldest_samples(tmp_path:
 # --- the page ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Model:
-    folder = tmp_path_factory.mktemp("model")
-    loaded = Model.load(edge_config(folder, demo_model, {}, "http://127.0.0.1:9").model)
-    loaded.warm_up()
-    return loaded
-
-
 def get(edge: Edge, path: str) -> Any:
     with urllib.request.urlopen(f"{edge.url}/api/{path}", timeout=10) as response:
         return json.load(response)

@@ -8,6 +8,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import skimage.data
 
 from daemon.capture import Camera
@@ -58,6 +59,15 @@ class PhotoCamera(Camera):
         while not self._halt.wait(1 / self.config.fps):
             self._deliver(image.copy())
         self._set_online(False, "stopped")
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Model:
+    """The demo model, loaded and warmed up once for every in-process stack."""
+    folder = tmp_path_factory.mktemp("model")
+    loaded = Model.load(edge_config(folder, demo_model, {}, "http://127.0.0.1:9").model)
+    loaded.warm_up()
+    return loaded
 
 
 class Edge:
