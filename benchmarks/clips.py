@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from benchmarks.sources import demo_frames
+from benchmarks.sources import demo_scenes
 
 CLIP_SIZES: tuple[tuple[str, tuple[int, int]], ...] = (
     ("640x480", (640, 480)),
@@ -56,6 +56,7 @@ def make_clips(folder: Path, sizes: tuple[tuple[str, tuple[int, int]], ...] = CL
     for name, size in sizes:
         out = folder / f"demo-{name}-{CLIP_FPS}fps.mp4"
         if not out.is_file():
-            encode_h264(demo_frames(size, CLIP_FPS * CLIP_SECONDS), size, CLIP_FPS, out)
+            scenes = demo_scenes(size, CLIP_FPS * CLIP_SECONDS // 3)  # the photos one after the other
+            encode_h264([frame for scene in scenes for frame in scene], size, CLIP_FPS, out)
         clips[name] = out
     return clips

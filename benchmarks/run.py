@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks import profile as sampler
 from benchmarks.clips import CLIP_SIZES, make_clips
 from benchmarks.pipeline import Measured, bench_config, rss_mib, run_pipeline
-from benchmarks.sources import camera_factory, demo_frames
+from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model import Model
 from daemon.preprocess import LetterboxBuffer
@@ -129,16 +130,21 @@ class Bench:
     model_config: ModelConfig
     broker: tuple[str, int]
     workdir: Path
-    frames: list[np.ndarray]
+    scenes: list[list[np.ndarray]]
     max_batch: int
     batch_timeout_ms: float
     warmup: float
     window: float
     report: Report
+    profile: Path | None = None  # where py-spy records the N=4 unpaced run (--profile)
     runs: int = 0
 
     def pipeline(
-        self, cameras: list[CameraConfig], seconds: float | None = None, rss_at: tuple[float, ...] = ()
+        self,
+        cameras: list[CameraConfig],
+        seconds: float | None = None,
+        rss_at: tuple[float, ...] = (),
+        profile: Path | None = None,
     ) -> tuple[Measured, int]:
         """Measure one run; also returns the frames left unaccounted at the end (offered - inferred - drops)."""
         self.runs += 1
@@ -147,9 +153,20 @@ class Bench:
         config = bench_config(
             self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms
         )
+        window = seconds or self.window
+        recorders = []
+        on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
         measured, totals = run_pipeline(
-            config, self.model, camera_factory(self.frames), self.warmup, seconds or self.window, rss_at
+            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window
         )
+        for recorder in recorders:
+            _, errors = recorder.communicate(timeout=60)
+            if recorder.returncode != 0:
+                raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace').strip()}")
+            assert profile is not None
+            text = sampler.summary(profile)
+            profile.with_suffix(".summary.txt").write_text(text + "\n")
+            print(text, flush=True)
         # read errors are never offered, and a result the dispatcher dropped was inferred: stale drops only
         unaccounted = round(totals.offered - totals.inferred - totals.dropped["stale"])
         return measured, unaccounted
@@ -177,8 +194,9 @@ def memory_cameras(count: int, mode: str, fps: float = 240) -> list[CameraConfig
 def bench_unpaced(bench: Bench, counts: tuple[int, ...]) -> None:
     print("pipeline, decode excluded: in-memory cameras handed out as fast as taken", flush=True)
     for count in counts:
-        m, _ = bench.pipeline(memory_cameras(count, "unpaced"))
-        row = bench.row("memory", f"N={count} unpaced", m, count)
+        profile = bench.profile / f"py-spy-N{count}-unpaced.txt" if bench.profile and count == OVERLOAD_CAMERAS else None
+        m, _ = bench.pipeline(memory_cameras(count, "unpaced"), profile=profile)
+        row = bench.row("memory", f"N={count} unpaced", m, count, note="profiled (py-spy)" if profile else "")
         if count == OVERLOAD_CAMERAS:
             bench.report.check(row.ratio is not None and row.ratio >= 0.95,
                                f"N={count} unpaced in-memory: pipeline/raw {row.ratio:.3f} >= 0.95")
@@ -326,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="raw,memory,overload,decode,rss",
                         help="comma-separated subset of raw,memory,overload,decode,rss (raw always runs)")
     parser.add_argument("--markdown", type=Path, help="also write the table and the checks to this file")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record the N=4 unpaced run with py-spy into DIR and print where the threads spend time")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -339,18 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     model = Model.load(model_config)
     model.warm_up()
     report = Report()
-    frames = demo_frames((640, 480))
+    scenes = demo_scenes((640, 480))
     quick = args.quick
-    bench_raw(model, frames, 1.5 if quick else 4.0, report)
+    bench_raw(model, [frame for scene in scenes for frame in scene], 1.5 if quick else 4.0, report)
 
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmp:
         workdir = Path(tmp)
         broker = Mosquitto(workdir / "mosquitto")
         broker.start()
         try:
-            bench = Bench(model, model_config, (broker.host, broker.port), workdir, frames, args.max_batch,
+            bench = Bench(model, model_config, (broker.host, broker.port), workdir, scenes, args.max_batch,
                           args.batch_timeout_ms, warmup=1.0 if quick else 2.0, window=2.0 if quick else 8.0,
-                          report=report)
+                          report=report, profile=args.profile)
             steps: list[tuple[str, Callable[[], None]]] = [
                 ("memory", lambda: bench_unpaced(bench, (1, 4) if quick else (1, 2, 4, 8))),
                 ("overload", lambda: bench_overload(bench, 3.0 if quick else 15.0)),

@@ -33,15 +33,18 @@ TAKEN_WAIT = 0.5  # seconds an unpaced source waits for its frame to be taken be
 STALL_AFTER = 1.0  # seconds a `memory:stalled` camera delivers before it goes silent
 
 
-def demo_frames(size: tuple[int, int], count: int = 24) -> list[np.ndarray]:
-    """`count` BGR frames of `size` (width, height): pans and zooms over the demo photos, in turn."""
-    photos = [read_photo(photo_path(name)) for name in DEMO_PHOTOS.values()]
-    frames = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        matrix = pan_zoom_transform((photo.shape[1], photo.shape[0]), size, index / count)
-        frames.append(cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR))
-    return frames
+def demo_scenes(size: tuple[int, int], count: int = 24) -> list[list[np.ndarray]]:
+    """Per demo photo, `count` BGR frames of `size` (width, height): a slow pan and zoom over it, as a camera
+    watching one scene sees it (consecutive frames differ a little, the objects stay)."""
+    scenes = []
+    for name in DEMO_PHOTOS.values():
+        photo = read_photo(photo_path(name))
+        scenes.append([
+            cv2.warpAffine(photo, pan_zoom_transform((photo.shape[1], photo.shape[0]), size, index / count), size,
+                           flags=cv2.INTER_LINEAR)
+            for index in range(count)
+        ])
+    return scenes
 
 
 class MemoryCamera(threading.Thread):
@@ -117,8 +120,10 @@ class MemoryCamera(threading.Thread):
         self._on_status(self.config.id, online)
 
 
-def camera_factory(frames: Sequence[np.ndarray]) -> Callable[..., threading.Thread]:
-    """A `Service` camera factory: `memory:` URLs become `MemoryCamera`s over `frames`, others real cameras."""
+def camera_factory(scenes: Sequence[Sequence[np.ndarray]]) -> Callable[..., threading.Thread]:
+    """A `Service` camera factory: `memory:` URLs become `MemoryCamera`s, each showing the next of `scenes`
+    in turn; other URLs real cameras."""
+    made = 0
 
     def make(
         config: CameraConfig,
@@ -127,8 +132,10 @@ def camera_factory(frames: Sequence[np.ndarray]) -> Callable[..., threading.Thre
         stop: threading.Event,
         on_status: Callable[[str, bool], None],
     ) -> threading.Thread:
+        nonlocal made
         if config.url.startswith("memory:"):
-            return MemoryCamera(config, board, metrics, stop, on_status, frames)
+            made += 1
+            return MemoryCamera(config, board, metrics, stop, on_status, scenes[(made - 1) % len(scenes)])
         return Camera(config, board, metrics, stop, on_status)
 
     return make

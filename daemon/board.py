@@ -28,7 +28,11 @@ class FrameBoard:
         self._max_requests = max_requests
         self._live: set[str] = set()  # cameras currently delivering; a batch waits for these only
         self._on_stale = on_stale
-        self._changed = threading.Condition()
+        # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
+        # wakes only the worker and a batch taken wakes only the cameras it took from.
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        self._taken = {camera: threading.Condition(lock) for camera in self._slots}
         self._closed = False
 
     @property
@@ -36,36 +40,35 @@ class FrameBoard:
         return list(self._slots)
 
     def put(self, frame: Frame) -> None:
-        with self._changed:
+        with self._ready:
             stale = self._slots[frame.camera_id]
             self._slots[frame.camera_id] = frame
-            self._changed.notify_all()
+            self._ready.notify_all()
         if stale is not None:
             self._on_stale(stale)
 
     def put_request(self, frame: Frame) -> bool:
         """Queue a request frame; False when `max_requests` are already waiting."""
-        with self._changed:
+        with self._ready:
             if self._closed or len(self._requests) >= self._max_requests:
                 return False
             self._requests.append(frame)
-            self._changed.notify_all()
+            self._ready.notify_all()
             return True
 
     def set_live(self, camera_id: str, live: bool) -> None:
-        with self._changed:
+        with self._ready:
             if live:
                 self._live.add(camera_id)
             else:
                 self._live.discard(camera_id)
-            self._changed.notify_all()
+            self._ready.notify_all()
 
     def wait_taken(self, camera_id: str, timeout: float) -> bool:
         """Block until the camera's slot is empty (for sources read as fast as inference takes them)."""
-        with self._changed:
-            return self._changed.wait_for(
-                lambda: self._closed or self._slots[camera_id] is None, timeout=timeout
-            )
+        taken = self._taken[camera_id]
+        with taken:
+            return taken.wait_for(lambda: self._closed or self._slots[camera_id] is None, timeout=timeout)
 
     def take_batch(self, max_batch: int, fill_timeout: float, wait: float) -> list[Frame]:
         """Wait up to `wait` s for a first frame, then up to `fill_timeout` s for the batch to fill.
@@ -74,13 +77,13 @@ class FrameBoard:
         frames, oldest capture first (empty on timeout). Once closed it waits for nothing and hands out the
         camera frames left on the board (the cameras have stopped: they are inferred, not lost), then none.
         """
-        with self._changed:
-            if not self._changed.wait_for(lambda: self._closed or self._ready_count() > 0, timeout=wait):
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._closed or self._ready_count() > 0, timeout=wait):
                 return []
             want = min(max_batch, max(1, len(self._live) + len(self._requests)))
             if fill_timeout > 0 and not self._closed and self._ready_count() < want:
                 deadline = time.monotonic() + fill_timeout
-                self._changed.wait_for(
+                self._ready.wait_for(
                     lambda: self._closed or self._ready_count() >= want,
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
@@ -90,10 +93,10 @@ class FrameBoard:
             for frame in ready:
                 if frame.reply is None:
                     self._slots[frame.camera_id] = None
+                    self._taken[frame.camera_id].notify_all()
             taken = {id(frame) for frame in ready if frame.reply is not None}
             if taken:
                 self._requests = deque(frame for frame in self._requests if id(frame) not in taken)
-            self._changed.notify_all()
             return ready
 
     def _ready_count(self) -> int:
@@ -101,10 +104,12 @@ class FrameBoard:
 
     def close(self) -> list[Frame]:
         """Stop handing out frames; returns the request frames still waiting, for the caller to answer."""
-        with self._changed:
+        with self._ready:
             self._closed = True
             left, self._requests = list(self._requests), deque()
-            self._changed.notify_all()
+            self._ready.notify_all()
+            for taken in self._taken.values():
+                taken.notify_all()
         return left
 
     @property

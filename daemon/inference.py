@@ -3,6 +3,8 @@
 It takes the freshest frame of every ready camera from the board (up to `max_batch`, waiting at most
 `batch_timeout_ms` for the batch to fill), runs them as one batch, gives every frame an `inference_id` and
 every detection a `detection_id`, and hands the results to the dispatcher without ever blocking on it.
+While frames keep coming, a batch's results are handed over when the next batch starts running (see
+`_process`); when none are waiting, at once.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class InferenceWorker(threading.Thread):
         self._batch_timeout = batch_timeout
         self._halt = stop
         self._inferred = {camera: metrics.frames_inferred.labels(camera) for camera in board.camera_ids}
+        self._pending: list[FrameResult] = []  # the last batch's results, for the dispatcher
         self.last_progress = time.monotonic()
         self.error: BaseException | None = None
 
@@ -55,7 +58,12 @@ class InferenceWorker(threading.Thread):
         try:
             while not self._halt.is_set():
                 self.last_progress = time.monotonic()
-                frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
+                # with results waiting for the dispatcher, frames already there go straight on (their results
+                # are handed over while the model runs); with none there, the results go first, then we wait
+                frames = self._board.take_batch(self._max_batch, 0, 0) if self._pending else []
+                if not frames:
+                    self._hand_over()
+                    frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
                 if frames:
                     self._process(frames)
             # the cameras stopped first: the frames they left are inferred, so that every frame captured is
@@ -65,15 +73,27 @@ class InferenceWorker(threading.Thread):
                 if not frames:
                     break
                 self._process(frames)
+            self._hand_over()
         except BaseException as exc:  # the process must end: systemd restarts it
             self.error = exc
             log.critical("inference worker failed: %s", exc, exc_info=True)
 
+    def _hand_over(self) -> None:
+        for result in self._pending:
+            self._submit(result)
+        self._pending = []
+
     def _process(self, frames: list[Frame]) -> None:
+        images = [frame.image for frame in frames]
         params = [frame.params for frame in frames]
-        detections, seconds = self._model.infer(
-            [frame.image for frame in frames], params if any(params) else None
-        )
+        feed, transforms = self._model.prepare(images)
+        # The previous batch's results go to the dispatcher now, while session.run below releases the GIL:
+        # the sinks then run beside the model instead of contending with the letterboxing above.
+        self._hand_over()
+        started = time.perf_counter()
+        outputs = self._model.run(feed)
+        seconds = time.perf_counter() - started
+        detections = self._model.detections(outputs, images, transforms, params if any(params) else None)
         self._metrics.inference_duration.observe(seconds)
         self._metrics.batch_size.observe(len(frames))
         done = time.monotonic()
@@ -103,5 +123,5 @@ class InferenceWorker(threading.Thread):
                 self._inferred[frame.camera_id].inc()
             else:
                 frame.reply(result)
-            self._submit(result)
+            self._pending.append(result)
         self.last_progress = done

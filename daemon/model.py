@@ -199,7 +199,9 @@ def _create_session(
     options.log_severity_level = 3  # errors only: ORT's warnings about graph details are noise to operators
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # sequential execution: no inter-op pool needed
-    options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("EW_SPIN", "1"))
+    # Idle intra-op threads sleep instead of spinning: the daemon's other threads (decoding cameras, sinks)
+    # need the cores between runs, and a spinning pool thread takes one from them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(config.path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types, none of them documented
@@ -236,7 +238,8 @@ def pin_host_memory(array: np.ndarray) -> bool:
         register = runtime.cudaHostRegister
         register.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
         register.restype = ctypes.c_int
-        return register(array.ctypes.data, array.nbytes, 0) == 0  # 0: cudaSuccess
+        # cudaHostRegisterPortable (1): pinned for every CUDA context, whichever runtime ONNX Runtime loaded
+        return register(array.ctypes.data, array.nbytes, 1) == 0  # 0: cudaSuccess
     return False
 
 
@@ -248,12 +251,13 @@ class BoundRunner:
     def __init__(self, session: ort.InferenceSession, input_name: str, output_names: list[str]) -> None:
         self._session = session
         self._input_name = input_name
+        self._output_names = output_names
         self._binding = session.io_binding()
-        for name in output_names:
-            self._binding.bind_output(name, "cpu")
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         self._binding.bind_cpu_input(self._input_name, batch)
+        for name in self._output_names:  # unallocated each run: the batch size, so the shape, may change
+            self._binding.bind_output(name, "cpu")
         self._session.run_with_iobinding(self._binding)
         return self._binding.copy_outputs_to_cpu()
 
