@@ -132,3 +132,20 @@ def test_config_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert find_config(None) == Path("config.toml")
     monkeypatch.setenv("EDGEWATCH_CONFIG", "/elsewhere.toml")
     assert find_config(None) == Path("/elsewhere.toml")
+
+
+def test_the_readme_config_reference_is_a_valid_config(tmp_path: Path) -> None:
+    """Every key README.md documents is accepted, with the documented values."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, block))
+    assert config.cameras[0].metadata == {"location": "plant-a", "line": "1"}
+    assert config.api.enabled is False and config.mqtt.homeassistant is False
+    assert config.alerts.confidence_drop_ratio == 0.7
+
+
+def test_the_embedded_default_config_is_valid() -> None:
+    config = load_config(Path(__file__).parents[1] / "config.toml")
+    assert len(config.cameras) >= 2 and config.model.path.name == "yolov3-tiny-coco.onnx"
+    assert config.mqtt.enabled is False  # the demo needs no broker
