@@ -115,7 +115,7 @@ class Measured:
         return sum(self.dropped.values())
 
     def share_spread(self, cameras: list[str]) -> float:
-        """(max - min) / mean of the frames inferred per camera of `cameras`: 0 when all got the same share."""
+        """(max - min) / mean of the frames inferred per camera of `cameras`: 0 when all got equal shares."""
         counts = [self.per_camera[camera] for camera in cameras]
         if len(counts) < 2 or not sum(counts):
             return 0.0
@@ -163,7 +163,10 @@ def _counters(service: Service) -> Counters:
         at=time.monotonic(),
         offered=sum(value("edgewatch_frames_captured_total", camera=c) for c in cameras),
         inferred=sum(per_camera.values()),
-        dropped={r: sum(value("edgewatch_frames_dropped_total", camera=c, reason=r) for c in cameras) for r in reasons},
+        dropped={
+            r: sum(value("edgewatch_frames_dropped_total", camera=c, reason=r) for c in cameras)
+            for r in reasons
+        },
         run_seconds=value("edgewatch_inference_duration_seconds_sum"),
         batches=value("edgewatch_inference_duration_seconds_count"),
         per_camera=per_camera,

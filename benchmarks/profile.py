@@ -14,12 +14,28 @@ SKIP = ("Thread._bootstrap", "Thread.run ", "Thread._bootstrap_inner")
 
 def start(out: Path, seconds: float, rate: int = 250) -> subprocess.Popen[bytes]:
     """Record this process for `seconds` into `out` (py-spy's raw, collapsed-stack format)."""
-    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    py_spy = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     if py_spy is None:
         raise RuntimeError("--profile needs py-spy: pip install -c constraints.txt -e '.[bench]'")
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [py_spy, "record", "--pid", str(os.getpid()), "--duration", str(max(1, round(seconds))),
-               "--rate", str(rate), "--format", "raw", "--output", str(out), "--threads", "--nonblocking"]
+    command = [
+        py_spy,
+        "record",
+        "--pid",
+        str(os.getpid()),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--threads",
+        "--nonblocking",
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

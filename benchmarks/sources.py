@@ -39,11 +39,17 @@ def demo_scenes(size: tuple[int, int], count: int = 24) -> list[list[np.ndarray]
     scenes = []
     for name in DEMO_PHOTOS.values():
         photo = read_photo(photo_path(name))
-        scenes.append([
-            cv2.warpAffine(photo, pan_zoom_transform((photo.shape[1], photo.shape[0]), size, index / count), size,
-                           flags=cv2.INTER_LINEAR)
-            for index in range(count)
-        ])
+        scenes.append(
+            [
+                cv2.warpAffine(
+                    photo,
+                    pan_zoom_transform((photo.shape[1], photo.shape[0]), size, index / count),
+                    size,
+                    flags=cv2.INTER_LINEAR,
+                )
+                for index in range(count)
+            ]
+        )
     return scenes
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 
 from daemon.frames import Frame
 
+SILENT_AFTER = 1.0  # seconds without a frame after which a live camera no longer holds batches
+
 
 class FrameBoard:
     def __init__(
@@ -27,6 +29,7 @@ class FrameBoard:
         self._requests: deque[Frame] = deque()
         self._max_requests = max_requests
         self._live: set[str] = set()  # cameras currently delivering; a batch waits for these only
+        self._heard: dict[str, float] = {}  # per live camera: when it went live or last put a frame
         self._on_stale = on_stale
         # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
         # wakes only the worker and a batch taken wakes only the cameras it took from.
@@ -43,6 +46,7 @@ class FrameBoard:
         with self._ready:
             stale = self._slots[frame.camera_id]
             self._slots[frame.camera_id] = frame
+            self._heard[frame.camera_id] = frame.captured_mono
             self._ready.notify_all()
         if stale is not None:
             self._on_stale(stale)
@@ -60,6 +64,7 @@ class FrameBoard:
         with self._ready:
             if live:
                 self._live.add(camera_id)
+                self._heard[camera_id] = time.monotonic()
             else:
                 self._live.discard(camera_id)
             self._ready.notify_all()
@@ -80,7 +85,7 @@ class FrameBoard:
         with self._ready:
             if not self._ready.wait_for(lambda: self._closed or self._ready_count() > 0, timeout=wait):
                 return []
-            want = min(max_batch, max(1, len(self._live) + len(self._requests)))
+            want = min(max_batch, max(1, self._delivering() + len(self._requests)))
             if fill_timeout > 0 and not self._closed and self._ready_count() < want:
                 deadline = time.monotonic() + fill_timeout
                 self._ready.wait_for(
@@ -98,6 +103,12 @@ class FrameBoard:
             if taken:
                 self._requests = deque(frame for frame in self._requests if id(frame) not in taken)
             return ready
+
+    def _delivering(self) -> int:
+        """Live cameras heard from within SILENT_AFTER: a stalled one (still connected, no frames until its
+        stall watchdog reopens it) stops holding every batch for the fill timeout after that long."""
+        since = time.monotonic() - SILENT_AFTER
+        return sum(1 for camera in self._live if self._heard.get(camera, since) > since)
 
     def _ready_count(self) -> int:
         return sum(frame is not None for frame in self._slots.values()) + len(self._requests)

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114  # the gray Ultralytics pads with; models trained on letterboxed images expect it
+SCALE = np.float32(1 / 255)
 
 
 class LetterboxBuffer:
@@ -63,7 +64,7 @@ class LetterboxBuffer:
             inner[:] = image
         else:
             cv2.resize(image, (new_w, new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
-        np.multiply(canvas[rows, :, ::-1].transpose(2, 0, 1), np.float32(1 / 255), out=self.batch[slot, :, rows])
+        np.multiply(canvas[rows, :, ::-1].transpose(2, 0, 1), SCALE, out=self.batch[slot, :, rows])
         self._transforms[slot] = (scale, pad_x, pad_y)
 
 

@@ -32,8 +32,12 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
         CameraConfig(id="dead", url="memory:dead"),
     ]
     config = bench_config(
-        ModelConfig(path=demo_model, providers=["cpu"]), cameras, tmp_path, (mosquitto.host, mosquitto.port),
-        max_batch=4, batch_timeout_ms=10,
+        ModelConfig(path=demo_model, providers=["cpu"]),
+        cameras,
+        tmp_path,
+        (mosquitto.host, mosquitto.port),
+        max_batch=4,
+        batch_timeout_ms=10,
     )
 
     measured, totals = run_pipeline(config, model, camera_factory(scenes), warmup=0.5, seconds=1.5)

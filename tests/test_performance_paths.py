@@ -30,6 +30,7 @@ from daemon.model import (
 )
 from daemon.preprocess import LetterboxBuffer
 
+
 def photo(name: str) -> np.ndarray:
     from skimage import data
 
@@ -49,7 +50,9 @@ def test_physical_cores_count_smt_siblings_once(tmp_path: Path) -> None:
     assert physical_cores({0, 7}, tmp_path) == 2  # no topology for cpu7: counted as a core of its own
 
 
-@pytest.mark.parametrize(("text", "limit"), [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)])
+@pytest.mark.parametrize(
+    ("text", "limit"), [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)]
+)
 def test_cgroup_quota_limits_the_threads(tmp_path: Path, text: str, limit: int | None) -> None:
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text(text)
@@ -119,7 +122,9 @@ class Collected:
             return list(self.results)
 
 
-def start_worker(model: Model, cameras: list[str]) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
+def start_worker(
+    model: Model, cameras: list[str]
+) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
     board = FrameBoard(cameras, lambda _: None)
     collected = Collected()
     stop = threading.Event()
@@ -158,3 +163,23 @@ def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
     assert not worker.is_alive() and worker.error is None
     assert sorted(result.camera_id for result in collected.results) == cameras
     assert board.take_batch(4, 0, 0) == []  # drained
+
+
+def test_a_stalled_live_camera_stops_holding_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+
+    def board_with_a_stalled_camera() -> FrameBoard:
+        board = FrameBoard(["live", "stalled"], lambda _: None)
+        board.set_live("live", True)
+        board.set_live("stalled", True)  # connected, but no frame comes
+        board.put(Frame("live", 1, time.time(), time.monotonic(), image))
+        return board
+
+    started = time.monotonic()
+    assert [f.camera_id for f in board_with_a_stalled_camera().take_batch(4, 0.2, 1)] == ["live"]
+    assert time.monotonic() - started >= 0.19  # just gone live: the batch waited for it
+
+    monkeypatch.setattr("daemon.board.SILENT_AFTER", 0.0)  # silent for longer than the board waits for
+    started = time.monotonic()
+    assert [f.camera_id for f in board_with_a_stalled_camera().take_batch(4, 5, 1)] == ["live"]
+    assert time.monotonic() - started < 1

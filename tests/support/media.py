@@ -10,6 +10,8 @@ from daemon.demo import write_demo_clips
 
 CLIP_SECONDS = 3
 CLIP_FPS = 10
+STREAM_SECONDS = 2
+STREAM_FPS = 25  # RTSP clients probe about 20 frames when they connect: 25 fps keeps that near a second
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +22,8 @@ def demo_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def mjpeg_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same clips as Motion JPEG AVI, which GStreamer's base and good plugins decode (the RTSP server)."""
+    """The same scenes as Motion JPEG AVI (what GStreamer's base and good plugins decode), 2 s at 25 fps:
+    the streams the test RTSP server plays."""
     return write_demo_clips(
-        tmp_path_factory.mktemp("mjpeg"), seconds=CLIP_SECONDS, fps=CLIP_FPS, suffix=".avi"
+        tmp_path_factory.mktemp("mjpeg"), seconds=STREAM_SECONDS, fps=STREAM_FPS, suffix=".avi"
     )

@@ -22,7 +22,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def decode(path: str) -> tuple[list[bytes], Gst.Caps, int, int]:
-    """Every frame of the file as raw I420, with their caps and the frame rate (num, den)."""
+    """Every frame of the file as raw I420, with caps (frame rate included) and the frame rate (num, den)."""
     pipeline = Gst.parse_launch(
         "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=I420"
         " ! appsink name=sink sync=false"
@@ -44,20 +44,20 @@ def decode(path: str) -> tuple[list[bytes], Gst.Caps, int, int]:
     if message is not None or not frames or caps is None:
         reason = message.parse_error()[0].message if message is not None else "no video frames"
         raise SystemExit(f"rtsp_server: cannot decode {path}: {reason}")
-    ok, num, den = caps.get_structure(0).get_fraction("framerate")
+    structure = caps.get_structure(0)
+    ok, num, den = structure.get_fraction("framerate")
     if not ok or num <= 0:
         num, den = 10, 1
+    width, height = structure.get_int("width")[1], structure.get_int("height")[1]
+    # built from text: Gst.Fraction needs the python3-gst overrides, which are not installed everywhere
+    caps = Gst.Caps.from_string(
+        f"video/x-raw,format=I420,width={width},height={height},framerate={num}/{den}"
+    )
     return frames, caps, num, den
 
 
 def serve(path: str, port: int, mount: str) -> None:
-    frames, decoded_caps, num, den = decode(path)
-    structure = decoded_caps.get_structure(0)
-    width, height = structure.get_int("width")[1], structure.get_int("height")[1]
-    # Built from text: Gst.Fraction needs the python3-gst overrides, which are not installed everywhere.
-    caps = Gst.Caps.from_string(
-        f"video/x-raw,format=I420,width={width},height={height},framerate={num}/{den}"
-    )
+    frames, caps, num, den = decode(path)
     duration = Gst.util_uint64_scale_int(Gst.SECOND, den, num)
     gop = max(1, round(num / den))  # a keyframe every second: a (re)connecting client starts quickly
 
