@@ -45,6 +45,9 @@ _SHORT_NAMES = {ort_name: short for short, ort_name in ORT_PROVIDERS.items()}
 _ORT_ERROR_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
 
 
+IMAGENET_NORMALISATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
 class ModelError(Exception):
     """The model cannot be used; one line naming the file and the problem."""
 
@@ -289,7 +292,9 @@ class Model:
         self._names = np.array(class_names, dtype=str)
         self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
         self._config = config
-        self._buffer = LetterboxBuffer(input_size[0], input_size[1], max_batch)
+        # RF-DETR's ONNX exports leave ImageNet normalisation to the caller; YOLO exports take 0..1 RGB.
+        normalise = IMAGENET_NORMALISATION if layout == "rfdetr" else {}
+        self._buffer = LetterboxBuffer(input_size[0], input_size[1], max_batch, **normalise)
         self._bound: BoundRunner | None = None
         if self.provider in ("cuda", "tensorrt"):
             self._bound = BoundRunner(session, self._input_name, output_names)

@@ -15,10 +15,21 @@ class LetterboxBuffer:
     Each frame is resized (aspect ratio kept) straight into its slot's uint8 canvas, then the rows it covers
     go into the float buffer in one vectorised pass that swaps BGR->RGB, scales to 0..1 and transposes
     HWC->CHW. The padding is painted (and converted) only when a slot's geometry changes: a camera's frames
-    keep one size, so for most frames only the picture itself is converted.
+    keep one size, so for most frames only the picture itself is converted. With `mean` and `std` (RGB, for
+    models that expect normalised input, e.g. RF-DETR's ImageNet statistics) the converted rows are then
+    normalised, in place and once.
     """
 
-    def __init__(self, height: int, width: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        max_batch: int,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ) -> None:
+        self._mean = None if mean is None else np.array(mean, np.float32).reshape(3, 1, 1)
+        self._inverse_std = None if std is None else (1 / np.array(std, np.float32)).reshape(3, 1, 1)
         self.height = height
         self.width = width
         self.max_batch = max_batch
@@ -64,7 +75,12 @@ class LetterboxBuffer:
             inner[:] = image
         else:
             cv2.resize(image, (new_w, new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
-        np.multiply(canvas[rows, :, ::-1].transpose(2, 0, 1), SCALE, out=self.batch[slot, :, rows])
+        converted = self.batch[slot, :, rows]
+        np.multiply(canvas[rows, :, ::-1].transpose(2, 0, 1), SCALE, out=converted)
+        if self._mean is not None:
+            converted -= self._mean
+        if self._inverse_std is not None:
+            converted *= self._inverse_std
         self._transforms[slot] = (scale, pad_x, pad_y)
 
 

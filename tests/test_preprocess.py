@@ -103,3 +103,16 @@ def test_unletterbox_clips_to_the_image() -> None:
     back = unletterbox(boxes, transform, width=800, height=640)
 
     np.testing.assert_allclose(back, [[0, 0, 800, 640], [200, 200, 400, 400]])
+
+
+def test_normalised_buffers_normalise_once_even_when_the_padding_is_kept() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    buffer = LetterboxBuffer(64, 64, 1, mean=mean, std=std)
+    image = np.full((32, 64, 3), (255, 0, 0), np.uint8)  # pure blue in BGR, letterboxed top and bottom
+    first = buffer.fill([image])[0].copy()
+    second = buffer.fill([image])[0].copy()  # same geometry: the padding is not converted again
+    np.testing.assert_allclose(first, second)
+    expected_pad = (np.float32(114 / 255) - np.array(mean, np.float32)) / np.array(std, np.float32)
+    np.testing.assert_allclose(first[0, :, 0, 0], expected_pad, rtol=1e-5)
+    blue = (np.array([0.0, 0.0, 1.0], np.float32) - np.array(mean, np.float32)) / np.array(std, np.float32)
+    np.testing.assert_allclose(first[0, :, 32, 32], blue, rtol=1e-5)
