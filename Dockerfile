@@ -41,6 +41,7 @@ COPY systemd/config.example.toml /etc/edgewatch/config.toml
 # Secrets come at run time: ${VAR} from the environment, the Roboflow key from a mounted secret file
 # ($CREDENTIALS_DIRECTORY/roboflow_api_key, e.g. a Docker or Compose secret).
 ENV PATH=/opt/edgewatch/venv/bin:$PATH \
+    MALLOC_MMAP_THRESHOLD_=1048576 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CREDENTIALS_DIRECTORY=/run/secrets \

@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -441,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
+    # SIGTERM ends the run like Ctrl-C: the daemon stops cleanly, the broker is stopped, temporary files go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = shlex.join(
         [Path(sys.executable).name, "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])]

@@ -59,7 +59,7 @@ class ModelConfig(_Section):
     labels: Path | None = None
     layout: Literal["auto", "yolov8", "yolov5", "rfdetr"] = "auto"
     max_detections: Annotated[int, Field(ge=1)] = 300
-    threads: Annotated[int, Field(ge=0)] = 0  # intra-op threads on CPU; 0 = one per core
+    threads: Annotated[int, Field(ge=0)] = 0  # intra-op threads on CPU; 0 = the physical cores allowed
     fp16: bool = True  # TensorRT only
     cache_dir: Path = Path("/var/lib/edgewatch/trt")  # TensorRT engine and timing caches
 
