@@ -17,16 +17,14 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import cv2
 import numpy as np
 
 from daemon.board import FrameBoard
-from daemon.capture import Camera, CameraState
+from daemon.capture import Camera
 from daemon.config import CameraConfig
 from daemon.demo import DEMO_PHOTOS, pan_zoom_transform, photo_path, read_photo
-from daemon.frames import Frame
 from daemon.metrics import Metrics
 
 TAKEN_WAIT = 0.5  # seconds an unpaced source waits for its frame to be taken before checking `stop`
@@ -53,7 +51,12 @@ def demo_scenes(size: tuple[int, int], count: int = 24) -> list[list[np.ndarray]
     return scenes
 
 
-class MemoryCamera(threading.Thread):
+class MemoryCamera(Camera):
+    """A camera whose stream is pre-decoded frames: everything a real camera does but open and decode (its
+    metrics, state, board liveness and status callbacks are Camera's own). The URL picks its behaviour:
+    `memory:unpaced` (a file with realtime = false), `memory:paced` (a live camera at its fps),
+    `memory:stalled` (paced for STALL_AFTER s, then silent), `memory:dead` (never a frame)."""
+
     def __init__(
         self,
         config: CameraConfig,
@@ -63,25 +66,15 @@ class MemoryCamera(threading.Thread):
         on_status: Callable[[str, bool], None],
         frames: Sequence[np.ndarray],
     ) -> None:
-        super().__init__(name=f"camera:{config.id}", daemon=True)
-        self.config = config
-        self.state = CameraState(since_mono=time.monotonic())  # frozen: replaced whole, read without a lock
-        self.finished = False
-        self._board = board
-        self._halt = stop
-        self._on_status = on_status
+        super().__init__(config, board, metrics, stop, on_status)
         self._frames = frames
-        self._captured = metrics.frames_captured.labels(config.id)
-        self._up = metrics.camera_up.labels(config.id)
-        self._last_frame = metrics.camera_last_frame.labels(config.id)
         self._mode = config.url.removeprefix("memory:")
 
     def run(self) -> None:
         if self._mode == "dead":
-            self.state = replace(self.state, last_error="no frames (a dead camera)")
+            self._set_error("no frames (a dead camera)")
             self._halt.wait()
             return
-        self._set_online(True)
         try:
             if self._mode == "paced":
                 self._run_paced()
@@ -91,12 +84,15 @@ class MemoryCamera(threading.Thread):
             else:
                 self._run_unpaced()
         finally:
-            self._set_online(False)
+            self._set_online(False, "stopped")
+
+    def _next(self) -> None:
+        self._deliver(self._frames[(self.state.frames + 1) % len(self._frames)])
 
     def _run_unpaced(self) -> None:
         camera = self.config.id
         while not self._halt.is_set():
-            self._deliver()
+            self._next()
             while not self._board.wait_taken(camera, TAKEN_WAIT):
                 if self._halt.is_set():
                     return
@@ -106,24 +102,10 @@ class MemoryCamera(threading.Thread):
         started = time.monotonic()
         tick = 0
         while not self._halt.is_set() and time.monotonic() - started < until:
-            self._deliver()
+            self._next()
             # the next tick on the camera's own clock; a late one is skipped, as a live camera would
             tick = max(tick + 1, math.floor((time.monotonic() - started) / period) + 1)
             self._halt.wait(max(0.0, started + tick * period - time.monotonic()))
-
-    def _deliver(self) -> None:
-        number = self.state.frames + 1
-        now, wall = time.monotonic(), time.time()
-        self._board.put(Frame(self.config.id, number, wall, now, self._frames[number % len(self._frames)]))
-        self._captured.inc()
-        self._last_frame.set(wall)
-        self.state = replace(self.state, frames=number, last_frame_mono=now)
-
-    def _set_online(self, online: bool) -> None:
-        self.state = replace(self.state, online=online, since_mono=time.monotonic())
-        self._up.set(1 if online else 0)
-        self._board.set_live(self.config.id, online)
-        self._on_status(self.config.id, online)
 
 
 def camera_factory(scenes: Sequence[Sequence[np.ndarray]]) -> Callable[..., threading.Thread]:
