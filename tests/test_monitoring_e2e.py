@@ -26,8 +26,14 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def config_text(tmp_path: Path, model: Path, clips: dict[str, Path], server: RoboflowServer | None,
-                metrics_port: int, api_key: str = KEY) -> str:
+def config_text(
+    tmp_path: Path,
+    model: Path,
+    clips: dict[str, Path],
+    server: RoboflowServer | None,
+    metrics_port: int,
+    api_key: str = KEY,
+) -> str:
     api_url = server.url if server else "http://127.0.0.1:9"
     return f"""
 [device]
@@ -35,18 +41,18 @@ id = "e2e-box"
 
 [model]
 path = "{model}"
-cache_dir = "{tmp_path / 'trt'}"
+cache_dir = "{tmp_path / "trt"}"
 
 [[cameras]]
 id = "kitchen"
-url = "{clips['coffee']}"
+url = "{clips["coffee"]}"
 fps = 5
 loop = true
 metadata = {{ location = "plant-a", line = "1" }}
 
 [[cameras]]
 id = "street"
-url = "{clips['motorcycle']}"
+url = "{clips["motorcycle"]}"
 fps = 5
 loop = true
 
@@ -83,7 +89,8 @@ def test_each_camera_reports_its_own_classes_and_the_key_never_leaks(
     daemon = start_daemon(config_text(tmp_path, demo_model, clips, server, metrics_port))
     server.wait_for(
         lambda: len(reports_of(server, "kitchen")) >= 3 and len(reports_of(server, "street")) >= 3,
-        timeout=90, message="3 reports from each camera",
+        timeout=90,
+        message="3 reports from each camera",
     )
     page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert daemon.terminate() == 0
@@ -121,8 +128,11 @@ def test_reports_spooled_before_kill_9_are_delivered_after_restart(
     text = config_text(tmp_path, demo_model, clips, server, free_port())
     spool = tmp_path / "state" / "spool.db"
     first = start_daemon(text)
-    wait_until(lambda: sum(i.kind == "report" for i in read_items(spool)) >= 4, timeout=90,
-               message="4 reports spooled")
+    wait_until(
+        lambda: sum(i.kind == "report" for i in read_items(spool)) >= 4,
+        timeout=90,
+        message="4 reports spooled",
+    )
     first.kill()  # SIGKILL: no flush, no clean close
     stranded = [i.json() for i in read_items(spool) if i.kind == "report"]
     assert {r["source_info"] for r in stranded} == {"kitchen", "street"}
@@ -131,7 +141,8 @@ def test_reports_spooled_before_kill_9_are_delivered_after_restart(
     server.clear()  # Roboflow is back
     second = start_daemon(text)
     server.wait_for(
-        lambda: all(r in server.accepted("report") for r in stranded), timeout=60,
+        lambda: all(r in server.accepted("report") for r in stranded),
+        timeout=60,
         message="every report stranded by the kill delivered",
     )
     assert second.terminate() == 0
@@ -164,3 +175,52 @@ def test_without_a_key_reports_are_logged_and_listed_by_the_cli(
     on_disk = read_items(tmp_path / "state" / "spool.db")
     assert [entry["body"] for entry in listed] == [item.json() for item in on_disk[-4:]]
     assert [entry["kind"] for entry in listed] == ["report", "metadata"] * 2
+
+
+def test_a_refused_key_stops_sending_keeps_the_spool_and_raises_the_alert_everywhere(
+    tmp_path: Path,
+    start_daemon,
+    demo_model: Path,
+    clips: dict[str, Path],
+    roboflow_server: RoboflowServer,
+    mosquitto,
+) -> None:
+    from tests.support.mosquitto import Subscriber
+
+    server = roboflow_server
+    server.set_api_key("rf_another_key")  # ours is refused: 401
+    port = free_port()
+    text = config_text(tmp_path, demo_model, clips, server, port).replace(
+        "[mqtt]\nenabled = false\n",
+        f'[mqtt]\nenabled = true\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n',
+    )
+    alerts = Subscriber(mosquitto, "edgewatch/e2e-box/alerts")
+    daemon = start_daemon(text)
+
+    def unauthorized():
+        for payload in alerts.payloads("edgewatch/e2e-box/alerts"):
+            body = json.loads(payload)
+            if body["type"] == "monitoring_unauthorized" and body["state"] == "firing":
+                return body
+        return None
+
+    alert = alerts.wait_for(unauthorized, timeout=60, what="the monitoring_unauthorized alert")
+    assert alert["severity"] == "critical" and "camera" not in alert  # type: ignore[index]
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    wait_until(
+        lambda: "edgewatch_spool_depth 0.0" not in scrape(), timeout=20, message="reports kept in the spool"
+    )
+    page = scrape()
+    assert "edgewatch_monitoring_unauthorized 1.0" in page
+    assert 'edgewatch_alert_active{camera="",type="monitoring_unauthorized"} 1.0' in page
+    assert not server.accepted("report")
+    refused = len(server.recorded(status=401))
+    assert 1 <= refused <= 2  # stopped after the refusal: no retry storm against a bad key
+    assert daemon.terminate() == 0
+    assert KEY not in daemon.output()
+    assert read_items(tmp_path / "state" / "spool.db"), "the spool was emptied although nothing was accepted"
+    alerts.close()
