@@ -66,6 +66,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def class_counts(detections: sv.Detections) -> dict[str, int]:
+    """Objects per class name, sorted by name (so that equal counts give equal JSON)."""
+    if len(detections) == 0:
+        return {}
+    names, counts = np.unique(detections.data["class_name"], return_counts=True)
+    return dict(zip(names.tolist(), counts.tolist(), strict=True))
+
+
 def roboflow_predictions(detections: sv.Detections) -> list[dict[str, Any]]:
     """Detections in Roboflow's prediction format: centre x/y, width, height, in pixels."""
     if len(detections) == 0:

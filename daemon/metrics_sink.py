@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from daemon.frames import FrameResult
+from daemon.frames import FrameResult, class_counts
 from daemon.metrics import Metrics
 
 
@@ -19,9 +17,8 @@ class DetectionMetrics:
         if len(detections) == 0:
             return
         camera = result.camera_id
-        names, counts = np.unique(detections.data["class_name"], return_counts=True)
-        for name, count in zip(names, counts, strict=True):
-            self._metrics.detections.labels(camera, str(name)).inc(int(count))
+        for name, count in class_counts(detections).items():
+            self._metrics.detections.labels(camera, name).inc(count)
         histogram = self._metrics.detection_confidence.labels(camera)
         for confidence in detections.confidence.tolist():
             histogram.observe(confidence)

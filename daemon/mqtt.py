@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import supervision as sv
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon.config import ConfigError, MqttConfig
-from daemon.frames import FrameResult, roboflow_predictions
+from daemon.frames import FrameResult, class_counts, roboflow_predictions
 from daemon.homeassistant import HomeAssistantDiscovery
 from daemon.metrics import Metrics
 
@@ -75,13 +74,6 @@ class Topics:
 
 def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def class_counts(detections: sv.Detections) -> dict[str, int]:
-    """Objects per class name, sorted by name (so that equal counts give equal JSON)."""
-    if len(detections) == 0:
-        return {}
-    return dict(sorted(collections.Counter(str(name) for name in detections.data["class_name"]).items()))
 
 
 def detections_message(result: FrameResult) -> dict[str, Any]:

@@ -6,9 +6,7 @@ import logging
 import threading
 from collections import Counter as Tally
 
-import numpy as np
-
-from daemon.frames import FrameResult
+from daemon.frames import FrameResult, class_counts
 from daemon.metrics import DROP_REASONS, Metrics
 
 log = logging.getLogger("edgewatch.progress")
@@ -32,12 +30,9 @@ class ProgressReporter:
         self._halt = threading.Event()
 
     def handle(self, result: FrameResult) -> None:
-        names = result.detections.data.get("class_name")
+        counts = class_counts(result.detections)
         with self._lock:
-            tally = self._classes.setdefault(result.camera_id, Tally())
-            if names is not None and len(names):
-                found, counts = np.unique(names, return_counts=True)
-                tally.update(dict(zip(found.tolist(), counts.tolist(), strict=True)))
+            self._classes.setdefault(result.camera_id, Tally()).update(counts)
             self._latency_sum[result.camera_id] = self._latency_sum.get(result.camera_id, 0.0) + (
                 result.done_mono - result.captured_mono
             )
