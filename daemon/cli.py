@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
 import sys
+import warnings
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, find_config, load_config
@@ -53,8 +55,33 @@ def _secrets(config: Config) -> list[str]:
     ]
 
 
+# The runtime modules come from an extra (pip wheels) or JetPack's own builds, never from the base package.
+RUNTIME_MODULES = {"cv2": "OpenCV", "onnxruntime": "ONNX Runtime"}
+RUNTIME_HINT = (
+    "install edgewatch[cpu] (CPU), edgewatch[gpu] (NVIDIA GPU), "
+    "or on a Jetson JetPack's own OpenCV and onnxruntime-gpu builds"
+)
+
+
+def missing_runtime() -> str | None:
+    """One line naming the runtime modules that cannot be imported and how to install them, or None."""
+    missing = []
+    for module, name in RUNTIME_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # absent, or present but broken (e.g. a missing shared library)
+            reason = "not installed" if isinstance(exc, ModuleNotFoundError) and exc.name == module else exc
+            missing.append(f"{name} ({module}: {reason})")
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} cannot be imported: {RUNTIME_HINT}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "check") and (problem := missing_runtime()):
+        print(f"edgewatch: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from daemon.logs import setup_logging
 
     setup_logging(args.log_level)
@@ -68,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(config, args.duration)
     if args.command == "check":
         return _check(config)
+    # `reports` needs neither OpenCV nor ONNX Runtime; supervision warns when OpenCV is absent
+    warnings.filterwarnings("ignore", message=r"OpenCV .* is not installed", module="supervision")
     from daemon.monitoring import list_reports
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly

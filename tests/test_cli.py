@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sysconfig
 import urllib.request
+import venv
 from pathlib import Path
 
 import pytest
@@ -206,3 +209,72 @@ def test_a_failing_inference_worker_ends_the_process_with_exit_1(tmp_path, start
     assert daemon.wait(timeout=60) == 1
     output = daemon.output()
     assert "inference worker failed" in output and "exiting with code 1" in output
+
+
+def venv_without_runtime(tmp_path: Path, broken_cv2: bool = False) -> Path:
+    """A virtualenv with every package of this one but OpenCV and ONNX Runtime (as after a bare
+    `pip install edgewatch`); with `broken_cv2`, a cv2 that fails to import as when a library is missing."""
+    env = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env)
+    site = Path(sysconfig.get_paths(vars={"base": str(env), "platbase": str(env)})["purelib"])
+    runtime = ("cv2", "onnxruntime", "opencv_python", "opencv-python", "__editable__", "edgewatch")
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(runtime):
+            (site / entry.name).symlink_to(entry)
+    if broken_cv2:
+        (site / "cv2").mkdir()
+        (site / "cv2" / "__init__.py").write_text(
+            'raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory")\n'
+        )
+    return env / "bin" / "python"
+
+
+def test_without_opencv_or_onnxruntime_each_command_says_what_to_install(tmp_path, demo_model) -> None:
+    python = venv_without_runtime(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(daemon_config(demo_model, camera_block("kitchen", tmp_path / "a.mp4"), tmp_path))
+    for command in (["run", "--duration", "1"], ["check"]):
+        done = subprocess.run(
+            [str(python), "-m", "daemon", *command, "-c", str(config)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        assert done.stderr.splitlines() == [
+            "edgewatch: OpenCV (cv2: not installed) and ONNX Runtime (onnxruntime: not installed) "
+            "cannot be imported: install edgewatch[cpu] (CPU), edgewatch[gpu] (NVIDIA GPU), "
+            "or on a Jetson JetPack's own OpenCV and onnxruntime-gpu builds"
+        ]
+    # listing the spool needs neither: it works, and says nothing about them
+    done = subprocess.run(
+        [str(python), "-m", "daemon", "reports", "-c", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "0 request(s)" in done.stdout or "no " in done.stdout.lower()
+
+
+def test_a_runtime_that_fails_to_import_is_named_with_its_error(tmp_path, demo_model) -> None:
+    python = venv_without_runtime(tmp_path, broken_cv2=True)
+    config = tmp_path / "config.toml"
+    config.write_text(daemon_config(demo_model, camera_block("kitchen", tmp_path / "a.mp4"), tmp_path))
+    done = subprocess.run(
+        [str(python), "-m", "daemon", "check", "-c", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(
+        "edgewatch: OpenCV (cv2: libGL.so.1: cannot open shared object file: No such file or directory) and "
+        "ONNX Runtime (onnxruntime: not installed) cannot be imported: install edgewatch[cpu]"
+    )
