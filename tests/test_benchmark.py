@@ -46,7 +46,8 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
     assert all(measured.per_camera[f"paced-{i}"] > 0 for i in range(4))
     assert measured.per_camera["dead"] == 0
     assert len(measured.latencies_ms) > 0 and measured.latency(50) > 0
-    assert 0 < measured.run_seconds < measured.seconds
+    # session.run time of the batches that ended in the window; the first may have begun before it
+    assert 0 < measured.run_seconds < measured.seconds + 0.5
     assert measured.mqtt_dropped == 0  # every result went to the broker
     # after a clean stop, every frame offered was inferred or counted as a stale drop: none lost
     assert totals.dropped["stale"] > 0
