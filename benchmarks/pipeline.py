@@ -27,7 +27,7 @@ from daemon.config import (
     RoboflowConfig,
 )
 from daemon.frames import FrameResult
-from daemon.model import Model
+from daemon.model.session import Model
 from daemon.service import CameraFactory, Service
 
 

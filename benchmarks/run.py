@@ -40,8 +40,8 @@ from benchmarks.clips import CLIP_FPS, CLIP_SIZES, make_clips
 from benchmarks.pipeline import Measured, bench_config, rss_mib, run_pipeline
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
-from daemon.model import Model
-from daemon.preprocess import LetterboxBuffer
+from daemon.model.preprocess import LetterboxBuffer
+from daemon.model.session import Model
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "demo" / "bench"  # made once, kept (demo/ is not committed)

@@ -1,6 +1,6 @@
 """In-memory cameras: pre-decoded frames handed to the daemon's real path, decode left out.
 
-`MemoryCamera` has the interface of `daemon.capture.Camera`: a thread built as
+`MemoryCamera` has the interface of `daemon.pipeline.capture.Camera`: a thread built as
 `(config, board, metrics, stop, on_status)`, with `.config`, `.state` and `.finished`. `Service` takes it
 through its `camera_factory`, so everything after decode is the daemon's own code. The camera's URL says
 how it behaves:
@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from daemon.board import FrameBoard
-from daemon.capture import Camera
 from daemon.config import CameraConfig
 from daemon.demo import DEMO_PHOTOS, pan_zoom_transform, photo_path, read_photo
 from daemon.metrics import Metrics
+from daemon.pipeline.board import FrameBoard
+from daemon.pipeline.capture import Camera
 
 TAKEN_WAIT = 0.5  # seconds an unpaced source waits for its frame to be taken before checking `stop`
 STALL_AFTER = 1.0  # seconds a `memory:stalled` camera delivers before it goes silent

@@ -97,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         return _check(config)
     # `reports` needs neither OpenCV nor ONNX Runtime; supervision warns when OpenCV is absent
     warnings.filterwarnings("ignore", message=r"OpenCV .* is not installed", module="supervision")
-    from daemon.monitoring import list_reports
+    from daemon.roboflow.model_monitoring import list_reports
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly
     return list_reports(config, as_json=args.json, limit=args.limit)
 
 
 def _load_model(config: Config):
-    from daemon.model import Model, ModelError
+    from daemon.model.session import Model, ModelError
 
     try:
         model = Model.load(config.model)
@@ -122,9 +122,9 @@ def _run(config: Config, duration: float | None) -> int:
     model = _load_model(config)
     if model is None:
         return EXIT_BAD_INPUT
-    from daemon.history import HistoryError
+    from daemon.roboflow.spool import SpoolError
     from daemon.service import Service
-    from daemon.spool import SpoolError
+    from daemon.sinks.history import HistoryError
 
     try:
         service = Service(config, model)
@@ -142,7 +142,7 @@ def _run(config: Config, duration: float | None) -> int:
 
 
 def _check(config: Config) -> int:
-    from daemon.capture import probe_source, redact_url
+    from daemon.pipeline.capture import probe_source, redact_url
 
     model = _load_model(config)
     if model is None:

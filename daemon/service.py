@@ -16,22 +16,22 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon import __version__, sdnotify
-from daemon.alerts import AlertEngine, ConfidenceTracker
-from daemon.api import ApiServer, ModelInfo
-from daemon.board import FrameBoard
-from daemon.capture import Camera
+from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
-from daemon.dispatcher import Dispatcher
-from daemon.exporter import Exporter
 from daemon.frames import Frame, Sink
-from daemon.history import History
-from daemon.inference import InferenceWorker
 from daemon.metrics import Metrics
-from daemon.metrics_sink import DetectionMetrics
-from daemon.model import Model
-from daemon.monitoring import MonitoringSink
-from daemon.mqtt import MqttPublisher
-from daemon.progress import ProgressReporter
+from daemon.model.session import Model
+from daemon.pipeline.board import FrameBoard
+from daemon.pipeline.capture import Camera
+from daemon.pipeline.dispatcher import Dispatcher
+from daemon.pipeline.inference import InferenceWorker
+from daemon.roboflow.model_monitoring import MonitoringSink
+from daemon.sinks.detection_metrics import DetectionMetrics
+from daemon.sinks.history import History
+from daemon.sinks.mqtt import MqttPublisher
+from daemon.sinks.progress import ProgressReporter
+from daemon.web.api import ApiServer, ModelInfo
+from daemon.web.exporter import Exporter
 
 log = logging.getLogger("edgewatch")
 

@@ -1,4 +1,15 @@
-"""Fixtures shared by the suite live in tests/support/; each module registers itself here."""
+"""Fixtures shared by the suite live in tests/support/; each module registers itself here.
+
+Every test is marked by the folder it lives in, so each group runs alone (`scripts/test -m unit`):
+unit (no service started, the real model allowed), e2e (the real daemon with real brokers, cameras, servers),
+deploy (systemd, containers, Kubernetes and Prometheus files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 pytest_plugins: list[str] = [
     "tests.support.daemon",
@@ -8,3 +19,12 @@ pytest_plugins: list[str] = [
     "tests.support.roboflow_server",
     "tests.support.rtsp",
 ]
+
+GROUPS = ("unit", "e2e", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = Path(str(item.fspath)).parent.name
+        if group in GROUPS:
+            item.add_marker(group)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from daemon.capture import Camera
 from daemon.config import Config
-from daemon.model import Model
+from daemon.model.session import Model
+from daemon.pipeline.capture import Camera
 from daemon.service import Service
 
 PHOTOS = Path(skimage.data.__file__).parent

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.config import MqttConfig
 from daemon.metrics import Metrics
-from daemon.mqtt import MqttPublisher
+from daemon.sinks.mqtt import MqttPublisher
 from tests.support.daemon import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"

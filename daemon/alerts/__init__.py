@@ -1,0 +1,1 @@
+"""Edge alerts: conditions evaluated on the device, raised and resolved with hysteresis."""

@@ -1,0 +1,1 @@
+"""The model: the ONNX session, letterboxing in, output decoders out."""

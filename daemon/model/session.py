@@ -1,0 +1,465 @@
+"""One ONNX detection model: load and check it, then turn batches of BGR frames into `sv.Detections`.
+
+Only the inference worker calls `infer`; the session, the input buffer and the decoders are not shared.
+"""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import supervision as sv
+
+from daemon.config import ModelConfig
+from daemon.frames import DecodeParams
+from daemon.model.decoders import (
+    Decoded,
+    UnsupportedModel,
+    decode_rfdetr,
+    decode_yolov5,
+    decode_yolov8,
+    describe,
+    detect_layout,
+    is_image_input,
+    rfdetr_outputs,
+)
+from daemon.model.preprocess import LetterboxBuffer, unletterbox
+
+log = logging.getLogger("edgewatch.model")
+
+ORT_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_SHORT_NAMES = {ort_name: short for short, ort_name in ORT_PROVIDERS.items()}
+_ORT_ERROR_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
+
+
+IMAGENET_NORMALISATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+class ModelError(Exception):
+    """The model cannot be used; one line naming the file and the problem."""
+
+
+def short_provider_name(ort_name: str) -> str:
+    return _SHORT_NAMES.get(ort_name, ort_name.removesuffix("ExecutionProvider").lower())
+
+
+def session_providers(config: ModelConfig, available: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The configured providers that this onnxruntime build has, in order, with their options."""
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    skipped: list[str] = []
+    for name in config.providers:
+        ort_name = ORT_PROVIDERS[name]
+        if ort_name not in available:
+            skipped.append(name)
+        elif name == "tensorrt":
+            cache = str(config.cache_dir)
+            options = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": cache,  # default is the working directory, often not writable
+                "trt_fp16_enable": config.fp16,
+            }
+            chosen.append((ort_name, options))
+        else:
+            chosen.append((ort_name, {}))
+    if skipped:
+        log.info("execution providers not available in this onnxruntime, skipped: %s", ", ".join(skipped))
+    return chosen
+
+
+def parse_names(text: str) -> list[str]:
+    """Class names from ONNX metadata: Ultralytics' `{0: 'person', ...}` or a list; [] if unreadable."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(name) for name in value]
+    if isinstance(value, dict) and value:
+        try:
+            by_index = {int(index): str(name) for index, name in value.items()}
+        except (TypeError, ValueError):
+            return []
+        if min(by_index) < 0:
+            return []
+        return [by_index.get(index, str(index)) for index in range(max(by_index) + 1)]
+    return []
+
+
+def read_labels(path: Path) -> list[str]:
+    """A labels file: one class name per line; blank lines are ignored."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ModelError(f"{path}: cannot read the labels file: {reason}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ModelError(f"{path}: the labels file has no class names")
+    return names
+
+
+def _fixed(dim: Any) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _input_size(shape: list[Any], metadata: dict[str, str]) -> tuple[int, int] | None:
+    height, width = _fixed(shape[2]), _fixed(shape[3])
+    if height and width:
+        return height, width
+    try:
+        imgsz = ast.literal_eval(metadata.get("imgsz", ""))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(imgsz, int) and imgsz > 0:
+        return imgsz, imgsz
+    if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 and all(_fixed(v) for v in imgsz):
+        return int(imgsz[0]), int(imgsz[1])
+    return None
+
+
+def _class_count(layout: str, shapes: list[list[Any]]) -> int | None:
+    """Number of classes the outputs encode, when their shapes fix it."""
+    if layout == "yolov8":
+        rows = _fixed(shapes[0][1])
+        return rows - 4 if rows else None
+    if layout == "yolov5":
+        columns = _fixed(shapes[0][2])
+        return columns - 5 if columns else None
+    return _fixed(shapes[1][2])
+
+
+def _check_class_count(config: ModelConfig, layout: str, shapes: list[list[Any]], names: list[str]) -> None:
+    classes = _class_count(layout, shapes)
+    if classes is not None and len(names) < classes:
+        source = config.labels or "its metadata"
+        raise ModelError(f"{config.path}: the model has {classes} classes but {source} names {len(names)}")
+
+
+def _class_names(config: ModelConfig, metadata: dict[str, str]) -> list[str]:
+    """A labels file wins over the model's own `names` metadata."""
+    if config.labels is not None:
+        return read_labels(config.labels)
+    names = parse_names(metadata.get("names", ""))
+    if not names:
+        raise ModelError(
+            f"{config.path}: no class names: the model has no readable 'names' metadata; "
+            "set model.labels to a file with one class name per line"
+        )
+    return names
+
+
+def physical_cores(cpus: set[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+    """How many physical cores the logical `cpus` cover (SMT siblings count once); len(cpus) if unknown."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return len(cores)
+
+
+def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """The CPUs a cgroup v2 quota allows (`quota period` -> ceil(quota / period)); None when unlimited."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def default_threads() -> int:
+    """Intra-op threads for the CPU provider: the physical cores this process may run on, within its cgroup
+    quota. ONNX Runtime's own default counts the host's cores, which oversubscribes a container limited to
+    fewer (its threads then wait on each other at every operator)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    threads = physical_cores(cpus)
+    limit = cgroup_cpu_limit()
+    return min(threads, limit) if limit else threads
+
+
+def _create_session(
+    config: ModelConfig, providers: list[tuple[str, dict[str, Any]]], threads: int
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: ORT's warnings about graph details are noise to operators
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # sequential execution: no inter-op pool needed
+    # Idle intra-op threads sleep instead of spinning: the daemon's other threads (decoding cameras, sinks)
+    # need the cores between runs, and a spinning pool thread takes one from them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(config.path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types, none of them documented
+        lines = str(exc).strip().splitlines()
+        reason = _ORT_ERROR_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
+        raise ModelError(f"{config.path}: not a loadable ONNX model: {reason}") from None
+
+
+def _check_forced_layout(layout: str, inputs: list[Any], outputs: list[Any]) -> None:
+    """A layout set in the config skips detection but must still fit the input and the outputs' ranks."""
+    if layout == "rfdetr":
+        fits = rfdetr_outputs(outputs) is not None
+    else:
+        fits = len(outputs) == 1 and len(outputs[0].shape) == 3
+    if not fits or not is_image_input(inputs):
+        raise UnsupportedModel(
+            f"model.layout = {layout!r} does not fit the model: inputs {describe(inputs)}; "
+            f"outputs {describe(outputs)}"
+        )
+
+
+CUDA_RUNTIMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+
+
+def pin_host_memory(array: np.ndarray) -> bool:
+    """Page-lock `array`'s memory with the CUDA runtime (`cudaHostRegister`), so that host-to-device copies
+    from it go by DMA instead of through a staging buffer. False where there is no CUDA runtime or it refuses
+    (the copies then work as before, only slower). The memory stays registered for the process's life."""
+    for name in CUDA_RUNTIMES:
+        try:
+            runtime = ctypes.CDLL(name)
+        except OSError:
+            continue
+        register = runtime.cudaHostRegister
+        register.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+        register.restype = ctypes.c_int
+        # cudaHostRegisterPortable (1): pinned for every CUDA context, whichever runtime ONNX Runtime loaded
+        return register(array.ctypes.data, array.nbytes, 1) == 0  # 0: cudaSuccess
+    return False
+
+
+class BoundRunner:
+    """`session.run` through an IO binding: the input is bound from host memory (one copy to the device, at
+    bind time, from a pinned buffer when it is one) and the outputs come back to host memory. Used for the
+    GPU providers, where it saves the per-run staging of the input that a plain `run` does."""
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_names: list[str]) -> None:
+        self._session = session
+        self._input_name = input_name
+        self._output_names = output_names
+        self._binding = session.io_binding()
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._binding.bind_cpu_input(self._input_name, batch)
+        for name in self._output_names:  # unallocated each run: the batch size, so the shape, may change
+            self._binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(self._binding)
+        return self._binding.copy_outputs_to_cpu()
+
+
+class Model:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        layout: str,
+        output_names: list[str],
+        class_names: list[str],
+        input_size: tuple[int, int],
+        fixed_batch: bool,
+        max_batch: int,
+        config: ModelConfig,
+        threads: int = 0,
+    ) -> None:
+        self.path = config.path
+        self.layout = layout
+        self.class_names = class_names
+        self.input_size = input_size  # (height, width)
+        self.fixed_batch = fixed_batch  # the model's batch dim is a fixed number: every run is max_batch
+        self.max_batch = max_batch
+        self.provider = short_provider_name(session.get_providers()[0])
+        self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
+        self._session = session
+        self._input_name = session.get_inputs()[0].name
+        self._output_names = output_names
+        self._names = np.array(class_names, dtype=str)
+        self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
+        self._config = config
+        # RF-DETR's ONNX exports leave ImageNet normalisation to the caller; YOLO exports take 0..1 RGB.
+        normalise = IMAGENET_NORMALISATION if layout == "rfdetr" else {}
+        self._buffer = LetterboxBuffer(input_size[0], input_size[1], max_batch, **normalise)
+        self._bound: BoundRunner | None = None
+        if self.provider in ("cuda", "tensorrt"):
+            self._bound = BoundRunner(session, self._input_name, output_names)
+            pinned = pin_host_memory(self._buffer.batch)
+            log.info("%s: input batches bound to the device (%s host buffer)", self.provider,
+                     "pinned" if pinned else "pageable")
+
+    @classmethod
+    def load(cls, config: ModelConfig) -> Model:
+        path = config.path
+        if not path.is_file():
+            raise ModelError(f"{path}: no such model file")
+        providers = session_providers(config, ort.get_available_providers())
+        if not providers:
+            raise ModelError(
+                f"{path}: none of the configured providers ({', '.join(config.providers)}) is available; "
+                f"this onnxruntime has {', '.join(ort.get_available_providers())}"
+            )
+        if ORT_PROVIDERS["tensorrt"] in (name for name, _ in providers):
+            try:
+                config.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                folder = config.cache_dir
+                raise ModelError(f"{folder}: cannot create the TensorRT cache: {exc.strerror}") from None
+        threads = config.threads or default_threads()
+        session = _create_session(config, providers, threads)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        try:
+            if config.layout == "auto":
+                layout = detect_layout(inputs, outputs)
+            else:
+                _check_forced_layout(config.layout, inputs, outputs)
+                layout = config.layout
+        except UnsupportedModel as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        if inputs[0].type != "tensor(float)":
+            raise ModelError(f"{path}: input {inputs[0].name} is {inputs[0].type}; edgewatch feeds float32")
+        output_names = list(rfdetr_outputs(outputs) or ()) if layout == "rfdetr" else [outputs[0].name]
+
+        metadata = session.get_modelmeta().custom_metadata_map
+        class_names = _class_names(config, metadata)
+        by_name = {output.name: list(output.shape) for output in outputs}
+        _check_class_count(config, layout, [by_name[name] for name in output_names], class_names)
+
+        input_size = _input_size(list(inputs[0].shape), metadata)
+        if input_size is None:
+            raise ModelError(
+                f"{path}: input {inputs[0].name} {inputs[0].shape} has no fixed height/width "
+                "and the metadata has no 'imgsz'"
+            )
+        batch = _fixed(inputs[0].shape[0])
+        model = cls(
+            session,
+            layout,
+            output_names,
+            class_names,
+            input_size,
+            fixed_batch=batch is not None,
+            max_batch=batch or config.max_batch,
+            config=config,
+            threads=threads,
+        )
+        requested = short_provider_name(providers[0][0])
+        if model.provider != requested:
+            log.warning("model %s: asked for %s, onnxruntime runs it on %s", path, requested, model.provider)
+        log.info(
+            "model %s: %s layout, %d classes, input %dx%d, batch %s, provider %s, %d CPU thread(s)",
+            path.name,
+            layout,
+            len(class_names),
+            input_size[1],
+            input_size[0],
+            batch if batch is not None else f"dynamic (max {config.max_batch})",
+            model.provider,
+            threads,
+        )
+        return model
+
+    def warm_up(self) -> None:
+        """Run a zero batch, so the first frames don't pay for lazy initialisation (TensorRT engine builds).
+
+        With a dynamic batch it runs the largest batch and then a single frame: TensorRT sizes its engine's
+        shape range from the shapes it has seen, so both ends are built before live frames arrive.
+        """
+        sizes = [self.max_batch] if self.fixed_batch or self.max_batch == 1 else [self.max_batch, 1]
+        for size in sizes:
+            outputs = self.run(np.zeros((size, 3, *self.input_size), dtype=np.float32))
+        # a symbolic class dim could not be checked at load; an unnamed class id would fail every frame
+        shapes = [list(output.shape) for output in outputs]
+        _check_class_count(self._config, self.layout, shapes, self.class_names)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """One `session.run` on a letterboxed float32 NCHW batch: the raw outputs."""
+        if self._bound is not None:
+            return self._bound(batch)
+        return self._session.run(self._output_names, {self._input_name: batch})
+
+    def infer(
+        self, images: list[np.ndarray], params: list[DecodeParams | None] | None = None
+    ) -> tuple[list[sv.Detections], float]:
+        """Detections (original pixels) for each BGR image, and the seconds spent in session.run.
+
+        More images than `max_batch` are run in consecutive batches. `params` (one per image, None for the
+        config's thresholds) lets HTTP requests bring their own thresholds into a shared batch.
+        """
+        results: list[sv.Detections] = []
+        seconds = 0.0
+        for start in range(0, len(images), self.max_batch):
+            chunk = images[start : start + self.max_batch]
+            feed, transforms = self.prepare(chunk)
+            started = time.perf_counter()
+            outputs = self.run(feed)
+            seconds += time.perf_counter() - started
+            chunk_params = None if params is None else params[start : start + self.max_batch]
+            results += self.detections(outputs, chunk, transforms, chunk_params)
+        return results, seconds
+
+    def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Letterbox at most `max_batch` images into the input buffer: (the batch to run, their transforms).
+
+        Both are views of the model's one buffer, valid until the next `prepare`."""
+        batch, transforms = self._buffer.fill(images)
+        return (self._buffer.batch if self.fixed_batch else batch), transforms
+
+    def detections(
+        self,
+        outputs: list[np.ndarray],
+        images: list[np.ndarray],
+        transforms: np.ndarray,
+        params: list[DecodeParams | None] | None = None,
+    ) -> list[sv.Detections]:
+        """The outputs of one run of `prepare(images)` decoded into detections in each image's pixels."""
+        if params is None:
+            decoded = self._decode(outputs, len(images), self._defaults)
+        else:
+            decoded = [
+                self._decode([output[i : i + 1] for output in outputs], 1, p or self._defaults)[0]
+                for i, p in enumerate(params)
+            ]
+        results = []
+        for image, transform, (xyxy, confidence, class_id) in zip(images, transforms, decoded, strict=True):
+            height, width = image.shape[:2]
+            results.append(
+                sv.Detections(
+                    xyxy=unletterbox(xyxy, transform, width, height),
+                    confidence=confidence,
+                    class_id=class_id,
+                    data={"class_name": self._names[class_id]},
+                )
+            )
+        return results
+
+    def _decode(self, outputs: list[np.ndarray], count: int, p: DecodeParams) -> list[Decoded]:
+        classes = None if p.classes is None else np.array(p.classes, dtype=np.int64)
+        if self.layout == "yolov8":
+            return decode_yolov8(
+                outputs[0][:count], p.confidence, p.iou, p.max_detections,
+                agnostic=p.class_agnostic, classes=classes,
+            )
+        if self.layout == "yolov5":
+            return decode_yolov5(
+                outputs[0][:count], p.confidence, p.iou, p.max_detections,
+                agnostic=p.class_agnostic, classes=classes,
+            )
+        return decode_rfdetr(
+            outputs[0][:count], outputs[1][:count], self.input_size, p.confidence, p.max_detections,
+            classes=classes,
+        )

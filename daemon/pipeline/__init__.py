@@ -1,0 +1,1 @@
+"""The pipeline: camera threads -> frame board -> inference worker -> dispatcher."""

@@ -1,0 +1,127 @@
+"""The inference worker: the one thread that runs the model.
+
+It takes the freshest frame of every ready camera from the board (up to `max_batch`, waiting at most
+`batch_timeout_ms` for the batch to fill), runs them as one batch, gives every frame an `inference_id` and
+every detection a `detection_id`, and hands the results to the dispatcher without ever blocking on it.
+While frames keep coming, a batch's results are handed over when the next batch starts running (see
+`_process`); when none are waiting, at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+from daemon.frames import Frame, FrameResult
+from daemon.metrics import Metrics
+from daemon.model.session import Model
+from daemon.pipeline.board import FrameBoard
+
+log = logging.getLogger("edgewatch.inference")
+
+IDLE_WAIT = 0.5  # seconds; how long one wait for a first frame lasts before the stop flag is checked again
+
+
+class InferenceWorker(threading.Thread):
+    def __init__(
+        self,
+        model: Model,
+        model_id: str,
+        board: FrameBoard,
+        submit: Callable[[FrameResult], bool],
+        metrics: Metrics,
+        max_batch: int,
+        batch_timeout: float,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="inference", daemon=True)
+        self._model = model
+        self._model_id = model_id
+        self._board = board
+        self._submit = submit
+        self._metrics = metrics
+        self._max_batch = max(1, min(max_batch, model.max_batch))
+        self._batch_timeout = batch_timeout
+        self._halt = stop
+        self._inferred = {camera: metrics.frames_inferred.labels(camera) for camera in board.camera_ids}
+        self._pending: list[FrameResult] = []  # the last batch's results, for the dispatcher
+        self.last_progress = time.monotonic()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                self.last_progress = time.monotonic()
+                # with results waiting for the dispatcher, frames already there go straight on (their results
+                # are handed over while the model runs); with none there, the results go first, then we wait
+                frames = self._board.take_batch(self._max_batch, 0, 0) if self._pending else []
+                if not frames:
+                    self._hand_over()
+                    frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
+                if frames:
+                    self._process(frames)
+            # the cameras stopped first: the frames they left are inferred, so that every frame captured is
+            # either inferred or counted as dropped (at most one per camera; bounded if cameras still run)
+            for _ in range(math.ceil(len(self._inferred) / self._max_batch)):
+                frames = self._board.take_batch(self._max_batch, 0, 0)
+                if not frames:
+                    break
+                self._process(frames)
+            self._hand_over()
+        except BaseException as exc:  # the process must end: systemd restarts it
+            self.error = exc
+            log.critical("inference worker failed: %s", exc, exc_info=True)
+
+    def _hand_over(self) -> None:
+        for result in self._pending:
+            self._submit(result)
+        self._pending = []
+
+    def _process(self, frames: list[Frame]) -> None:
+        images = [frame.image for frame in frames]
+        params = [frame.params for frame in frames]
+        feed, transforms = self._model.prepare(images)
+        # The previous batch's results go to the dispatcher now, while session.run below releases the GIL:
+        # the sinks then run beside the model instead of contending with the letterboxing above.
+        self._hand_over()
+        started = time.perf_counter()
+        outputs = self._model.run(feed)
+        seconds = time.perf_counter() - started
+        detections = self._model.detections(outputs, images, transforms, params if any(params) else None)
+        self._metrics.inference_duration.observe(seconds)
+        self._metrics.batch_size.observe(len(frames))
+        done = time.monotonic()
+        for frame, found in zip(frames, detections, strict=True):
+            inference_id = str(uuid.uuid4())
+            found.data["inference_id"] = np.full(len(found), inference_id, dtype=object)
+            found.data["detection_id"] = np.array(
+                [str(uuid.uuid4()) for _ in range(len(found))], dtype=object
+            )
+            height, width = frame.image.shape[:2]
+            result = FrameResult(
+                camera_id=frame.camera_id,
+                frame_id=frame.frame_id,
+                captured_at=frame.captured_at,
+                captured_mono=frame.captured_mono,
+                inference_id=inference_id,
+                model_id=self._model_id,
+                width=width,
+                height=height,
+                detections=found,
+                inference_seconds=seconds,
+                batch_size=len(frames),
+                done_mono=done,
+                source="camera" if frame.reply is None else "api",
+            )
+            if frame.reply is None:
+                self._inferred[frame.camera_id].inc()
+            else:
+                frame.reply(result)
+            self._pending.append(result)
+        self.last_progress = done

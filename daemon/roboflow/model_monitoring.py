@@ -1,0 +1,235 @@
+"""Roboflow Model Monitoring as a sink: one aggregator per stream, a window timer, the spool and the uploader.
+
+Every `frequency` seconds (counted per stream from its first result) a stream's window closes: its top
+prediction per class becomes one report plus one custom-metadata request, both written to the spool before
+the uploader is woken to send them. Without an API key the reports are still spooled and logged, not sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from daemon.config import Config
+from daemon.frames import FrameResult
+from daemon.metrics import Metrics
+from daemon.roboflow.aggregator import Aggregator, Prediction
+from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
+from daemon.roboflow.hostinfo import host_facts
+from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
+from daemon.roboflow.uploader import Uploader, UploaderState
+
+log = logging.getLogger("edgewatch.monitoring")
+
+
+@dataclass
+class _Stream:
+    aggregator: Aggregator = field(default_factory=Aggregator)
+    deadline: float = 0.0  # time.monotonic() at which the current window closes
+
+
+def summary(predictions: list[Prediction] | list[dict[str, Any]]) -> str:
+    """`cup 0.87, person 0.55`: the classes of a report with their top confidence."""
+    entries = [p.as_dict() if isinstance(p, Prediction) else p for p in predictions]
+    return ", ".join(f"{entry['class_name']} {entry['confidence']:.2f}" for entry in entries)
+
+
+class MonitoringSink:
+    """The Sink of daemon/frames.py. `handle` runs on the dispatcher thread and does no I/O."""
+
+    name = "monitoring"
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        *,
+        unauthorized_retry: float = 600.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        close_grace: float = 5.0,
+        on_report: Callable[[dict[str, Any], dict[str, str]], None] | None = None,
+    ) -> None:
+        settings = config.roboflow
+        self._device_id = config.device.id
+        self._frequency = float(settings.frequency)
+        self._metadata = {camera.id: dict(camera.metadata) for camera in config.cameras}
+        # the debug mode of Roboflow's block: a window close waits for its requests' first attempt
+        self._synchronous = not settings.fire_and_forget
+        self._sync_timeout = settings.timeout * 2 + 1  # the workspace lookup, then the request
+        self._close_grace = close_grace
+        self._on_report = on_report  # the local history: every spooled report with its custom metadata
+        self._host = host_facts()
+        self.spool = Spool(
+            settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
+        )
+        key = settings.api_key.get_secret_value()
+        client = (
+            RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
+            if key
+            else None
+        )
+        self.sending = client is not None
+        self.uploader = Uploader(
+            self.spool, client, metrics,
+            unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
+        )
+        if not self.sending:
+            log.info(
+                "no Roboflow API key: Model Monitoring reports are kept in %s and logged, not sent",
+                settings.spool,
+            )
+        self._streams: dict[str, _Stream] = {}
+        self._changed = threading.Condition()  # guards _streams' membership and deadlines
+        self._stop = threading.Event()
+        self._closed = False
+        self._timer = threading.Thread(target=self._run_timer, name="monitoring-windows", daemon=True)
+        self.uploader.start()
+        self._timer.start()
+
+    def handle(self, result: FrameResult) -> None:
+        stream = self._streams.get(result.camera_id)
+        if stream is None:
+            with self._changed:
+                stream = self._streams.setdefault(
+                    result.camera_id, _Stream(deadline=time.monotonic() + self._frequency)
+                )
+                self._changed.notify_all()
+        stream.aggregator.add(result.detections, result.inference_id, result.model_id)
+
+    def uploader_state(self) -> UploaderState:
+        """For the alert engine: is the key refused, since when do uploads fail, how much is waiting."""
+        return self.uploader.state()
+
+    def flush(self) -> None:
+        """Close every stream's window now: what was seen so far goes to the spool."""
+        with self._changed:
+            streams = list(self._streams.items())
+        for camera, stream in streams:
+            self._close_window(camera, stream.aggregator)
+
+    def close(self) -> None:
+        """Flush, give the uploader a short grace to send, stop. Unsent requests wait for the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._changed:
+            self._stop.set()
+            self._changed.notify_all()
+        self._timer.join()
+        self.flush()
+        self.uploader.stop(grace=self._close_grace)
+        depth = self.spool.depth
+        if depth:
+            log.info("%d Model Monitoring request(s) left in %s for the next start", depth, self.spool.path)
+        self.spool.close()
+
+    def _run_timer(self) -> None:
+        while True:
+            with self._changed:
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    due = [(camera, s) for camera, s in self._streams.items() if s.deadline <= now]
+                    if due:
+                        break
+                    next_deadline = min((s.deadline for s in self._streams.values()), default=None)
+                    self._changed.wait(None if next_deadline is None else next_deadline - now)
+                else:
+                    return
+                for _, stream in due:  # keep each stream on its own grid, skipping windows missed
+                    missed = int((now - stream.deadline) // self._frequency)
+                    stream.deadline += self._frequency * (missed + 1)
+            for camera, stream in due:
+                try:
+                    self._close_window(camera, stream.aggregator)
+                except Exception:  # a spool write failed: the window is lost, the timer must live on
+                    log.exception("cannot spool the Model Monitoring report of camera %s", camera)
+
+    def _close_window(self, camera: str, aggregator: Aggregator) -> None:
+        predictions = aggregator.flush()
+        if not predictions:
+            return
+        created = time.time()
+        timestamp = datetime.fromtimestamp(created, timezone.utc)
+        report = report_body(
+            predictions, device_id=self._device_id, camera_id=camera, host=self._host, timestamp=timestamp
+        )
+        metadata = metadata_body(predictions, camera_id=camera, metadata=self._metadata.get(camera, {}))
+        ids = [
+            self.spool.put("report", camera, report, created),
+            self.spool.put("metadata", camera, metadata, created),
+        ]
+        if self._on_report is not None:
+            try:
+                self._on_report(report, {"camera": camera, **self._metadata.get(camera, {})})
+            except Exception:  # the history is a convenience: the report is spooled, go on
+                log.exception("the monitoring history could not record the report of camera %s", camera)
+        if not self.sending:
+            log.info(
+                "Model Monitoring report, camera %s (not sent, no API key): %s",
+                camera, summary(predictions),
+            )
+            return
+        self.uploader.wake()
+        log.debug("Model Monitoring report spooled, camera %s: %s", camera, summary(predictions))
+        if self._synchronous:
+            outcomes = self.uploader.wait_attempted(ids, self._sync_timeout)
+            for item_id, kind in zip(ids, ("report", "metadata"), strict=True):
+                response = outcomes.get(item_id)
+                result = f"{response.outcome.value} ({response.detail})" if response else "not tried yet"
+                log.info("Model Monitoring %s, camera %s: %s", kind, camera, result)
+
+
+def _describe(item: SpoolItem) -> str:
+    body = item.json()
+    if item.kind == "report":
+        return summary(body.get("inference_results", []))
+    entries = body.get("data", [])
+    ids = len(entries[0]["inference_ids"]) if entries else 0
+    fields = ", ".join(f"{entry['field_name']}={entry['field_value']}" for entry in entries)
+    return f"{fields} ({ids} inference id(s))"
+
+
+def list_reports(config: Config, *, as_json: bool = False, limit: int | None = None,
+                 out: TextIO | None = None) -> int:
+    """`edgewatch reports`: print the requests waiting in the spool (newest `limit`, oldest first).
+
+    Text: created time, camera, kind, classes (or metadata fields). JSON: a list of the exact bodies.
+    Returns the exit code.
+    """
+    out = out or sys.stdout
+    path = config.roboflow.spool
+    try:
+        items = read_items(path, limit)
+    except SpoolError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if as_json:
+        rows = [
+            {
+                "id": item.id,
+                "kind": item.kind,
+                "camera": item.camera,
+                "created": datetime.fromtimestamp(item.created, timezone.utc).isoformat(),
+                "body": item.json(),
+            }
+            for item in items
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False), file=out)
+        return 0
+    if not items:
+        print(f"no Model Monitoring requests waiting in {path}", file=out)
+        return 0
+    width = max(len(item.camera) for item in items)
+    for item in items:
+        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
+        print(f"{created}  {item.camera:<{width}}  {item.kind:<8}  {_describe(item)}", file=out)
+    print(f"{len(items)} request(s) shown, from {path}", file=out)
+    return 0

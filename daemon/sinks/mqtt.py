@@ -1,0 +1,382 @@
+"""MQTT: availability, per-camera status, detections and counts, edge alerts, Home Assistant discovery.
+
+One paho client with its own network thread (loop_start). The broker may be down at start or go away at any
+time: the client connects in the background and reconnects by itself, and nothing here ever waits for it.
+
+Every outgoing queue is bounded by us (paho's own queue is left unlimited):
+- per-frame detections (QoS 0) are published at once from the dispatcher thread; they are dropped (and
+  counted) while the broker is away, and while `max_queued` of them still wait for the socket;
+- alerts (QoS 1) and retained state (each camera's status, its latest counts, Home Assistant discovery) are
+  handed to one small thread of ours ("mqtt-publish"), so callers never block: alerts wait through an
+  outage, at most `max_queued` of them; retained state is a table, topic -> payload, published whenever it
+  changes and in full after every (re)connect, with at most one message per topic in flight (newer values
+  coalesce while one is).
+
+Why the full republish waits for a barrier: on reconnect paho re-sends the QoS 1 messages left unacknowledged
+by the lost connection, right after `on_connect` returns. Those can be older values of retained topics, so
+our republish must reach the broker after them: `on_connect` publishes `online` to the availability topic
+and the publishing thread republishes only once the broker has acknowledged it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from daemon.config import ConfigError, MqttConfig
+from daemon.frames import FrameResult, class_counts, roboflow_predictions
+from daemon.metrics import Metrics
+from daemon.sinks.homeassistant import HomeAssistantDiscovery
+
+log = logging.getLogger("edgewatch.mqtt")
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+RECONNECT_MIN_DELAY = 1  # seconds; paho doubles it after each failed attempt
+RECONNECT_MAX_DELAY = 30
+CLOSE_TIMEOUT = 3.0  # seconds a clean stop waits for the broker to acknowledge `offline`
+IN_FLIGHT_RECHECK = 0.05  # seconds between looks at a retained topic whose previous value is in flight
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device_id: str
+
+    @property
+    def availability(self) -> str:
+        return f"{self.prefix}/{self.device_id}/availability"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}/{self.device_id}/alerts"
+
+    def status(self, camera_id: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{camera_id}/status"
+
+    def detections(self, camera_id: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{camera_id}/detections"
+
+    def counts(self, camera_id: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{camera_id}/counts"
+
+
+def iso_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def detections_message(result: FrameResult) -> dict[str, Any]:
+    return {
+        "camera": result.camera_id,
+        "frame_id": result.frame_id,
+        "timestamp": iso_time(result.captured_at),
+        "inference_id": result.inference_id,
+        "model_id": result.model_id,
+        "image": {"width": result.width, "height": result.height},
+        "predictions": roboflow_predictions(result.detections),
+    }
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _delivered(info: mqtt.MQTTMessageInfo) -> bool:
+    """True once paho is done with the message: written (QoS 0) / acknowledged (QoS 1), or given up."""
+    try:
+        return info.is_published()
+    except (ValueError, RuntimeError):  # refused, or lost with the connection it was queued on
+        return True
+
+
+def _has_room(in_flight: collections.deque[mqtt.MQTTMessageInfo], limit: int) -> bool:
+    """Forget the messages paho is done with (oldest first); True if fewer than `limit` remain."""
+    while in_flight and _delivered(in_flight[0]):
+        in_flight.popleft()
+    return len(in_flight) < limit
+
+
+class MqttPublisher:
+    """The MQTT side of edgewatch; also a Sink (detections and counts of every inferred frame).
+
+    Threads: `handle` runs on the dispatcher thread, `set_camera_status` on capture threads,
+    `publish_alert` on the alert thread; paho's network thread runs the callbacks. `_lock` guards the
+    retained-state table and the connection flags, and is never held while calling into paho (paho holds
+    its own locks while running our callbacks, which take `_lock`).
+    """
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        device_id: str,
+        camera_ids: Iterable[str],
+        metrics: Metrics,
+        *,
+        discovery_state: Path | None = None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self.topics = Topics(config.topic_prefix, device_id)
+        self._lock = threading.Lock()
+        self._connected = False  # CONNACK received: per-frame messages may go
+        self._synced = False  # the broker acknowledged the reconnect barrier: retained state may go
+        self._barrier_mid: int | None = None
+        cameras = list(camera_ids)
+        self._retained: dict[str, bytes] = {self.topics.status(camera): OFFLINE for camera in cameras}
+        self._dirty: set[str] = set()
+        self._problem: str | None = None  # the last connection problem logged, to log each one once
+        self._counts: dict[str, dict[str, int]] = {}  # dispatcher thread only
+        self._detections: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()  # dispatcher only
+        self._alerts_waiting: collections.deque[bytes] = collections.deque()
+        self._alerts_in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
+        self._retained_in_flight: dict[str, mqtt.MQTTMessageInfo] = {}  # publishing thread only
+        self._discovery: HomeAssistantDiscovery | None = None
+        if config.homeassistant:
+            self._discovery = HomeAssistantDiscovery(
+                config.discovery_prefix, self.topics, cameras, state_file=discovery_state
+            )
+            self._retained.update(self._discovery.configs())
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mqtt-publish", daemon=True)
+        self._client = self._make_client(config.client_id or f"edgewatch-{device_id}")
+        metrics.mqtt_connected.set(0)
+
+    def _make_client(self, client_id: str) -> mqtt.Client:
+        config = self._config
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
+        client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
+        if config.username:
+            client.username_pw_set(config.username, config.password.get_secret_value() or None)
+        elif config.password.get_secret_value():
+            log.warning("mqtt.password is set but mqtt.username is empty: connecting without credentials")
+        if config.tls:
+            ca_file = str(config.ca_file) if config.ca_file else None
+            try:
+                client.tls_set(ca_certs=ca_file)
+            except OSError as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(
+                    f"mqtt.ca_file: cannot load CA certificates from {ca_file}: {exc}"
+                ) from None
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        if self._discovery is not None:
+            client.message_callback_add(self._discovery.status_topic, self._on_homeassistant_status)
+        return client
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Connect in the background; returns at once, whether or not the broker is there."""
+        self._client.connect_async(self._config.host, self._config.port, keepalive=self._config.keepalive)
+        self._client.loop_start()
+        self._thread.start()
+        log.info(
+            "MQTT: publishing under %s/ to %s:%d%s",
+            f"{self.topics.prefix}/{self.topics.device_id}",
+            self._config.host,
+            self._config.port,
+            " (TLS)" if self._config.tls else "",
+        )
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Send what is still waiting (alerts, state changes), then `offline`; wait (at most `timeout`) for
+        the broker to acknowledge it, which, QoS 1 being in order, covers the rest; disconnect."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._connected:
+            if not self._thread.is_alive():
+                self._publish_pending()
+            info = self._client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
+            with contextlib.suppress(ValueError, RuntimeError):  # not queued: reported just below
+                info.wait_for_publish(timeout)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not _delivered(info):
+                log.warning("MQTT: the broker did not acknowledge 'offline' within %.0fs", timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._metrics.mqtt_connected.set(0)
+
+    # Sink
+
+    def handle(self, result: FrameResult) -> None:
+        camera = result.camera_id
+        counts = class_counts(result.detections)
+        if counts != self._counts.get(camera):
+            self._counts[camera] = counts
+            updates = {self.topics.counts(camera): _compact(counts)}
+            if self._discovery is not None:
+                updates.update(self._discovery.add_classes(camera, counts))
+            self._set_retained(updates)
+        if not self._connected:
+            self._metrics.mqtt_dropped.inc()
+            return
+        if not _has_room(self._detections, self._config.max_queued):
+            self._metrics.mqtt_dropped.inc()
+            return
+        info = self._client.publish(
+            self.topics.detections(camera), _compact(detections_message(result)), qos=0
+        )
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._detections.append(info)
+        else:
+            self._metrics.mqtt_dropped.inc()
+
+    def flush(self) -> None:
+        """Nothing is held back per frame: detections go out at once, retained state as it changes."""
+
+    # inputs from other stages
+
+    def set_camera_status(self, camera_id: str, online: bool) -> None:
+        """Record a camera's reachability; published (retained) by the publishing thread. Never blocks."""
+        self._set_retained({self.topics.status(camera_id): ONLINE if online else OFFLINE})
+
+    def publish_alert(self, alert: Mapping[str, Any]) -> None:
+        """Send one alert event (QoS 1). Never blocks; at most `max_queued` wait or are in flight."""
+        payload = _compact(dict(alert))
+        with self._lock:
+            queued = _has_room(self._alerts_in_flight, self._config.max_queued - len(self._alerts_waiting))
+            if queued:
+                self._alerts_waiting.append(payload)
+        if queued:
+            self._wake.set()
+        else:
+            self._metrics.mqtt_dropped.inc()
+
+    # retained state
+
+    def _set_retained(self, updates: Mapping[str, bytes]) -> None:
+        with self._lock:
+            changed = False
+            for topic, payload in updates.items():
+                if self._retained.get(topic) != payload:
+                    self._retained[topic] = payload
+                    self._dirty.add(topic)
+                    changed = True
+        if changed:
+            self._wake.set()
+
+    def _run(self) -> None:
+        held_back = False
+        while True:
+            # a topic held back waits for its previous message's acknowledgement: look again shortly
+            self._wake.wait(IN_FLIGHT_RECHECK if held_back else None)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            try:
+                held_back = self._publish_pending()
+            except Exception:  # a bug here must not end alert and retained-state publishing for good
+                log.exception("MQTT: publishing alerts or retained state failed")
+
+    def _publish_pending(self) -> bool:
+        """Publish waiting alerts, and every changed topic whose previous message is acknowledged.
+        True if a topic had to wait for that."""
+        in_flight = self._retained_in_flight
+        for topic in [topic for topic, info in in_flight.items() if _delivered(info)]:
+            del in_flight[topic]
+        with self._lock:
+            if not self._synced:
+                return False
+            alerts = list(self._alerts_waiting)
+            self._alerts_waiting.clear()
+            ready = sorted(self._dirty - in_flight.keys())
+            batch = [(topic, self._retained[topic]) for topic in ready if topic in self._retained]
+            self._dirty.difference_update(ready)
+            held_back = bool(self._dirty)
+        sent = [self._client.publish(self.topics.alerts, payload, qos=1) for payload in alerts]
+        with self._lock:
+            self._alerts_in_flight.extend(sent)
+        for topic, payload in batch:
+            info = self._client.publish(topic, payload, qos=1, retain=True)
+            in_flight[topic] = info
+            if not payload and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # a removal (empty retained payload) is on its way: stop republishing it
+                with self._lock:
+                    if self._retained.get(topic) == b"":
+                        del self._retained[topic]
+                if self._discovery is not None:
+                    self._discovery.removed(topic)
+        if self._discovery is not None:
+            self._discovery.save()
+        return held_back
+
+    # paho callbacks (network thread)
+
+    def _log_problem(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            log.warning("MQTT: %s; retrying in the background", problem)
+        else:
+            log.debug("MQTT: %s", problem)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._log_problem(
+                f"broker {self._config.host}:{self._config.port} refused the connection: {reason}"
+            )
+            return
+        self._problem = None
+        log.info("MQTT: connected to %s:%d", self._config.host, self._config.port)
+        self._metrics.mqtt_connected.set(1)
+        if self._discovery is not None:
+            client.subscribe(self._discovery.status_topic, qos=1)
+        barrier = client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        with self._lock:
+            self._connected = True
+            self._barrier_mid = barrier.mid
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        tls = " over TLS" if self._config.tls else ""
+        self._log_problem(f"cannot connect to {self._config.host}:{self._config.port}{tls}")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            was_connected = self._connected
+            self._connected = self._synced = False
+            self._barrier_mid = None
+        self._metrics.mqtt_connected.set(0)
+        if was_connected and not self._stop.is_set():
+            self._problem = None
+            self._log_problem(f"connection to {self._config.host}:{self._config.port} lost")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._lock:
+            if mid == self._barrier_mid:
+                self._barrier_mid = None
+                self._synced = True
+                self._dirty = set(self._retained)
+            wake = bool(self._dirty or self._alerts_waiting)
+        if wake:
+            self._wake.set()
+
+    def _on_homeassistant_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.payload != ONLINE or self._discovery is None:
+            return
+        prefix = self._discovery.topic_root
+        with self._lock:
+            self._dirty.update(topic for topic in self._retained if topic.startswith(prefix))
+        self._wake.set()

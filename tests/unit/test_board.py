@@ -1,0 +1,89 @@
+"""FrameBoard: the newest frame wins, stale ones are reported, batches gather across cameras."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from daemon.frames import Frame
+from daemon.pipeline.board import FrameBoard
+
+IMAGE = np.zeros((4, 4, 3), np.uint8)
+
+
+def frame(camera: str, number: int) -> Frame:
+    return Frame(camera, number, time.time(), time.monotonic(), IMAGE)
+
+
+def test_newest_frame_wins_and_the_overwritten_one_is_reported() -> None:
+    stale: list[Frame] = []
+    board = FrameBoard(["a"], stale.append)
+    board.put(frame("a", 1))
+    board.put(frame("a", 2))
+    batch = board.take_batch(max_batch=8, fill_timeout=0, wait=0)
+    assert [f.frame_id for f in batch] == [2]
+    assert [f.frame_id for f in stale] == [1]
+    assert board.take_batch(8, 0, 0) == []
+
+
+def test_batch_takes_one_frame_per_ready_camera_oldest_first_up_to_max() -> None:
+    board = FrameBoard(["a", "b", "c"], lambda _: None)
+    for camera in ("c", "a", "b"):
+        board.put(frame(camera, 1))
+    batch = board.take_batch(max_batch=2, fill_timeout=0, wait=0)
+    assert [f.camera_id for f in batch] == ["c", "a"]
+    assert [f.camera_id for f in board.take_batch(2, 0, 0)] == ["b"]
+
+
+def test_batch_waits_for_live_cameras_until_the_fill_timeout() -> None:
+    board = FrameBoard(["a", "b"], lambda _: None)
+    board.set_live("a", True)
+    board.set_live("b", True)
+    board.put(frame("a", 1))
+    threading.Timer(0.05, lambda: board.put(frame("b", 1))).start()
+    batch = board.take_batch(max_batch=4, fill_timeout=5, wait=1)
+    assert sorted(f.camera_id for f in batch) == ["a", "b"]  # returned once full, long before 5 s
+
+    board.put(frame("a", 2))
+    started = time.monotonic()
+    batch = board.take_batch(max_batch=4, fill_timeout=0.1, wait=1)
+    assert [f.camera_id for f in batch] == ["a"]
+    assert 0.09 <= time.monotonic() - started < 1
+
+
+def test_a_dead_camera_does_not_hold_the_batch() -> None:
+    board = FrameBoard(["live", "dead"], lambda _: None)
+    board.set_live("live", True)
+    board.put(frame("live", 1))
+    started = time.monotonic()
+    assert [f.camera_id for f in board.take_batch(4, fill_timeout=5, wait=1)] == ["live"]
+    assert time.monotonic() - started < 1
+
+
+def test_wait_taken_and_close_release_waiters() -> None:
+    board = FrameBoard(["a"], lambda _: None)
+    board.put(frame("a", 1))
+    assert not board.wait_taken("a", timeout=0.01)
+    threading.Timer(0.05, lambda: board.take_batch(1, 0, 0)).start()
+    assert board.wait_taken("a", timeout=5)
+    threading.Timer(0.05, board.close).start()
+    started = time.monotonic()
+    assert board.take_batch(1, 0, wait=5) == []
+    assert time.monotonic() - started < 4
+
+
+def test_requests_are_never_overwritten_share_batches_by_age_and_are_bounded() -> None:
+    board = FrameBoard(["cam"], lambda _: None, max_requests=2)
+    replies: list[object] = []
+    first = Frame("http", 1, time.time(), time.monotonic(), IMAGE, reply=replies.append)
+    board.put(frame("cam", 1))
+    second = Frame("http", 2, time.time(), time.monotonic(), IMAGE, reply=replies.append)
+    assert board.put_request(first) and board.put_request(second)
+    third = Frame("http", 3, time.time(), time.monotonic(), IMAGE, reply=replies.append)
+    assert not board.put_request(third)  # full: the API answers 503
+    batch = board.take_batch(max_batch=2, fill_timeout=0, wait=0)
+    assert [(f.camera_id, f.frame_id) for f in batch] == [("http", 1), ("cam", 1)]
+    assert board.put_request(third)
+    assert board.close() == [second, third]

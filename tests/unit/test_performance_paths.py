@@ -1,0 +1,186 @@
+"""The performance-minded paths of the model and the inference loop, as far as a CPU can check them.
+
+GPU paths (IO binding with a pinned input buffer for CUDA/TensorRT) run here on the CPU provider, which
+takes the same IO-binding calls; pinning itself needs a CUDA runtime and is only checked to decline cleanly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from daemon.config import ModelConfig
+from daemon.frames import Frame, FrameResult
+from daemon.metrics import Metrics
+from daemon.model.preprocess import LetterboxBuffer
+from daemon.model.session import (
+    BoundRunner,
+    Model,
+    cgroup_cpu_limit,
+    default_threads,
+    physical_cores,
+    pin_host_memory,
+)
+from daemon.pipeline.board import FrameBoard
+from daemon.pipeline.inference import InferenceWorker
+
+
+def photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    image = cv2.imread(str(Path(data.data_dir) / name))
+    assert image is not None, name
+    return image
+
+
+def test_physical_cores_count_smt_siblings_once(tmp_path: Path) -> None:
+    for cpu, siblings in {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"}.items():
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(siblings + "\n")
+
+    assert physical_cores({0, 1, 2, 3}, tmp_path) == 2
+    assert physical_cores({0, 2}, tmp_path) == 1
+    assert physical_cores({0, 7}, tmp_path) == 2  # no topology for cpu7: counted as a core of its own
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"), [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)]
+)
+def test_cgroup_quota_limits_the_threads(tmp_path: Path, text: str, limit: int | None) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text(text)
+    assert cgroup_cpu_limit(cpu_max) == limit
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_session_threads_are_set_explicitly_and_idle_threads_sleep(demo_model: Path) -> None:
+    explicit = Model.load(ModelConfig(path=demo_model, providers=["cpu"], threads=1))
+    default = Model.load(ModelConfig(path=demo_model, providers=["cpu"]))
+
+    assert explicit.threads == 1
+    assert default.threads == default_threads() >= 1
+    options = default._session.get_session_options()
+    assert options.intra_op_num_threads == default.threads
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_io_binding_gives_the_outputs_of_a_plain_run(demo_model: Path) -> None:
+    session = ort.InferenceSession(str(demo_model), providers=["CPUExecutionProvider"])
+    buffer = LetterboxBuffer(416, 416, max_batch=2)
+    batch, _ = buffer.fill([photo("coffee.png"), photo("motorcycle_left.png")])
+    runner = BoundRunner(session, "images", ["output0"])
+
+    (plain,) = session.run(["output0"], {"images": batch})
+    (bound,) = runner(batch)
+    (single,) = runner(batch[:1])  # the binding follows the batch size from run to run
+
+    assert bound.shape == plain.shape == (2, 84, 2535)
+    np.testing.assert_allclose(bound, plain, atol=1e-4)
+    np.testing.assert_allclose(single[0], plain[0], atol=1e-3)
+
+
+def test_pinning_declines_without_a_gpu() -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    # no CUDA runtime to load, or one that finds no device: the buffer stays pageable, nothing fails
+    assert pin_host_memory(np.zeros(16, np.float32)) is False
+
+
+def test_model_prepare_run_detections_is_infer(model: Model) -> None:
+    images = [photo("coffee.png"), photo("motorcycle_left.png")]
+    expected, _ = model.infer(images)
+
+    feed, transforms = model.prepare(images)
+    found = model.detections(model.run(feed), images, transforms)
+
+    for one, other in zip(found, expected, strict=True):
+        assert one.data["class_name"].tolist() == other.data["class_name"].tolist()
+        np.testing.assert_allclose(one.xyxy, other.xyxy, atol=0.5)
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.results: list[FrameResult] = []
+        self.arrived = threading.Condition()
+
+    def submit(self, result: FrameResult) -> bool:
+        with self.arrived:
+            self.results.append(result)
+            self.arrived.notify_all()
+        return True
+
+    def wait(self, count: int, timeout: float = 10) -> list[FrameResult]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.results) >= count, timeout), self.results
+            return list(self.results)
+
+
+def start_worker(
+    model: Model, cameras: list[str]
+) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
+    board = FrameBoard(cameras, lambda _: None)
+    collected = Collected()
+    stop = threading.Event()
+    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    worker.start()
+    return board, collected, stop, worker
+
+
+def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(model: Model) -> None:
+    board, collected, stop, worker = start_worker(model, ["cam"])
+    try:
+        board.put(Frame("cam", 1, time.time(), time.monotonic(), photo("coffee.png")))
+        (result,) = collected.wait(1, timeout=5)  # no second frame ever comes
+        assert result.frame_id == 1 and "cup" in result.detections.data["class_name"].tolist()
+    finally:
+        stop.set()
+        board.close()
+        worker.join(5)
+
+
+def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
+    cameras = [f"cam-{i}" for i in range(6)]
+    board = FrameBoard(cameras, lambda _: None)
+    collected = Collected()
+    stop = threading.Event()
+    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    image = photo("coffee.png")
+    for number, camera in enumerate(cameras, 1):
+        board.put(Frame(camera, number, time.time(), time.monotonic(), image))
+    stop.set()  # the cameras have stopped and the daemon is stopping: the worker sees that at once
+    board.close()
+
+    worker.start()
+    worker.join(10)
+
+    assert not worker.is_alive() and worker.error is None
+    assert sorted(result.camera_id for result in collected.results) == cameras
+    assert board.take_batch(4, 0, 0) == []  # drained
+
+
+def test_a_stalled_live_camera_stops_holding_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+
+    def board_with_a_stalled_camera() -> FrameBoard:
+        board = FrameBoard(["live", "stalled"], lambda _: None)
+        board.set_live("live", True)
+        board.set_live("stalled", True)  # connected, but no frame comes
+        board.put(Frame("live", 1, time.time(), time.monotonic(), image))
+        return board
+
+    started = time.monotonic()
+    assert [f.camera_id for f in board_with_a_stalled_camera().take_batch(4, 0.2, 1)] == ["live"]
+    assert time.monotonic() - started >= 0.19  # just gone live: the batch waited for it
+
+    # silent for longer than the board waits for
+    monkeypatch.setattr("daemon.pipeline.board.SILENT_AFTER", 0.0)
+    started = time.monotonic()
+    assert [f.camera_id for f in board_with_a_stalled_camera().take_batch(4, 5, 1)] == ["live"]
+    assert time.monotonic() - started < 1
