@@ -14,6 +14,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import supervision as sv
 
+# "camera": a configured camera; "api": an HTTP inference request, whose camera_id is its stream name
+Source = Literal["camera", "api"]
+
 
 @dataclass(slots=True, eq=False)
 class Frame:
@@ -50,8 +53,7 @@ class FrameResult:
     inference_seconds: float  # session.run time of the batch this frame was in
     batch_size: int
     done_mono: float = field(default_factory=time.monotonic)  # when the worker finished the frame
-    # "camera": a configured camera; "api": an HTTP request, and camera_id is its stream name
-    source: Literal["camera", "api"] = "camera"
+    source: Source = "camera"
 
 
 class Sink(Protocol):

@@ -116,7 +116,7 @@ class Service:
         self.alerts = AlertEngine(
             config.alerts,
             self.metrics,
-            on_alert=self._on_alert,
+            listeners=[listener for listener in (self.mqtt, self.history) if listener is not None],
             cameras=self._camera_states,
             inference_progress=lambda: self.worker.last_progress,
             upload_failing_since=(lambda: self.monitoring.uploader_state().failing_since)
@@ -137,12 +137,6 @@ class Service:
             if config.metrics.enabled
             else None
         )
-
-    def _on_alert(self, alert: dict[str, Any]) -> None:
-        if self.mqtt:
-            self.mqtt.publish_alert(alert)
-        if self.history:
-            self.history.record_alert(alert)
 
     def _on_camera_status(self, camera_id: str, online: bool) -> None:
         if self.mqtt:

@@ -5,8 +5,8 @@ hold, keyed by camera ("" for device-wide ones). `AlertEngine` adds the state ma
 fires once when its condition starts to hold, and resolves once after the condition has been clear for
 `clear_for` seconds, judged by a weaker condition than the one that fired it (a camera must stay online, not
 merely avoid another 30 s outage; confidence must climb above a higher ratio), so a flapping camera or a
-noisy class does not flood MQTT. Each change is sent to `on_alert` (the MQTT publisher),
-set in `edgewatch_alert_active{type,camera}` and logged.
+noisy class does not flood MQTT. Each change is an `Alert`, told to every `AlertListener` (MQTT, the page's
+history), set in `edgewatch_alert_active{type,camera}` and logged.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from daemon.alerts.alert import Alert, AlertListener, AlertState, Severity
 from daemon.config import AlertsConfig
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics
+from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.alerts")
 
@@ -34,7 +35,7 @@ MONITORING_UNAUTHORIZED = "monitoring_unauthorized"
 INFERENCE_STALLED = "inference_stalled"
 CAMERA_TYPES = (CAMERA_DOWN, CONFIDENCE_DROP)
 DEVICE_TYPES = (UPLOAD_FAILING, MONITORING_UNAUTHORIZED, INFERENCE_STALLED)
-SEVERITY = {
+SEVERITY: dict[str, Severity] = {
     CAMERA_DOWN: "critical",
     INFERENCE_STALLED: "critical",
     MONITORING_UNAUTHORIZED: "critical",
@@ -201,7 +202,7 @@ class AlertEngine:
         config: AlertsConfig,
         metrics: Metrics,
         *,
-        on_alert: Callable[[dict[str, Any]], None] | None = None,
+        listeners: Sequence[AlertListener] = (),
         cameras: Callable[[], CameraSnapshot],
         inference_progress: Callable[[], float | None],
         upload_failing_since: Callable[[], float | None] | None = None,
@@ -216,7 +217,7 @@ class AlertEngine:
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self._on_alert = on_alert
+        self._listeners = tuple(listeners)
         self._cameras = cameras
         self._inference_progress = inference_progress
         self._upload_failing_since = upload_failing_since
@@ -269,7 +270,7 @@ class AlertEngine:
                     "camera": camera,
                     "message": firing.message,
                     "severity": SEVERITY[kind],
-                    "since": _iso(firing.since),
+                    "since": iso_utc(firing.since),
                 }
                 for (kind, camera), firing in sorted(self._firing.items())
             ]
@@ -318,7 +319,7 @@ class AlertEngine:
 
     def _advance(
         self, holding: Mapping[tuple[str, str], str], now: float
-    ) -> list[tuple[tuple[str, str], str, str]]:
+    ) -> list[tuple[tuple[str, str], AlertState, str]]:
         changes = []
         with self._lock:
             for key, message in holding.items():
@@ -337,26 +338,16 @@ class AlertEngine:
                     changes.append((key, "resolved", RESOLVED[key[0]].format(camera=key[1])))
         return changes
 
-    def _emit(self, key: tuple[str, str], state: str, message: str) -> None:
+    def _emit(self, key: tuple[str, str], state: AlertState, message: str) -> None:
         kind, camera = key
         self._metrics.alert_active.labels(kind, camera).set(1 if state == "firing" else 0)
         if state == "firing":
             log.warning("alert %s firing: %s", kind, message)
         else:
             log.info("alert %s resolved: %s", kind, message)
-        alert: dict[str, Any] = {"type": kind}
-        if camera:
-            alert["camera"] = camera
-        alert.update(
-            message=message, timestamp=_iso(self._wall_clock()), severity=SEVERITY[kind], state=state
-        )
-        if self._on_alert is None:
-            return
-        try:
-            self._on_alert(alert)
-        except Exception:
-            log.exception("delivering alert %s failed", kind)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+        alert = Alert(kind, camera, message, SEVERITY[kind], state, self._wall_clock())
+        for listener in self._listeners:
+            try:
+                listener.on_alert(alert)
+            except Exception:
+                log.exception("delivering alert %s to %s failed", kind, type(listener).__name__)

@@ -22,13 +22,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from daemon.alerts.alert import Alert
 from daemon.frames import FrameResult, roboflow_predictions
+from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.history")
 
@@ -105,10 +107,6 @@ def class_sums(names: np.ndarray, confidence: np.ndarray) -> list[tuple[str, int
     return [
         (str(name), int(count), float(total)) for name, count, total in zip(found, counts, sums, strict=True)
     ]
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 def _parse_time(text: Any) -> float | None:
@@ -268,7 +266,7 @@ class History:
             else:  # the frame left the recent list: keep what the report itself says
                 created = window_closed
                 sample["predictions"] = classes
-            sample["timestamp"] = _iso(created)
+            sample["timestamp"] = iso_utc(created, "seconds")
             names = {p["class"] for p in sample["predictions"]} | {c["class"] for c in classes}
             rows.append((inference_id, created, stream, json.dumps(sample), names))
         with self._db_lock:
@@ -286,19 +284,19 @@ class History:
                         [(inference_id, n) for n in names],
                     )
 
-    def record_alert(self, alert: dict[str, Any]) -> None:
-        """An alert fired or resolved (the alert engine's payload: type, camera, message, timestamp,
-        severity, state)."""
-        key = (str(alert.get("type", "")), str(alert.get("camera", "")))
+    def on_alert(self, alert: Alert) -> None:
+        """An alert fired or resolved: kept as its payload (type, camera, message, timestamp, severity)."""
+        key = (alert.type, alert.camera)
+        body = alert.payload()
         with self._lock:
-            if alert.get("state") == "resolved":
+            if alert.state == "resolved":
                 self._active.pop(key, None)
             else:
-                self._active[key] = dict(alert)
+                self._active[key] = body
         with self._db_lock:
             if not self._db_closed:
                 self._db.execute(
-                    "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(alert))
+                    "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(body))
                 )
 
     # --- the page's queries --------------------------------------------------------------------------
@@ -313,8 +311,8 @@ class History:
         previous = self._totals(start - span, start, camera)
         return {
             "range": range_name,
-            "from": _iso(start),
-            "to": _iso(end),
+            "from": iso_utc(start, "seconds"),
+            "to": iso_utc(end, "seconds"),
             "camera": camera,
             "current": current,
             "previous": previous,
@@ -355,7 +353,7 @@ class History:
                     "detections": detections,
                     "avg_confidence": _ratio(confidence, detections, 4),
                     "avg_inference_time": _ratio(seconds, inferences, 6),
-                    "last_seen": _iso(min(last, end)),
+                    "last_seen": iso_utc(min(last, end), "seconds"),
                 }
             )
         return sorted(streams, key=lambda s: s["stream"])
@@ -474,7 +472,7 @@ class History:
             )
         return [
             {
-                "t": _iso(start + i * step),
+                "t": iso_utc(start + i * step, "seconds"),
                 "inferences": inferences.get(i, 0),
                 "detections": detections.get(i, 0),
             }

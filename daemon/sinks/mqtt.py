@@ -27,17 +27,18 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from daemon.alerts.alert import Alert
 from daemon.config import ConfigError, MqttConfig
 from daemon.frames import FrameResult, class_counts, roboflow_predictions
 from daemon.metrics import Metrics
 from daemon.sinks.homeassistant import HomeAssistantDiscovery
+from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.mqtt")
 
@@ -72,15 +73,11 @@ class Topics:
         return f"{self.prefix}/{self.device_id}/{camera_id}/counts"
 
 
-def iso_time(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
-
-
 def detections_message(result: FrameResult) -> dict[str, Any]:
     return {
         "camera": result.camera_id,
         "frame_id": result.frame_id,
-        "timestamp": iso_time(result.captured_at),
+        "timestamp": iso_utc(result.captured_at),
         "inference_id": result.inference_id,
         "model_id": result.model_id,
         "image": {"width": result.width, "height": result.height},
@@ -111,7 +108,7 @@ class MqttPublisher:
     """The MQTT side of edgewatch; also a Sink (detections and counts of every inferred frame).
 
     Threads: `handle` runs on the dispatcher thread, `set_camera_status` on capture threads,
-    `publish_alert` on the alert thread; paho's network thread runs the callbacks. `_lock` guards the
+    `on_alert` on the alert thread; paho's network thread runs the callbacks. `_lock` guards the
     retained-state table and the connection flags, and is never held while calling into paho (paho holds
     its own locks while running our callbacks, which take `_lock`).
     """
@@ -250,9 +247,9 @@ class MqttPublisher:
         """Record a camera's reachability; published (retained) by the publishing thread. Never blocks."""
         self._set_retained({self.topics.status(camera_id): ONLINE if online else OFFLINE})
 
-    def publish_alert(self, alert: Mapping[str, Any]) -> None:
-        """Send one alert event (QoS 1). Never blocks; at most `max_queued` wait or are in flight."""
-        payload = _compact(dict(alert))
+    def on_alert(self, alert: Alert) -> None:
+        """Send one alert change (QoS 1). Never blocks; at most `max_queued` wait or are in flight."""
+        payload = _compact(alert.payload())
         with self._lock:
             queued = _has_room(self._alerts_in_flight, self._config.max_queued - len(self._alerts_waiting))
             if queued:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from daemon.alerts.alert import Alert
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker, confidence_drops, inference_stalled
 from daemon.config import AlertsConfig
 from daemon.metrics import Metrics
@@ -47,7 +48,7 @@ class Harness:
         self.engine = AlertEngine(
             CONFIG,
             self.metrics,
-            on_alert=self.alerts.append,
+            listeners=[self],
             cameras=lambda: dict(device.cameras),
             inference_progress=lambda: device.progress,
             upload_failing_since=lambda: device.failing_since,
@@ -57,6 +58,10 @@ class Harness:
             wall_clock=lambda: 1_700_000_000.0,
             **kwargs,
         )
+
+
+    def on_alert(self, alert: Alert) -> None:
+        self.alerts.append(alert.payload())
 
     def tick(self, *times: float) -> list[tuple[str, str, str]]:
         """Tick at each time; the (type, camera, state) of the alerts sent meanwhile."""
@@ -225,7 +230,7 @@ def test_engine_thread_ticks_and_closes_promptly(mosquitto, mqtt_subscriber, mqt
     engine = AlertEngine(
         AlertsConfig(camera_down_after=0.2),
         metrics,
-        on_alert=publisher.publish_alert,
+        listeners=[publisher],
         cameras=lambda: {"cam-1": (False, since)},
         inference_progress=lambda: None,
         interval=0.05,

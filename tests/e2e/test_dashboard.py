@@ -140,7 +140,7 @@ def test_alerts_active_and_recent(tmp_path: Path) -> None:
     engine = AlertEngine(
         AlertsConfig(camera_down_after=30),
         Metrics(),
-        on_alert=history.record_alert,
+        listeners=[history],
         cameras=lambda: cameras,
         inference_progress=lambda: 100.0,
         clear_for=10,
@@ -238,7 +238,7 @@ def test_the_page_shows_the_edge_and_filters_by_camera(
         engine = AlertEngine(
             config.alerts,
             edge.metrics,
-            on_alert=edge.history.record_alert,
+            listeners=[edge.history],
             cameras=lambda: {"street": (False, time.monotonic() - 120)},
             inference_progress=time.monotonic,
         )

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from daemon.alerts.alert import Alert
 from daemon.config import ConfigError, MqttConfig
 from daemon.metrics import Metrics
 from daemon.sinks.mqtt import MqttPublisher
@@ -65,7 +66,7 @@ def test_availability_online_while_connected_offline_after_clean_close(
     assert status is not None and status.payload == b"offline"
 
     publisher.set_camera_status("cam-1", True)  # both just before the stop: still delivered, before offline
-    publisher.publish_alert({"type": "test", "message": "last words"})
+    publisher.on_alert(Alert("test", "", "last words", "warning", "firing", 1_700_000_000.0))
     started = time.monotonic()
     publisher.close()
     assert time.monotonic() - started < 2
@@ -179,7 +180,7 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
 
     publisher.set_camera_status("cam-1", False)
     live.wait_payload(STATUS, b"offline")
-    publisher.publish_alert({"type": "camera_down", "camera": "cam-1", "message": "m", "state": "firing"})
+    publisher.on_alert(Alert("camera_down", "cam-1", "m", "critical", "firing", 1_700_000_000.0))
     alert = live.wait_for(lambda: live.on(ALERTS), what="alert")[0]
     assert alert.qos == 1 and json.loads(alert.payload)["type"] == "camera_down"
 
@@ -231,7 +232,7 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
     for frame_id in range(1, 11):
         publisher.handle(frame_result("cam-1", frame_id, [person()]))
     for number in range(5):
-        publisher.publish_alert({"type": "test", "message": str(number)})
+        publisher.on_alert(Alert("test", "", str(number), "warning", "firing", 1_700_000_000.0))
     publisher.set_camera_status("cam-1", False)
     publisher.set_camera_status("cam-1", True)
     publisher.set_camera_status("cam-1", False)

@@ -1,0 +1,1 @@
+"""Events rather than frames: tracking, zones, lines, the event lifecycle and snapshots."""

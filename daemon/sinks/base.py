@@ -1,0 +1,35 @@
+"""The contract every sink implements: the dispatcher hands it results, the service runs its lifecycle."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from daemon.frames import FrameResult, Source
+
+
+class Sink(ABC):
+    """One destination of frame results.
+
+    Lifecycle, each step called once by the service, in this order:
+    - `start()`: open connections, start threads (never in `__init__`);
+    - `handle(result)` for every result whose `source` is in `accepts`, on the dispatcher thread: must not
+      block on network or disk I/O (hand slow work to the sink's own bounded queue and thread);
+    - `flush()` after the dispatcher has drained: push out partial state (e.g. a reporting window);
+    - `close(timeout)`: stop threads and release files within `timeout` seconds, whatever happens.
+    """
+
+    name: ClassVar[str]
+    accepts: ClassVar[frozenset[Source]] = frozenset({"camera"})
+
+    def start(self) -> None:
+        return None
+
+    @abstractmethod
+    def handle(self, result: FrameResult) -> None: ...
+
+    def flush(self) -> None:
+        return None
+
+    def close(self, timeout: float) -> None:
+        return None
