@@ -122,19 +122,14 @@ def _run(config: Config, duration: float | None) -> int:
     model = _load_model(config)
     if model is None:
         return EXIT_BAD_INPUT
-    from daemon.roboflow.spool import SpoolError
     from daemon.service import Service
-    from daemon.sinks.history import HistoryError
 
     try:
         service = Service(config, model)
     except ConfigError as exc:
         print(f"edgewatch: {config.source}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (SpoolError, HistoryError) as exc:
-        print(f"edgewatch: {config.source}: roboflow.spool: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:  # e.g. the metrics port is taken, the spool folder is not writable
+    except OSError as exc:  # e.g. the metrics port is taken: a restart may find it free (state files degrade)
         print(f"edgewatch: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     service.install_signal_handlers()

@@ -19,6 +19,7 @@ from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
 from daemon.frames import Frame, Sink
+from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.model.session import Model
 from daemon.pipeline.board import FrameBoard
@@ -56,6 +57,8 @@ class Service:
         camera_ids = [camera.id for camera in config.cameras]
 
         self.metrics.set_provider(model.provider)
+        # parts running degraded (a bad state file, a full disk...): /healthz, edgewatch_degraded, an alert
+        self.part_health = Health(self.metrics.registry)
         if not config.mqtt.enabled:  # no broker configured: no "disconnected" series to alert on
             self.metrics.registry.unregister(self.metrics.mqtt_connected)
             self.metrics.registry.unregister(self.metrics.mqtt_dropped)
@@ -79,10 +82,14 @@ class Service:
             else None
         )
         # The monitoring page's store lives beside the spool; without the API nobody reads it.
-        self.history = History(state_dir / "history.db") if config.api.enabled else None
+        self.history = (
+            History(state_dir / "history.db", health=self.part_health) if config.api.enabled else None
+        )
         on_report = self.history.record_report if self.history else None
         self.monitoring = (
-            MonitoringSink(config, self.metrics, on_report=on_report) if config.roboflow.enabled else None
+            MonitoringSink(config, self.metrics, on_report=on_report, health=self.part_health)
+            if config.roboflow.enabled
+            else None
         )
         self.progress = ProgressReporter(camera_ids, self.metrics)
         self.confidence = ConfidenceTracker(
@@ -126,6 +133,7 @@ class Service:
             if self.monitoring
             else None,
             confidence=self.confidence,
+            degraded=self.part_health.degraded,
         )
         self.api = (
             ApiServer(config, ModelInfo.of(model), self.board, self.history, self.metrics)
@@ -162,6 +170,8 @@ class Service:
             "threads": threads,
             "cameras": {camera.config.id: camera.state.online for camera in self.cameras},
             "alerts": [alert["type"] for alert in self.alerts.active()],
+            # degraded but serving stays 200: a restart would not mend a disk (docs/security.md)
+            "degraded": self.part_health.degraded(),
         }
         return healthy, detail
 

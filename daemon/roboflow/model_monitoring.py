@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from daemon.config import Config
 from daemon.frames import FrameResult
+from daemon.health import NO_HEALTH, Health
 from daemon.metrics import Metrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
@@ -56,6 +57,7 @@ class MonitoringSink:
         backoff_max: float = 300.0,
         close_grace: float = 5.0,
         on_report: Callable[[dict[str, Any], dict[str, str]], None] | None = None,
+        health: Health = NO_HEALTH,
     ) -> None:
         settings = config.roboflow
         self._device_id = config.device.id
@@ -68,7 +70,8 @@ class MonitoringSink:
         self._on_report = on_report  # the local history: every spooled report with its custom metadata
         self._host = host_facts()
         self.spool = Spool(
-            settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
+            settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics,
+            health=health,
         )
         key = settings.api_key.get_secret_value()
         client = (
@@ -162,10 +165,14 @@ class MonitoringSink:
             predictions, device_id=self._device_id, camera_id=camera, host=self._host, timestamp=timestamp
         )
         metadata = metadata_body(predictions, camera_id=camera, metadata=self._metadata.get(camera, {}))
-        ids = [
-            self.spool.put("report", camera, report, created),
-            self.spool.put("metadata", camera, metadata, created),
-        ]
+        ids = []
+        for kind, body in (("report", report), ("metadata", metadata)):
+            try:
+                ids.append(self.spool.put(kind, camera, body, created))
+            except SpoolError as exc:  # counted as dropped and reported degraded by the spool
+                log.warning("Model Monitoring %s of camera %s is lost: %s", kind, camera, exc)
+        if len(ids) < 2:
+            return
         if self._on_report is not None:
             try:
                 self._on_report(report, {"camera": camera, **self._metadata.get(camera, {})})

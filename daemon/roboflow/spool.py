@@ -7,18 +7,21 @@ and by their age; when over, the oldest rows go, and every dropped row is counte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from daemon.health import NO_HEALTH, Health
 from daemon.metrics import Metrics
+from daemon.statefile import IN_MEMORY, is_corrupt, open_state_db, quick_check
 
 log = logging.getLogger("edgewatch.spool")
 
@@ -38,7 +41,7 @@ CREATE INDEX IF NOT EXISTS requests_created ON requests (created);
 
 
 class SpoolError(Exception):
-    """The spool file cannot be opened or used; the message names the file."""
+    """The spool cannot be read or written; the message names the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +56,24 @@ class SpoolItem:
         return json.loads(self.body)
 
 
-def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
-    uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+def _prepare(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode = WAL")
+    # WAL + synchronous=FULL fsyncs the log at every commit, so a request that put() returned for survives
+    # power loss, not only a crash of this process (NORMAL would survive kill -9 but could lose the last
+    # commits on power loss). The cost is one fsync per request, a few per second at most (one report and
+    # one metadata request per camera per window), which any disk absorbs.
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA journal_size_limit = 4194304")  # shrink the WAL after checkpoints
+    quick_check(db)
+    db.executescript(_SCHEMA)
+    db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests").fetchone()
+
+
+def _connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
+    if str(path) == IN_MEMORY:
+        uri = "file::memory:"
+    else:
+        uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
     # isolation_level=None: autocommit; the few multi-statement changes open their own transaction
     connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
     connection.execute("PRAGMA busy_timeout = 5000")
@@ -71,29 +90,24 @@ class Spool:
         max_age: float,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        health: Health = NO_HEALTH,
     ) -> None:
+        """Never fails for a bad file: a corrupt one is set aside and a fresh one made, an unusable one
+        (read-only, full disk) replaced by memory for this run; `health` is told either way."""
         self.path = path
         self._max_bytes = max_bytes
         self._max_age = max_age
         self._metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = _connect(path)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # WAL + synchronous=FULL fsyncs the log at every commit, so a request that put() returned for
-            # survives power loss, not only a crash of this process (NORMAL would survive kill -9 but could
-            # lose the last commits on power loss). The cost is one fsync per request, a few per second at
-            # most (one report and one metadata request per camera per window), which any disk absorbs.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA journal_size_limit = 4194304")  # shrink the WAL after checkpoints
-            self._db.executescript(_SCHEMA)
-            count, total, oldest = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
-            ).fetchone()
-        except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"{path}: cannot open the monitoring spool: {exc}") from None
+        self._health = health
+        self._db, self.durable = open_state_db(
+            path, _connect, _prepare, part="spool", what="monitoring spool", health=health
+        )
+        self._put_failing = False
+        count, total, oldest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
+        ).fetchone()
         self._depth: int = count
         self._bytes: int = total
         self._oldest: float | None = oldest
@@ -105,56 +119,89 @@ class Spool:
         self.trim()
 
     def put(self, kind: Kind, camera: str, body: dict[str, Any], created: float | None = None) -> int:
-        """Store one request durably; returns its id. Drops the oldest rows if this goes over a bound."""
+        """Store one request durably; returns its id. Drops the oldest rows if this goes over a bound.
+
+        SpoolError when it cannot be stored (full disk, I/O error): the request is counted as dropped and
+        the spool reported degraded until a later request is stored again."""
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         created = self._clock() if created is None else created
         size = len(text.encode())
+        insert = "INSERT INTO requests (kind, camera, created, size, body) VALUES (?, ?, ?, ?, ?)"
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO requests (kind, camera, created, size, body) VALUES (?, ?, ?, ?, ?)",
-                (kind, camera, created, size, text),
-            )
+            try:
+                try:
+                    cursor = self._db.execute(insert, (kind, camera, created, size, text))
+                except sqlite3.DatabaseError as exc:
+                    if not is_corrupt(exc):
+                        raise
+                    self._replace_corrupt(exc)  # the request itself can still be kept, in the fresh file
+                    cursor = self._db.execute(insert, (kind, camera, created, size, text))
+            except sqlite3.Error as exc:
+                self._count_dropped(1)
+                self._put_failing = True
+                self._health.degrade("spool", f"{self.path}: cannot store reports ({exc}): they are dropped")
+                raise SpoolError(f"{self.path}: cannot store the {kind} of camera {camera}: {exc}") from None
             self._depth += 1
             self._bytes += size
             if self._oldest is None:
                 self._oldest = created
+            if self._put_failing:
+                self._put_failing = False
+                self._health.recover("spool")
         self.trim()
         return int(cursor.lastrowid or 0)
 
     def oldest(self) -> SpoolItem | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, kind, camera, created, body FROM requests ORDER BY id LIMIT 1"
-            ).fetchone()
+            try:
+                row = self._db.execute(
+                    "SELECT id, kind, camera, created, body FROM requests ORDER BY id LIMIT 1"
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                self._replace_corrupt(exc)
+                return None
         return SpoolItem(*row) if row else None
 
     def delete(self, item_id: int) -> None:
         """Remove a request (sent, or refused for good). A row already dropped by trim() is a no-op."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT size FROM requests WHERE id = ?", (item_id,)).fetchone()
-                if row:
-                    self._db.execute("DELETE FROM requests WHERE id = ?", (item_id,))
-            finally:
-                self._db.execute("COMMIT")
+                with self._transaction():
+                    row = self._db.execute("SELECT size FROM requests WHERE id = ?", (item_id,)).fetchone()
+                    if row:
+                        self._db.execute("DELETE FROM requests WHERE id = ?", (item_id,))
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                self._replace_corrupt(exc)
+                return
             if row:
                 self._depth -= 1
                 self._bytes -= row[0]
                 self._refresh_oldest()
 
     def trim(self) -> int:
-        """Apply max_spool_age and max_spool_mb: drop the oldest rows over either bound; returns how many."""
+        """Apply max_spool_age and max_spool_mb: drop the oldest rows over either bound; returns how many.
+        Never raises: a spool that cannot be trimmed now is trimmed at the next put."""
+        too_old: Counter[str] = Counter()
+        too_big: Counter[str] = Counter()
         with self._lock:
-            too_old = self._drop("created < ?", self._clock() - self._max_age)
-            too_big: Counter[str] = Counter()
-            if self._bytes > self._max_bytes:
-                # the newest row that with everything newer exceeds the bound goes, and all older ones
-                too_big = self._drop(
-                    "id <= (SELECT id FROM (SELECT id, SUM(size) OVER (ORDER BY id DESC) AS kept"
-                    " FROM requests) WHERE kept > ? ORDER BY id DESC LIMIT 1)",
-                    self._max_bytes,
-                )
+            try:
+                too_old = self._drop("created < ?", self._clock() - self._max_age)
+                if self._bytes > self._max_bytes:
+                    # the newest row that with everything newer exceeds the bound goes, and all older ones
+                    too_big = self._drop(
+                        "id <= (SELECT id FROM (SELECT id, SUM(size) OVER (ORDER BY id DESC) AS kept"
+                        " FROM requests) WHERE kept > ? ORDER BY id DESC LIMIT 1)",
+                        self._max_bytes,
+                    )
+            except sqlite3.Error as exc:
+                if is_corrupt(exc):
+                    self._replace_corrupt(exc)
+                else:
+                    log.warning("monitoring spool %s: cannot drop old requests now: %s", self.path, exc)
         for reason, dropped in (("older than max_spool_age", too_old), ("over max_spool_mb", too_big)):
             if dropped:
                 total = sum(dropped.values())
@@ -163,14 +210,41 @@ class Spool:
                     "monitoring spool %s: dropped the %d oldest unsent request(s) %s (%s)",
                     self.path, total, reason, per_camera,
                 )
-                if self._metrics is not None:
-                    self._metrics.reports.labels("dropped").inc(total)
+                self._count_dropped(total)
         return sum(too_old.values()) + sum(too_big.values())
+
+    def _count_dropped(self, requests: int) -> None:
+        if self._metrics is not None:
+            self._metrics.reports.labels("dropped").inc(requests)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _replace_corrupt(self, exc: sqlite3.DatabaseError) -> None:
+        """The file went bad while running (caller holds the lock): set it aside, go on with a fresh one.
+        What it held is lost: counted as dropped."""
+        lost = self._depth
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        log.error("monitoring spool %s: damaged while running (%s); %d request(s) lost", self.path, exc, lost)
+        self._db, self.durable = open_state_db(
+            self.path, _connect, _prepare, part="spool", what="monitoring spool", health=self._health,
+            damaged=exc,
+        )
+        self._count_dropped(lost)
+        self._depth, self._bytes, self._oldest = 0, 0, None
 
     def _drop(self, where: str, value: float) -> Counter[str]:
         """Delete the rows matching `where` (caller holds the lock); returns dropped rows per camera."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             rows = self._db.execute(
                 "SELECT camera, COUNT(*), COALESCE(SUM(size), 0) FROM requests"
                 f" WHERE {where} GROUP BY camera",
@@ -178,8 +252,6 @@ class Spool:
             ).fetchall()
             if rows:
                 self._db.execute(f"DELETE FROM requests WHERE {where}", (value,))
-        finally:
-            self._db.execute("COMMIT")
         for _, count, size in rows:
             self._depth -= count
             self._bytes -= size

@@ -15,6 +15,8 @@ writer thread moves them to the file every few seconds and does the upkeep.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -30,6 +32,8 @@ import numpy as np
 
 from daemon.alerts.alert import Alert
 from daemon.frames import FrameResult, roboflow_predictions
+from daemon.health import NO_HEALTH, Health
+from daemon.statefile import is_corrupt, open_state_db, quick_check
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.history")
@@ -81,8 +85,16 @@ CREATE TABLE IF NOT EXISTS alert (
 """
 
 
-class HistoryError(Exception):
-    """The history file cannot be opened; the message names the file."""
+def _connect(where: str) -> sqlite3.Connection:
+    return sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=5)
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: lets upkeep shrink it
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    quick_check(db)
+    db.executescript(_SCHEMA)
 
 
 def range_seconds(name: str) -> int:
@@ -107,6 +119,16 @@ def class_sums(names: np.ndarray, confidence: np.ndarray) -> list[tuple[str, int
     return [
         (str(name), int(count), float(total)) for name, count, total in zip(found, counts, sums, strict=True)
     ]
+
+
+def _most_confident(result: FrameResult, limit: int) -> FrameResult:
+    """The result with its `limit` most confident detections: what a sample stores, and what bounds the
+    memory of the recent frames whatever a request's thresholds let through."""
+    detections = result.detections
+    if len(detections) <= limit or detections.confidence is None:
+        return result
+    keep = np.argsort(-detections.confidence, kind="stable")[:limit]
+    return dataclasses.replace(result, detections=detections[np.sort(keep)])
 
 
 def _parse_time(text: Any) -> float | None:
@@ -134,13 +156,20 @@ class History:
         *,
         persist_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        health: Health = NO_HEALTH,
     ) -> None:
+        """Never fails for a bad file: a corrupt one is set aside and a fresh one made, an unusable one
+        (read-only, full disk) replaced by memory for this run; `health` is told either way."""
         self.path = path
         self._retention = retention_days * 86400
         self._max_bytes = int(max_mb * 1024 * 1024)
         self._persist_interval = persist_interval
         self._clock = clock
-        self._db = self._open(path)
+        self._health = health
+        self._db, self.durable = open_state_db(
+            path, _connect, _prepare, part="history", what="monitoring history", health=health
+        )
+        self._write_failing = False
         self._db_lock = threading.Lock()
         self._lock = threading.Lock()  # guards the in-memory state below, never held during file I/O
         self._rollups: dict[tuple[int, str], list[Any]] = {}  # (minute, stream) -> [source, n, seconds]
@@ -152,24 +181,10 @@ class History:
         self._db_closed = False
         try:
             self._upkeep(self._clock())
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise HistoryError(f"{path}: cannot use the monitoring history: {exc}") from None
+        except sqlite3.Error as exc:  # e.g. a full disk: the next turns of the writer retry
+            self._write_failed(exc)
         self._thread = threading.Thread(target=self._run, name="history", daemon=True)
         self._thread.start()
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5)
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: lets upkeep shrink it
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"{path}: cannot open the monitoring history: {exc}") from None
-        return db
 
     # --- the Sink ----------------------------------------------------------------------------------
 
@@ -190,7 +205,7 @@ class History:
                 entry[0] += count
                 entry[1] += total
             if sums:
-                self._recent[result.inference_id] = result
+                self._recent[result.inference_id] = _most_confident(result, MAX_SAMPLE_DETECTIONS)
                 if len(self._recent) > RECENT_FRAMES:
                     self._recent.popitem(last=False)
 
@@ -489,8 +504,25 @@ class History:
                     self._upkeep(self._clock())
                 elif self._used_bytes() > self._max_bytes:
                     self._shrink()
-            except sqlite3.Error:  # a full disk must not end the history thread; the next turn retries
-                log.exception("cannot write the monitoring history %s", self.path)
+            except sqlite3.Error as exc:  # a full disk must not end the history thread; the next turn retries
+                self._write_failed(exc)
+            else:
+                if self._write_failing:
+                    self._write_failing = False
+                    self._health.recover("history")
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        if is_corrupt(exc):
+            with self._db_lock:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db, self.durable = open_state_db(
+                    self.path, _connect, _prepare, part="history", what="monitoring history",
+                    health=self._health, damaged=exc,
+                )
+            return
+        self._write_failing = True
+        self._health.degrade("history", f"{self.path}: cannot write the monitoring history ({exc})")
 
     def _upkeep(self, now: float) -> None:
         """Drop what is older than the retention, merge old minutes into hours, keep the size bound."""
