@@ -284,6 +284,12 @@ class History:
             sample["timestamp"] = iso_utc(created, "seconds")
             names = {p["class"] for p in sample["predictions"]} | {c["class"] for c in classes}
             rows.append((inference_id, created, stream, json.dumps(sample), names))
+        try:
+            self._store_samples(rows)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+
+    def _store_samples(self, rows: list[tuple[str, float, str, str, set[str]]]) -> None:
         with self._db_lock:
             if self._db_closed:  # a report spooled while the daemon stops, after this sink was closed
                 return
@@ -308,11 +314,14 @@ class History:
                 self._active.pop(key, None)
             else:
                 self._active[key] = body
-        with self._db_lock:
-            if not self._db_closed:
-                self._db.execute(
-                    "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(body))
-                )
+        try:
+            with self._db_lock:
+                if not self._db_closed:
+                    self._db.execute(
+                        "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(body))
+                    )
+        except sqlite3.Error as exc:  # the alert itself still goes to MQTT and the log
+            self._write_failed(exc)
 
     # --- the page's queries --------------------------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""The real daemon against a failing disk and hostile clients: it keeps serving, says what is degraded, and
+never exits 2 for anything but its config.
+
+Disk faults are real: a corrupt file, a read-only bind mount and a full tmpfs, each made in a private mount
+namespace of the daemon (`unshare -m`; the tests run as root, as the issue's reproduction did).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_cli import camera_block, sample, scrape
+from tests.support.daemon import free_port, wait_until
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="mount namespaces need root and unshare"
+)
+
+
+def hardened_config(
+    model: Path, clip: Path, state: Path, metrics_port: int, api_port: int, extra: str = ""
+) -> str:
+    return f"""
+[device]
+id = "test-box"
+[model]
+path = "{model}"
+providers = ["cpu"]
+max_batch = 2
+threads = 1
+{camera_block("kitchen", clip, loop=True, fps=4)}
+[roboflow]
+enabled = true
+frequency = 1
+spool = "{state / "spool.db"}"
+[mqtt]
+enabled = false
+[metrics]
+host = "127.0.0.1"
+port = {metrics_port}
+[api]
+enabled = true
+host = "127.0.0.1"
+port = {api_port}
+[alerts]
+camera_down_after = 60
+{extra}"""
+
+
+def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:  # not listening yet
+        return 0, {}
+
+
+def in_namespace(script: str) -> list[str]:
+    """A prefix running the daemon in a private mount namespace after `script` (sh) has set it up."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-ec", f'{script}\nexec "$@"', "sh"]
+
+
+def wait_degraded(port: int, *parts: str, timeout: float = 60) -> dict[str, Any]:
+    def degraded() -> dict[str, Any] | None:
+        _, body = healthz(port)
+        return body if all(part in body.get("degraded", {}) for part in parts) else None
+
+    return wait_until(degraded, timeout, interval=0.2, message=f"/healthz to say {parts} degraded")
+
+
+def inferred(port: int) -> float:
+    return sample(scrape(port), "edgewatch_frames_inferred_total", 0, camera="kitchen")
+
+
+def test_corrupt_spool_and_history_are_set_aside_and_the_cameras_keep_running(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "spool.db").write_bytes(os.urandom(64 * 1024))
+    (state / "history.db").write_bytes(b"SQLite format 3\x00" + os.urandom(16 * 1024))
+    port = free_port()
+    daemon = start_daemon(hardened_config(demo_model, demo_clips["coffee"], state, port, free_port()))
+
+    body = wait_degraded(port, "spool", "history")
+    assert healthz(port)[0] == 200 and body["healthy"] is True  # degraded, still serving
+    assert "spool.db.corrupt-" in body["degraded"]["spool"]
+    assert len(list(state.glob("spool.db.corrupt-*"))) == 1
+    assert len(list(state.glob("history.db.corrupt-*"))) == 1
+    before = inferred(port)
+    wait_until(lambda: inferred(port) > before, 30, message="inference to go on")
+    text = scrape(port)
+    assert sample(text, "edgewatch_degraded", part="spool") == 1
+    assert sample(text, "edgewatch_degraded", part="history") == 1
+    daemon.wait_for_output(r"alert degraded firing: degraded: history: .*spool: ", timeout=10)
+    daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=30)
+    assert daemon.terminate() == 0
+    assert "Traceback" not in daemon.output()
+
+
+@needs_root
+def test_a_read_only_state_folder_runs_the_spool_and_history_in_memory(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    daemon = start_daemon(
+        hardened_config(demo_model, demo_clips["coffee"], state, port, free_port()),
+        prefix=in_namespace(f'mount --bind "{state}" "{state}"\nmount -o remount,bind,ro "{state}"'),
+    )
+    body = wait_degraded(port, "spool", "history")
+    assert "kept in memory only" in body["degraded"]["spool"]
+    # the monitoring sink still aggregates and "spools" (in memory) every window
+    daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=30)
+    assert healthz(port)[0] == 200
+    assert daemon.terminate() == 0
+    assert list(state.iterdir()) == []
+    assert "Traceback" not in daemon.output()
+
+
+@needs_root
+def test_a_disk_filling_while_running_counts_every_lost_window_and_recovers(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    daemon = start_daemon(
+        hardened_config(demo_model, demo_clips["coffee"], state, port, free_port()),
+        prefix=in_namespace(f'mount -t tmpfs -o size=2m tmpfs "{state}"'),
+    )
+    daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=60)
+    assert sample(scrape(port), "edgewatch_monitoring_reports_total", result="dropped") == 0
+
+    def in_daemon_mounts(*command: str) -> None:
+        subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-m", *command], check=False,
+                       capture_output=True, timeout=30)
+
+    in_daemon_mounts("dd", "if=/dev/zero", f"of={state}/filler", "bs=64k")  # until the disk is full
+    wait_until(
+        lambda: sample(scrape(port), "edgewatch_monitoring_reports_total", result="dropped") >= 2,
+        30, message="lost windows counted as dropped",
+    )
+    body = wait_degraded(port, "spool")
+    assert "cannot store reports" in body["degraded"]["spool"]
+    daemon.wait_for_output(r"alert degraded firing: .*spool: .*cannot store reports", timeout=10)
+    daemon.wait_for_output(r"Model Monitoring report of camera kitchen is lost: .*full", timeout=10)
+
+    in_daemon_mounts("rm", f"{state}/filler")
+    wait_until(lambda: sample(scrape(port), "edgewatch_degraded", part="spool") == 0, 30,
+               message="the spool to work again")
+    assert daemon.terminate() == 0
+    assert "Traceback" not in daemon.output()
