@@ -33,6 +33,7 @@ from daemon.sinks.mqtt import MqttPublisher
 from daemon.sinks.progress import ProgressReporter
 from daemon.web.api import ApiServer, ModelInfo
 from daemon.web.exporter import Exporter
+from daemon.web.server import ServerMetrics
 
 log = logging.getLogger("edgewatch")
 
@@ -59,6 +60,7 @@ class Service:
         self.metrics.set_provider(model.provider)
         # parts running degraded (a bad state file, a full disk...): /healthz, edgewatch_degraded, an alert
         self.part_health = Health(self.metrics.registry)
+        self.server_metrics = ServerMetrics(self.metrics.registry)  # connections the HTTP servers refused
         if not config.mqtt.enabled:  # no broker configured: no "disconnected" series to alert on
             self.metrics.registry.unregister(self.metrics.mqtt_connected)
             self.metrics.registry.unregister(self.metrics.mqtt_dropped)
@@ -136,12 +138,17 @@ class Service:
             degraded=self.part_health.degraded,
         )
         self.api = (
-            ApiServer(config, ModelInfo.of(model), self.board, self.history, self.metrics)
+            ApiServer(
+                config, ModelInfo.of(model), self.board, self.history, self.metrics, self.server_metrics
+            )
             if config.api.enabled and self.history
             else None
         )
         self.exporter = (
-            Exporter(config.metrics.host, config.metrics.port, self.metrics.registry, self.health)
+            Exporter(
+                config.metrics.host, config.metrics.port, self.metrics.registry, self.health,
+                self.server_metrics,
+            )
             if config.metrics.enabled
             else None
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -27,7 +26,6 @@ import itertools
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -36,7 +34,6 @@ import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +47,7 @@ from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
 from daemon.metrics import Metrics
 from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import RANGES, History
+from daemon.web.server import BoundedHTTPServer, PrefixedHandler, ServerMetrics
 
 if TYPE_CHECKING:
     from daemon.model.session import Model
@@ -305,41 +303,6 @@ def endpoint_label(path: str) -> str:
     return "other"
 
 
-class _HttpServer(ThreadingHTTPServer):
-    """One thread per connection, at most `slots` at once; past that, a short 503 and close."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            body = b'{"message":"too many connections; retry later"}'
-            head = (
-                "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Retry-After: {RETRY_AFTER}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            with contextlib.suppress(OSError):
-                request.sendall(head.encode() + body)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 class ApiServer:
     def __init__(
         self,
@@ -348,6 +311,7 @@ class ApiServer:
         board: FrameBoard,
         history: History | None,
         metrics: Metrics | None = None,
+        server_metrics: ServerMetrics | None = None,
     ) -> None:
         settings = config.api
         self.config = config
@@ -380,18 +344,24 @@ class ApiServer:
             server_api = api
 
         try:
-            self._httpd = _HttpServer(
-                (settings.host, settings.port), Handler, slots=settings.max_pending + 16
+            # a handler per request waiting for inference (max_pending) plus some for the page and /info
+            self._httpd = BoundedHTTPServer(
+                (settings.host, settings.port),
+                Handler,
+                name="api",
+                handlers=settings.max_pending + 8,
+                handler_timeout=HANDLER_TIMEOUT,
+                metrics=server_metrics,
             )
         except OSError as exc:
             raise OSError(f"api: cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.2,), name="api", daemon=True
-        )
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._httpd.port
+
+    def alive(self) -> bool:
+        return self._httpd.alive()
 
     @property
     def waiting(self) -> int:
@@ -400,7 +370,7 @@ class ApiServer:
             return len(self._pending)
 
     def start(self) -> None:
-        self._thread.start()
+        self._httpd.start()
         log.info(
             "HTTP inference API and monitoring page on http://%s:%d/ (%s)",
             self.config.api.host,
@@ -418,10 +388,7 @@ class ApiServer:
             waiting = list(self._pending)
         for pending in waiting:
             pending.abort()
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(5)
-        self._httpd.server_close()
+        self._httpd.close(5.0)
 
     # --- routing -------------------------------------------------------------------------------------
 
@@ -609,7 +576,7 @@ class ApiServer:
         return sorted(streams, key=lambda stream: stream["stream"])
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(PrefixedHandler):
     server_api: ApiServer
     server_version = f"{SERVER_NAME}/{__version__}"
     sys_version = ""

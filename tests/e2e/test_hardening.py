@@ -7,10 +7,15 @@ namespace of the daemon (`unshare -m`; the tests run as root, as the issue's rep
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
+import resource
 import shutil
+import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +25,7 @@ import pytest
 
 from tests.e2e.test_cli import camera_block, sample, scrape
 from tests.support.daemon import free_port, wait_until
+from tests.support.edge import PHOTOS
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="mount namespaces need root and unshare"
@@ -161,5 +167,82 @@ def test_a_disk_filling_while_running_counts_every_lost_window_and_recovers(
     in_daemon_mounts("rm", f"{state}/filler")
     wait_until(lambda: sample(scrape(port), "edgewatch_degraded", part="spool") == 0, 30,
                message="the spool to work again")
+    assert daemon.terminate() == 0
+    assert "Traceback" not in daemon.output()
+
+
+def infer(api_port: int, image: Path, key: str | None = None, timeout: float = 30) -> tuple[int, Any]:
+    value = base64.b64encode(image.read_bytes()).decode()
+    body = {"model_id": "coco/3", "image": {"type": "base64", "value": value}}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api_port}/infer/object_detection",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def idle_connections(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that never send a byte (those the kernel did not complete are skipped)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(2)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        sockets.append(sock)
+    return sockets
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_2000_idle_connections_per_port_leave_health_metrics_and_inference_answering(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 5000:
+        pytest.skip("this test opens 4000 client sockets")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 5000), hard))
+    state = tmp_path / "state"
+    port, api_port = free_port(), free_port()
+    daemon = start_daemon(
+        hardened_config(demo_model, demo_clips["coffee"], state, port, api_port),
+        prefix=["prlimit", "--nofile=1024:1024", "--"],  # the unit's LimitNOFILE
+    )
+    daemon.wait_for_output(r"HTTP inference API .* on http://", timeout=60)
+    wait_until(lambda: healthz(port)[0] == 200, 30, message="/healthz")
+    idle: list[socket.socket] = []
+    try:
+        for target in (port, api_port):
+            idle += idle_connections(target, 2000)
+        assert len(idle) >= 3000  # most got through the handshake (the listen backlog holds the rest)
+        started = time.monotonic()
+        assert healthz(port)[0] == 200
+        assert "edgewatch_frames_inferred_total" in scrape(port)
+        status, result = infer(api_port, PHOTOS / "coffee.png")
+        assert status == 200 and any(p["class"] == "cup" for p in result["predictions"])
+        assert time.monotonic() - started < 15
+        threads = int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{daemon.proc.pid}/status").read_text(),
+                                 re.M).group(1))
+        assert threads < 80, threads  # a fixed pool, not a thread per connection
+        used = cpu_seconds(daemon.proc.pid)
+        time.sleep(2)  # measuring CPU use over a period, not synchronising
+        assert cpu_seconds(daemon.proc.pid) - used < 1.5  # no spinning on a listening socket
+        dropped = sample(scrape(port), "edgewatch_http_connections_dropped_total", server="exporter",
+                         reason="evicted")
+        assert dropped > 0
+    finally:
+        for sock in idle:
+            sock.close()
     assert daemon.terminate() == 0
     assert "Traceback" not in daemon.output()
