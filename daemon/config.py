@@ -133,6 +133,9 @@ class ApiConfig(_Section):
     max_body_mb: Annotated[float, Field(gt=0)] = 20
     allow_url_images: bool = False
     max_pending: Annotated[int, Field(ge=1)] = 16
+    max_request_megapixels: Annotated[float, Field(gt=0)] = 50  # all images of a request (headers)
+    max_megapixels_in_flight: Annotated[float, Field(gt=0)] = 100  # all requests being decoded or inferred
+    allowed_hosts: list[str] = []  # without keys: host names (besides IPs, localhost, this host's) served
 
 
 class Config(_Section):
