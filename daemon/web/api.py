@@ -740,6 +740,7 @@ class _Handler(PrefixedHandler):
     sys_version = ""
     timeout = HANDLER_TIMEOUT
     _unread = 0  # bytes of a refused body still to come
+    _body_read = False
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -775,6 +776,9 @@ class _Handler(PrefixedHandler):
             response = json_response({"message": "internal error; see the edgewatch log"}, 500)
         api.count(path, response.status)  # before the answer: a client that has it also sees it counted
         self._send(response)
+        if method == "POST" and not self._body_read:  # refused before its body: let the client finish
+            with contextlib.suppress(ValueError):
+                self._unread = max(self._unread, int(self.headers.get("Content-Length") or 0))
         if self._unread:
             self._discard(self._unread)
         log.debug("%s %s -> %d in %.3f s", method, path, response.status, time.perf_counter() - started)
@@ -791,6 +795,7 @@ class _Handler(PrefixedHandler):
         if length > limit:
             self._unread = length
             raise ApiError(413, f"the body is {length} bytes; at most {limit} are accepted (api.max_body_mb)")
+        self._body_read = True
         chunks = []
         left = length
         deadline = time.monotonic() + BODY_DEADLINE

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_api import png_header
 from tests.e2e.test_cli import camera_block, sample, scrape
 from tests.support.daemon import free_port, wait_until
 from tests.support.edge import PHOTOS
@@ -33,7 +34,7 @@ needs_root = pytest.mark.skipif(
 
 
 def hardened_config(
-    model: Path, clip: Path, state: Path, metrics_port: int, api_port: int, extra: str = ""
+    model: Path, clip: Path, state: Path, metrics_port: int, api_port: int, extra: str = "", api: str = ""
 ) -> str:
     return f"""
 [device]
@@ -57,6 +58,7 @@ port = {metrics_port}
 enabled = true
 host = "127.0.0.1"
 port = {api_port}
+{api}
 [alerts]
 camera_down_after = 60
 {extra}"""
@@ -246,3 +248,101 @@ def test_2000_idle_connections_per_port_leave_health_metrics_and_inference_answe
             sock.close()
     assert daemon.terminate() == 0
     assert "Traceback" not in daemon.output()
+
+
+KEY = "edge-key-7f3a91"
+
+
+def rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
+
+
+def post_raw(api_port: int, body: bytes, headers: dict[str, str], path: str = "/infer/object_detection"):
+    request = urllib.request.Request(f"http://127.0.0.1:{api_port}{path}", body, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_hostile_requests_cost_little_memory_and_get_one_line_answers(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    port, api_port = free_port(), free_port()
+    daemon = start_daemon(
+        hardened_config(
+            demo_model, demo_clips["coffee"], tmp_path / "state", port, api_port, api=f'keys = ["{KEY}"]'
+        ),
+    )
+    daemon.wait_for_output(r"HTTP inference API .* on http://", timeout=60)
+    pid = daemon.proc.pid
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    assert infer(api_port, PHOTOS / "coffee.png", KEY)[0] == 200
+    baseline = rss_bytes(pid)
+
+    # 20 MB of small JSON numbers with a wrong key: refused before the body is read, let alone parsed
+    numbers = b"[" + b"1," * (10 * 1024 * 1024 - 2) + b"1]"  # just under api.max_body_mb (20)
+    for _ in range(3):
+        status, answer = post_raw(api_port, numbers, {"Authorization": "Bearer wrong"})
+        assert status == 401 and answer == {"message": "a valid API key is required"}
+    # the same without any key: the body is searched for one, never parsed
+    assert post_raw(api_port, numbers, {})[0] == 401
+    assert rss_bytes(pid) - baseline < 120 * 1024 * 1024
+
+    # malformed JSON of any shape: a 400, no traceback
+    for raw in (b"[" * 200_000, b'{"image": ', b"\xff\xfe", b"[1, 2]", b'"text"', b"{" * 100_000):
+        status, answer = post_raw(api_port, raw, auth)
+        assert status == 400, (raw[:20], answer)
+
+    # 16 PNGs of 5000x5000 in one 70 KB request: refused from their headers, none decoded
+    bomb = {"type": "base64", "value": base64.b64encode(png_header(5000, 5000)).decode()}
+    bombs = json.dumps({"model_id": "coco/3", "image": [bomb] * 16}).encode()
+    status, answer = post_raw(api_port, bombs, auth)
+    assert status == 413 and "max_request_megapixels" in answer["message"]
+    assert rss_bytes(pid) - baseline < 120 * 1024 * 1024
+
+    # any thresholds: the detections stay capped by model.max_detections (300)
+    coffee = base64.b64encode((PHOTOS / "coffee.png").read_bytes()).decode()
+    greedy = {"model_id": "coco/3", "image": {"type": "base64", "value": coffee}, "confidence": 0,
+              "iou_threshold": 1, "max_detections": 10**9}
+    status, answer = post_raw(api_port, json.dumps(greedy).encode(), auth)
+    assert status == 200 and 0 < len(answer["predictions"]) <= 300
+
+    # an API stream cannot pose as a camera
+    status, answer = post_raw(
+        api_port, json.dumps({**greedy, "source_info": "kitchen", "confidence": 0.5}).encode(), auth
+    )
+    assert status == 400 and "is a camera of this device" in answer["message"]
+
+    assert infer(api_port, PHOTOS / "coffee.png", KEY)[0] == 200  # still serving
+    assert daemon.terminate() == 0
+    output = daemon.output()
+    assert "Traceback" not in output and "API request" not in output and KEY not in output
+
+
+def test_a_keyless_api_answers_only_its_own_host_and_origin(tmp_path, start_daemon, demo_model, demo_clips):
+    port, api_port = free_port(), free_port()
+    daemon = start_daemon(
+        hardened_config(demo_model, demo_clips["coffee"], tmp_path / "state", port, api_port)
+    )
+    daemon.wait_for_output(r"HTTP inference API .* on http://", timeout=60)
+    url = f"http://127.0.0.1:{api_port}/api/info"
+
+    def get(headers: dict[str, str]) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert get({}) == 200
+    assert get({"Host": f"localhost:{api_port}"}) == 200
+    assert get({"Host": "rebound.attacker.example"}) == 403  # DNS rebinding
+    assert get({"Origin": "http://attacker.example"}) == 403  # a cross-site page
+    assert get({"Origin": f"http://127.0.0.1:{api_port}"}) == 200  # the page itself
+    status, _ = post_raw(api_port, b'{"model_id": "coco/3"}',
+                         {"Content-Type": "text/plain", "Origin": "http://attacker.example"})
+    assert status == 403
+    assert daemon.terminate() == 0
