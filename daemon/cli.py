@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgewatch: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     setup_logging(args.log_level, _secrets(config))
+    from daemon.security import config_warnings
+
+    for warning in config_warnings(config):
+        log.warning("%s: %s", config.source, warning)
     if args.command == "run":
         return _run(config, args.duration)
     if args.command == "check":
