@@ -25,7 +25,8 @@ import pytest
 
 from tests.e2e.test_api import png_header
 from tests.e2e.test_cli import camera_block, sample, scrape
-from tests.support.daemon import free_port, wait_until
+from tests.support.browser import chromium
+from tests.support.daemon import free_port, run_cli, wait_until
 from tests.support.edge import PHOTOS
 
 needs_root = pytest.mark.skipif(
@@ -34,7 +35,14 @@ needs_root = pytest.mark.skipif(
 
 
 def hardened_config(
-    model: Path, clip: Path, state: Path, metrics_port: int, api_port: int, extra: str = "", api: str = ""
+    model: Path,
+    clip: Path,
+    state: Path,
+    metrics_port: int,
+    api_port: int,
+    extra: str = "",
+    api: str = "",
+    api_host: str = "127.0.0.1",
 ) -> str:
     return f"""
 [device]
@@ -56,7 +64,7 @@ host = "127.0.0.1"
 port = {metrics_port}
 [api]
 enabled = true
-host = "127.0.0.1"
+host = "{api_host}"
 port = {api_port}
 {api}
 [alerts]
@@ -345,4 +353,46 @@ def test_a_keyless_api_answers_only_its_own_host_and_origin(tmp_path, start_daem
     status, _ = post_raw(api_port, b'{"model_id": "coco/3"}',
                          {"Content-Type": "text/plain", "Origin": "http://attacker.example"})
     assert status == 403
+    assert daemon.terminate() == 0
+
+
+def test_an_unset_key_variable_refuses_to_start_and_a_keyless_public_api_is_warned_about(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    config = tmp_path / "unset.toml"
+    config.write_text(hardened_config(
+        demo_model, demo_clips["coffee"], tmp_path / "state", free_port(), free_port(),
+        api='keys = ["${EDGEWATCH_TEST_UNSET_KEY}"]',
+    ))
+    env = {key: value for key, value in os.environ.items() if key != "EDGEWATCH_TEST_UNSET_KEY"}
+    done = run_cli(["run", "-c", str(config)], cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert done.stdout + done.stderr == (
+        f"edgewatch: {config}: api.keys[0]: the key is empty "
+        "(${EDGEWATCH_TEST_UNSET_KEY} expands to nothing: is the variable set?)\n"
+    )
+
+    port, api_port = free_port(), free_port()
+    daemon = start_daemon(hardened_config(
+        demo_model, demo_clips["coffee"], tmp_path / "state", port, api_port, api_host="0.0.0.0"
+    ))
+    daemon.wait_for_output(r"WARNING .*api.host is 0.0.0.0 and api.keys is empty: anyone who can reach", 60)
+    daemon.wait_for_output(r"edgewatch \S+ running", 60)
+    assert daemon.terminate() == 0
+
+
+def test_the_page_takes_its_key_out_of_the_url(tmp_path, start_daemon, demo_model, demo_clips):
+    api_port = free_port()
+    daemon = start_daemon(hardened_config(
+        demo_model, demo_clips["coffee"], tmp_path / "state", free_port(), api_port, api=f'keys = ["{KEY}"]'
+    ))
+    daemon.wait_for_output(r"HTTP inference API .* on http://", timeout=60)
+    with chromium(tmp_path / "profile") as browser:
+        page = browser.page
+        page.goto(f"http://127.0.0.1:{api_port}/?range=day&api_key={KEY}")
+        page.wait_for_selector("body[data-loaded=true]", timeout=15000)
+        assert page.url == f"http://127.0.0.1:{api_port}/?range=day"
+        page.reload()  # the key stays in this tab's session storage
+        page.wait_for_selector("body[data-loaded=true]", timeout=15000)
+        assert browser.problems == []
     assert daemon.terminate() == 0
