@@ -83,6 +83,7 @@ class MonitoringSink:
         self.uploader = Uploader(
             self.spool, client, metrics,
             unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
+            stalled_after=settings.timeout * 2 + 1,  # the workspace lookup, then the request
         )
         if not self.sending:
             log.info(

@@ -29,7 +29,9 @@ class UploaderState:
     """What the alert engine reads. Times are time.monotonic()."""
 
     unauthorized: bool  # Roboflow refuses the key; nothing is being sent
-    failing_since: float | None  # first failed attempt of the current streak; None after a success
+    # first failed attempt of the current streak, or the start of an attempt in flight for longer than
+    # `stalled_after` (a server that trickles its answer never fails an attempt); None after a success
+    failing_since: float | None
     last_success: float | None
     depth: int  # requests waiting in the spool
 
@@ -50,14 +52,17 @@ class Uploader:
         unauthorized_retry: float = 600.0,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
+        stalled_after: float = 30.0,
     ) -> None:
-        """`client` None (no API key): nothing is sent; requests stay in the spool."""
+        """`client` None (no API key): nothing is sent; requests stay in the spool. An attempt in flight for
+        longer than `stalled_after` seconds counts as failing from its start."""
         self._spool = spool
         self._client = client
         self._metrics = metrics
         self._unauthorized_retry = unauthorized_retry
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._stalled_after = stalled_after
         self._stop = threading.Event()
         self._changed = threading.Condition()  # guards everything below
         self._pending = False  # wake() since the thread last looked at the spool
@@ -67,6 +72,7 @@ class Uploader:
         self._failing_since: float | None = None
         self._last_success: float | None = None
         self._failures = 0
+        self._in_flight_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="roboflow-uploader", daemon=True)
         metrics.monitoring_unauthorized.set(0)
 
@@ -82,9 +88,11 @@ class Uploader:
 
     def state(self) -> UploaderState:
         with self._changed:
-            return UploaderState(
-                self._unauthorized, self._failing_since, self._last_success, self._spool.depth
-            )
+            failing_since = self._failing_since
+            started = self._in_flight_since
+            if started is not None and time.monotonic() - started > self._stalled_after:
+                failing_since = started if failing_since is None else min(failing_since, started)
+            return UploaderState(self._unauthorized, failing_since, self._last_success, self._spool.depth)
 
     def wait_attempted(self, item_ids: Iterable[int], timeout: float) -> dict[int, Response]:
         """Wait until each request has been tried once (or `timeout`); returns the outcomes known by then."""
@@ -138,11 +146,16 @@ class Uploader:
                 self._wait_for_work()
                 continue
             started = time.monotonic()
+            with self._changed:
+                self._in_flight_since = started
             try:
                 response = client.send(item.kind, item.body)
             except Exception as exc:  # a bug, not the network: keep the request, say what happened
                 detail = f"unexpected {type(exc).__name__}: {client.redact(str(exc))}"
                 response = Response(Outcome.RETRY, None, detail)
+            finally:
+                with self._changed:
+                    self._in_flight_since = None
             self._metrics.upload_duration.observe(time.monotonic() - started)
             try:
                 delay = self._settle(item, response)

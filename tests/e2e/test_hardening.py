@@ -8,6 +8,7 @@ namespace of the daemon (`unshare -m`; the tests run as root, as the issue's rep
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import resource
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -395,4 +397,66 @@ def test_the_page_takes_its_key_out_of_the_url(tmp_path, start_daemon, demo_mode
         page.reload()  # the key stays in this tab's session storage
         page.wait_for_selector("body[data-loaded=true]", timeout=15000)
         assert browser.problems == []
+    assert daemon.terminate() == 0
+
+
+class TricklingServer:
+    """Answers every HTTP request with a 200 whose body comes one byte every `every` seconds: no single read
+    ever times out, the answer never completes."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(connection)
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not self.stop.wait(self.every):
+                connection.sendall(b" ")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        self.listener.close()
+
+
+def test_a_trickling_roboflow_answer_raises_upload_failing(tmp_path, start_daemon, demo_model, demo_clips):
+    server = TricklingServer()
+    port = free_port()
+    try:
+        text = hardened_config(
+            demo_model, demo_clips["coffee"], tmp_path / "state", port, free_port(),
+            extra="upload_failing_after = 3\n",
+        ).replace(
+            "[roboflow]\nenabled = true\n",
+            f'[roboflow]\nenabled = true\napi_key = "rf-key"\nworkspace = "ws"\ntimeout = 1\n'
+            f'api_url = "http://127.0.0.1:{server.port}"\n',
+        )
+        daemon = start_daemon(text)
+        # the attempt never completes: after timeout * 2 + 1 s in flight it counts as failing, 3 s on it fires
+        daemon.wait_for_output(r"alert upload_failing firing: Model Monitoring uploads failing for", 30)
+        assert sample(scrape(port), "edgewatch_alert_active", type="upload_failing", camera="") == 1
+        assert "rf-key" not in daemon.output()
+    finally:
+        server.close()  # ends the stalled request (bounding a stop is the shutdown budget's job)
     assert daemon.terminate() == 0
