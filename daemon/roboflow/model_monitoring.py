@@ -99,14 +99,13 @@ class MonitoringSink:
         self._timer.start()
 
     def handle(self, result: FrameResult) -> None:
-        stream = self._streams.get(result.camera_id)
-        if stream is None:
-            with self._changed:
-                stream = self._streams.setdefault(
-                    result.camera_id, _Stream(deadline=time.monotonic() + self._frequency)
-                )
+        with self._changed:  # the timer may drop an idle API stream at any moment: add under the same lock
+            stream = self._streams.get(result.camera_id)
+            if stream is None:
+                stream = _Stream(deadline=time.monotonic() + self._frequency)
+                self._streams[result.camera_id] = stream
                 self._changed.notify_all()
-        stream.aggregator.add(result.detections, result.inference_id, result.model_id)
+            stream.aggregator.add(result.detections, result.inference_id, result.model_id)
 
     def uploader_state(self) -> UploaderState:
         """For the alert engine: is the key refused, since when do uploads fail, how much is waiting."""
@@ -147,7 +146,10 @@ class MonitoringSink:
                     self._changed.wait(None if next_deadline is None else next_deadline - now)
                 else:
                     return
-                for _, stream in due:  # keep each stream on its own grid, skipping windows missed
+                for camera, stream in due:  # keep each stream on its own grid, skipping windows missed
+                    if camera not in self._metadata and len(stream.aggregator) == 0:
+                        del self._streams[camera]  # an API stream idle for a whole window: free it
+                        continue
                     missed = int((now - stream.deadline) // self._frequency)
                     stream.deadline += self._frequency * (missed + 1)
             for camera, stream in due:

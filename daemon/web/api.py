@@ -31,9 +31,7 @@ import re
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from daemon.metrics import Metrics
 from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import RANGES, History
 from daemon.web.server import BoundedHTTPServer, PrefixedHandler, ServerMetrics
+from daemon.web.url_images import fetch_url
 
 if TYPE_CHECKING:
     from daemon.model.session import Model
@@ -67,7 +66,6 @@ REPLY_TIMEOUT = 30.0  # seconds a request waits for its frames' results
 RETRY_AFTER = "1"
 HANDLER_TIMEOUT = 30.0  # seconds a connection may stay silent
 DRAIN_SECONDS = 2.0  # after a 413, read (and discard) the rest of the body this long so the client sees it
-URL_TIMEOUT = 10.0
 BODY_DEADLINE = 60.0  # seconds for a whole request body, however slowly it trickles
 NOT_AN_IMAGE = "not an image edgewatch can decode (JPEG, PNG, BMP, WebP, TIFF...)"
 UNAUTHENTICATED_BODIES = 4  # bodies read at once to find a key in them (inference_sdk's default transport)
@@ -152,22 +150,6 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if image is None:
         raise ValueError(NOT_AN_IMAGE)
     return image
-
-
-def fetch_url(url: Any, limit: int, timeout: float = URL_TIMEOUT) -> bytes:
-    """GET an http(s) URL, at most `limit` bytes; ValueError on any failure (the URL is not repeated)."""
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError("the value must be an http:// or https:// URL")
-    request = urllib.request.Request(url, headers={"User-Agent": f"{SERVER_NAME}/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(limit + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        raise ValueError(f"cannot fetch the image URL: {reason}") from None
-    if len(data) > limit:
-        raise ValueError(f"the image at the URL is larger than {limit} bytes")
-    return data
 
 
 @dataclass(frozen=True)

@@ -334,9 +334,9 @@ def test_hostile_requests_cost_little_memory_and_get_one_line_answers(
 
 def test_a_keyless_api_answers_only_its_own_host_and_origin(tmp_path, start_daemon, demo_model, demo_clips):
     port, api_port = free_port(), free_port()
-    daemon = start_daemon(
-        hardened_config(demo_model, demo_clips["coffee"], tmp_path / "state", port, api_port)
-    )
+    daemon = start_daemon(hardened_config(
+        demo_model, demo_clips["coffee"], tmp_path / "state", port, api_port, api="allow_url_images = true"
+    ))
     daemon.wait_for_output(r"HTTP inference API .* on http://", timeout=60)
     url = f"http://127.0.0.1:{api_port}/api/info"
 
@@ -355,6 +355,16 @@ def test_a_keyless_api_answers_only_its_own_host_and_origin(tmp_path, start_daem
     status, _ = post_raw(api_port, b'{"model_id": "coco/3"}',
                          {"Content-Type": "text/plain", "Origin": "http://attacker.example"})
     assert status == 403
+
+    # URL images: the device's own ports, the cloud metadata address, another scheme: one answer for all
+    answers = set()
+    for target in (f"http://127.0.0.1:{port}/metrics", f"http://localhost:{api_port}/info",
+                   "http://169.254.169.254/latest/meta-data/", "ftp://10.0.0.1/x.png"):
+        body = json.dumps({"model_id": "coco/3", "image": {"type": "url", "value": target}}).encode()
+        status, answer = post_raw(api_port, body, {"Content-Type": "application/json"})
+        assert status == 400
+        answers.add(answer["message"])
+    assert answers == {"image: cannot fetch the image URL"}
     assert daemon.terminate() == 0
 
 
