@@ -1,11 +1,12 @@
 """The composition root: build every part from the config, start them, watch them, stop them in order.
 
-Start: the metrics endpoint, the sinks, the dispatcher, the inference worker, the API, the cameras, the alert
-engine, then READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker), within
-SHUTDOWN_BUDGET seconds in all: the alert engine and the cameras first, then the worker, the API, the
-dispatcher (which hands over what is queued); then every sink is flushed (the monitoring sink spools its
-partial windows) and closed, each within what is left of the budget, a hung one abandoned with a warning so
-that the others still close; the endpoint last. A failed inference worker ends the process with exit code 1.
+Start: the metrics endpoint, the sinks, the dispatcher, the inference worker, the API, the cameras, the
+alert engine, then READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker), within the
+shutdown budget (SHUTDOWN_BUDGET seconds by default) in all: the alert engine and the cameras first, then
+the worker, the API, the dispatcher (which hands over what is queued); then every sink is flushed (the
+monitoring sink spools its partial windows) and closed, each within what is left of the budget, a hung one
+abandoned with a warning so that the others still close; the endpoint last. A failed inference worker ends
+the process with exit code 1.
 """
 
 from __future__ import annotations
@@ -113,9 +114,11 @@ class Service:
         model: Model,
         camera_factory: CameraFactory = Camera,
         extra_sinks: Sequence[Sink] = (),
+        shutdown_budget: float = SHUTDOWN_BUDGET,
     ) -> None:
         self.config = config
         self.model = model
+        self._shutdown_budget = shutdown_budget
         self.stop = threading.Event()
         self.metrics = Metrics(mqtt=config.mqtt.enabled)
         self.metrics.set_provider(model.provider)
@@ -281,9 +284,9 @@ class Service:
     def shutdown(self) -> int:
         sdnotify.stopping()
         log.info("stopping")
-        deadline = time.monotonic() + SHUTDOWN_BUDGET
+        deadline = time.monotonic() + self._shutdown_budget
 
-        def left(cap: float = SHUTDOWN_BUDGET) -> float:
+        def left(cap: float = self._shutdown_budget) -> float:
             return max(0.0, min(cap, deadline - time.monotonic()))
 
         self.alerts.close(left(STAGE_JOIN))

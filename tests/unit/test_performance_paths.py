@@ -29,6 +29,7 @@ from daemon.model.session import (
 )
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.inference import InferenceWorker
+from tests.support.inference import infer
 
 
 def photo(name: str) -> np.ndarray:
@@ -95,7 +96,7 @@ def test_pinning_declines_without_a_gpu() -> None:
 
 def test_model_prepare_run_detections_is_infer(model: Model) -> None:
     images = [photo("coffee.png"), photo("motorcycle_left.png")]
-    expected, _ = model.infer(images)
+    expected, _ = infer(model, images)
 
     feed, transforms = model.prepare(images)
     found = model.detections(model.run(feed), images, transforms)
