@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.health import NO_HEALTH, Health
-from daemon.metrics import Metrics
+from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.statefile import IN_MEMORY, is_corrupt, open_state_db, quick_check
 
 log = logging.getLogger("edgewatch.spool")
@@ -88,7 +88,7 @@ class Spool:
         path: Path,
         max_bytes: int,
         max_age: float,
-        metrics: Metrics | None = None,
+        metrics: MonitoringMetrics | None = None,
         clock: Callable[[], float] = time.time,
         health: Health = NO_HEALTH,
     ) -> None:
@@ -266,11 +266,6 @@ class Spool:
     @property
     def depth(self) -> int:
         return self._depth
-
-    @property
-    def size(self) -> int:
-        """Bytes of request bodies held."""
-        return self._bytes
 
     def oldest_age(self) -> float:
         oldest = self._oldest

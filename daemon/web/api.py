@@ -45,7 +45,7 @@ from PIL import Image
 from daemon import __version__
 from daemon.config import Config
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
-from daemon.metrics import Metrics
+from daemon.metrics.api import ApiMetrics
 from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import RANGES, History
 from daemon.web.server import BoundedHTTPServer, PrefixedHandler, ServerMetrics
@@ -347,16 +347,16 @@ class _Pending:
 
 
 @dataclass
-class Response:
+class Reply:
     status: int
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
+    return Reply(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def endpoint_label(path: str) -> str:
@@ -379,7 +379,7 @@ class ApiServer:
         model: ModelInfo,
         board: FrameBoard,
         history: History | None,
-        metrics: Metrics | None = None,
+        metrics: ApiMetrics | None = None,
         server_metrics: ServerMetrics | None = None,
     ) -> None:
         settings = config.api
@@ -437,14 +437,8 @@ class ApiServer:
     def port(self) -> int:
         return self._httpd.port
 
-    def alive(self) -> bool:
-        return self._httpd.alive()
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for their inference results now."""
-        with self._lock:
-            return len(self._pending)
+    def threads(self) -> list[threading.Thread]:
+        return self._httpd.threads()
 
     def start(self) -> None:
         self._httpd.start()
@@ -489,7 +483,7 @@ class ApiServer:
         if origin is not None and urllib.parse.urlsplit(origin).netloc.lower() != host.lower():
             raise ApiError(403, "cross-origin requests are refused")
 
-    def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Response:
+    def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Reply:
         if path in ("/", "/monitoring", "/monitoring/"):
             return self._static_file("index.html")
         if path.startswith("/static/"):
@@ -506,7 +500,7 @@ class ApiServer:
 
     def post(
         self, path: str, query: Mapping[str, str], headers: Mapping[str, str], read_body: Callable[[], bytes]
-    ) -> Response:
+    ) -> Reply:
         """A key in the header or query is checked before the body is read. Without one, the key may be in
         the body (inference_sdk's default transport): the body is read (a few at once, bounded by
         api.max_body_mb) and searched for a valid key before it is parsed."""
@@ -600,7 +594,7 @@ class ApiServer:
                 self._in_flight[0] -= images
                 self._in_flight[1] -= pixels
 
-    def _infer(self, body: Mapping[str, Any]) -> Response:
+    def _infer(self, body: Mapping[str, Any]) -> Reply:
         self._check_model(body.get("model_id"))
         params = decode_params(body, self._defaults, self._class_ids)
         stream = self._stream(body)
@@ -612,7 +606,7 @@ class ApiServer:
         with self._admitted(len(encoded), sum(image.pixels for image in encoded)):
             return self._run(encoded, params, stream, single)
 
-    def _run(self, encoded: list[EncodedImage], params: DecodeParams, stream: str, single: bool) -> Response:
+    def _run(self, encoded: list[EncodedImage], params: DecodeParams, stream: str, single: bool) -> Reply:
         images = []
         for index, image in enumerate(encoded):
             try:
@@ -623,6 +617,7 @@ class ApiServer:
         pending = _Pending(len(images))
         with self._lock:
             self._pending.add(pending)
+            self._count_waiting()
         try:
             for index, image in enumerate(images):
                 frame = Frame(
@@ -643,15 +638,20 @@ class ApiServer:
         finally:
             with self._lock:
                 self._pending.discard(pending)
+                self._count_waiting()
         responses = [roboflow_response(result) for result in pending.results if result is not None]
         return json_response(responses[0] if single else responses)
 
-    def _static_file(self, name: str) -> Response:
+    def _count_waiting(self) -> None:
+        if self._metrics is not None:
+            self._metrics.api_requests_waiting.set(len(self._pending))
+
+    def _static_file(self, name: str) -> Reply:
         content = self._static.get(name)
         if content is None:
             raise ApiError(404, f"no such file: {name}")
         headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY}
-        return Response(200, content, STATIC_TYPES[Path(name).suffix], headers)
+        return Reply(200, content, STATIC_TYPES[Path(name).suffix], headers)
 
     def _monitoring(self, name: str, query: Mapping[str, str]) -> Any:
         history = self._history
@@ -805,7 +805,7 @@ class _Handler(PrefixedHandler):
         except OSError:
             pass
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Reply) -> None:
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)

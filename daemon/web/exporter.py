@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -72,8 +73,8 @@ class Exporter:
     def start(self) -> None:
         self._server.start()
 
-    def alive(self) -> bool:
-        return self._server.alive()
+    def threads(self) -> list[threading.Thread]:
+        return self._server.threads()
 
     def close(self, timeout: float = 5.0) -> None:
         self._server.close(timeout)

@@ -136,9 +136,9 @@ class BoundedHTTPServer:
             worker.start()
         self._selector_thread.start()
 
-    def alive(self) -> bool:
-        """Whether the accepting thread and every handler thread are running."""
-        return self._selector_thread.is_alive() and all(worker.is_alive() for worker in self._workers)
+    def threads(self) -> list[threading.Thread]:
+        """The accepting thread and every handler thread, for /healthz and the watchdog."""
+        return [self._selector_thread, *self._workers]
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, close waiting connections, let handlers finish their request (up to `timeout`)."""
