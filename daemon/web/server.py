@@ -137,8 +137,9 @@ class BoundedHTTPServer:
         self._selector_thread.start()
 
     def threads(self) -> list[threading.Thread]:
-        """The accepting thread and every handler thread, for /healthz and the watchdog."""
-        return [self._selector_thread, *self._workers]
+        """The accepting thread, for /healthz and the watchdog. The handler threads are a fixed pool that
+        outlives any failure of a request (each is caught and logged), so they are not listed one by one."""
+        return [self._selector_thread]
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, close waiting connections, let handlers finish their request (up to `timeout`)."""

@@ -150,7 +150,7 @@ def test_a_damaged_index_page_is_found_at_start_not_by_a_crash_later(tmp_path: P
     first.close()
     _overwrite_page(path, "requests_created")
     health = Health(metrics.registry)
-    spool = Spool(path, max_bytes=10**6, max_age=3600, metrics=metrics, health=health)
+    spool = Spool(path, max_bytes=10**6, max_age=3600, metrics=metrics.monitoring, health=health)
     assert spool.trim() == 0  # the call that used to raise out of the constructor
     spool.put("report", "cam", sample(99))
     assert [item.json() for item in read_items(path)] == [sample(99)]
