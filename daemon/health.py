@@ -1,6 +1,6 @@
 """Which parts of the device run degraded right now, and why: one small thread-safe registry.
 
-A part (the spool, the history, a listening socket...) that hits a runtime fault it can live with (a corrupt
+A part (the spool, the history...) that hits a runtime fault it can live with (a corrupt
 or unwritable state file, a full disk) keeps the device serving in a reduced way and says so here. The
 registry feeds `/healthz` (`degraded`: part -> reason), the `edgewatch_degraded{part}` gauge and the
 `degraded` alert; a part that works again calls `recover`. Part names are fixed strings from the code, so the
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 log = logging.getLogger("edgewatch.health")
 
 # The parts that can run degraded; each has its series at 0 from the start.
-PARTS = ("spool", "history", "exporter", "api")
+PARTS = ("spool", "history")
 
 
 class Health:
