@@ -127,16 +127,21 @@ def test_corrupt_spool_and_history_are_set_aside_and_the_cameras_keep_running(
     assert "Traceback" not in daemon.output()
 
 
+READ_ONLY = 'mount --bind "{state}" "{state}"\nmount -o remount,bind,ro "{state}"'
+FULL = 'mount -t tmpfs -o size=1m tmpfs "{state}"\ndd if=/dev/zero of="{state}/fill" bs=64k 2>/dev/null || :'
+
+
 @needs_root
-def test_a_read_only_state_folder_runs_the_spool_and_history_in_memory(
-    tmp_path, start_daemon, demo_model, demo_clips
+@pytest.mark.parametrize("fault", [READ_ONLY, FULL], ids=["read-only", "full"])
+def test_an_unwritable_state_folder_runs_the_spool_and_history_in_memory(
+    tmp_path, start_daemon, demo_model, demo_clips, fault
 ):
     state = tmp_path / "state"
     state.mkdir()
     port = free_port()
     daemon = start_daemon(
         hardened_config(demo_model, demo_clips["coffee"], state, port, free_port()),
-        prefix=in_namespace(f'mount --bind "{state}" "{state}"\nmount -o remount,bind,ro "{state}"'),
+        prefix=in_namespace(fault.format(state=state)),
     )
     body = wait_degraded(port, "spool", "history")
     assert "kept in memory only" in body["degraded"]["spool"]
@@ -144,7 +149,7 @@ def test_a_read_only_state_folder_runs_the_spool_and_history_in_memory(
     daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=30)
     assert healthz(port)[0] == 200
     assert daemon.terminate() == 0
-    assert list(state.iterdir()) == []
+    assert list(state.iterdir()) == []  # nothing written through the fault (the tmpfs went with the daemon)
     assert "Traceback" not in daemon.output()
 
 
