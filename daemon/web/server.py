@@ -224,10 +224,10 @@ class BoundedHTTPServer:
         try:
             self._ready.put_nowait((connection, entry[1], bytes(head)))
         except queue.Full:
+            self._dropped("busy")  # before the answer: a client that has it also sees it counted
             with contextlib.suppress(OSError):
                 connection.sendall(BUSY_RESPONSE)
             self._shut(connection)
-            self._dropped("busy")
 
     def _expire(self, selector: selectors.BaseSelector, now: float) -> None:
         while self._waiting:
