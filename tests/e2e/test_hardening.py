@@ -25,11 +25,13 @@ from typing import Any
 
 import pytest
 
+from daemon.roboflow.spool import Spool
 from tests.e2e.test_api import png_header
 from tests.e2e.test_cli import camera_block, sample, scrape
 from tests.support.browser import chromium
 from tests.support.daemon import free_port, run_cli, wait_until
 from tests.support.edge import PHOTOS
+from tests.unit.test_spool import overwrite_root_page
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="mount namespaces need root and unshare"
@@ -124,6 +126,25 @@ def test_corrupt_spool_and_history_are_set_aside_and_the_cameras_keep_running(
     daemon.wait_for_output(r"alert degraded firing: degraded: history: .*spool: ", timeout=10)
     daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=30)
     assert daemon.terminate() == 0
+    assert "Traceback" not in daemon.output()
+
+
+def test_a_spool_with_a_damaged_index_page_does_not_crash_loop(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    spool = Spool(state / "spool.db", max_bytes=10**6, max_age=10**9)
+    for n in range(50):
+        spool.put("report", "kitchen", {"n": n, "pad": "x" * 500})
+    spool.close()
+    overwrite_root_page(state / "spool.db", "requests_created")
+    port = free_port()
+    daemon = start_daemon(hardened_config(demo_model, demo_clips["coffee"], state, port, free_port()))
+    body = wait_degraded(port, "spool")
+    assert "was corrupt: set aside as spool.db.corrupt-" in body["degraded"]["spool"]
+    daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=30)
+    assert daemon.proc.poll() is None and daemon.terminate() == 0
     assert "Traceback" not in daemon.output()
 
 

@@ -129,7 +129,7 @@ def test_a_file_that_is_not_a_spool_is_set_aside_and_a_fresh_one_made(tmp_path: 
     assert aside.name in health.degraded()["spool"]
 
 
-def _overwrite_page(path: Path, name: str) -> None:
+def overwrite_root_page(path: Path, name: str) -> None:
     """Fill the b-tree page that `name` (a table or index) starts at with garbage."""
     db = sqlite3.connect(path)
     (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()
@@ -148,7 +148,7 @@ def test_a_damaged_index_page_is_found_at_start_not_by_a_crash_later(tmp_path: P
     for n in range(50):
         first.put("report", "cam", sample(n, 500))
     first.close()
-    _overwrite_page(path, "requests_created")
+    overwrite_root_page(path, "requests_created")
     health = Health(metrics.registry)
     spool = Spool(path, max_bytes=10**6, max_age=3600, metrics=metrics.monitoring, health=health)
     assert spool.trim() == 0  # the call that used to raise out of the constructor
