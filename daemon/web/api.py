@@ -381,6 +381,7 @@ class ApiServer:
         history: History | None,
         metrics: ApiMetrics | None = None,
         server_metrics: ServerMetrics | None = None,
+        stream_idle: float = STREAM_IDLE,
     ) -> None:
         settings = config.api
         self.config = config
@@ -399,6 +400,7 @@ class ApiServer:
         self._class_ids = {name: index for index, name in enumerate(model.class_names)}
         self._cameras = {camera.id: dict(camera.metadata) for camera in config.cameras}
         self._streams: dict[str, float] = {}  # API stream -> when a request last used it (monotonic)
+        self._stream_idle = stream_idle
         self._max_request_pixels = int(settings.max_request_megapixels * 1_000_000)
         self._max_pixels_in_flight = int(settings.max_megapixels_in_flight * 1_000_000)
         self._in_flight = [0, 0]  # images, pixels admitted and not yet answered
@@ -557,7 +559,7 @@ class ApiServer:
 
     def _stream(self, body: Mapping[str, Any]) -> str:
         """The request's stream: never a camera's id (its reports would mix with the camera's); a stream
-        idle for STREAM_IDLE seconds gives its slot of MAX_STREAMS to a new one."""
+        idle for `stream_idle` seconds gives its slot of MAX_STREAMS to a new one."""
         stream = body.get("source_info") or DEFAULT_STREAM
         if not isinstance(stream, str) or not STREAM_ID.match(stream):
             raise ApiError(400, "source_info: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
@@ -566,7 +568,7 @@ class ApiServer:
         now = time.monotonic()
         with self._lock:
             if stream not in self._streams and len(self._streams) >= MAX_STREAMS:
-                for idle in [name for name, used in self._streams.items() if now - used >= STREAM_IDLE]:
+                for idle in [name for name, used in self._streams.items() if now - used >= self._stream_idle]:
                     del self._streams[idle]
                 if len(self._streams) >= MAX_STREAMS:
                     raise ApiError(

@@ -25,12 +25,14 @@ from typing import Any
 
 import pytest
 
+from daemon.pipeline.board import FrameBoard
 from daemon.roboflow.spool import Spool
+from daemon.web.api import MAX_STREAMS, ApiServer, ModelInfo
 from tests.e2e.test_api import png_header
 from tests.e2e.test_cli import camera_block, sample, scrape
 from tests.support.browser import chromium
 from tests.support.daemon import free_port, run_cli, wait_until
-from tests.support.edge import PHOTOS
+from tests.support.edge import PHOTOS, edge_config
 from tests.unit.test_spool import overwrite_root_page
 
 needs_root = pytest.mark.skipif(
@@ -496,3 +498,27 @@ def test_a_trickling_roboflow_answer_raises_upload_failing(tmp_path, start_daemo
     finally:
         server.close()  # ends the stalled request (bounding a stop is the shutdown budget's job)
     assert daemon.terminate() == 0
+
+
+def test_idle_api_streams_free_their_slots(tmp_path, demo_model, model):
+    """In process, no inference worker: a stream is taken by any request naming it, so requests with an
+    image that is not one (400) are enough to fill the 64 slots."""
+    config = edge_config(tmp_path, demo_model, {}, "http://127.0.0.1:9")
+    board = FrameBoard([], on_stale=lambda frame: None)
+    api = ApiServer(config, ModelInfo.of(model), board, history=None, stream_idle=1.0)
+    api.start()
+    try:
+        def stream_request(name: str) -> str:
+            body = {"model_id": "coco/3", "source_info": name, "image": {"type": "base64", "value": "AAAA"}}
+            return post_raw(api.port, json.dumps(body).encode(), {"Content-Type": "application/json"})[1][
+                "message"
+            ]
+
+        for n in range(MAX_STREAMS):
+            assert stream_request(f"line{n}").startswith("image: ")
+        assert "streams are in use" in stream_request("one-more")
+        assert stream_request("line0").startswith("image: ")  # a known stream stays usable
+        wait_until(lambda: stream_request("one-more").startswith("image: "), 5, interval=0.2,
+                   message="an idle stream's slot to be freed")
+    finally:
+        api.close()
