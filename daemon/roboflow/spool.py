@@ -25,6 +25,8 @@ from daemon.statefile import IN_MEMORY, is_corrupt, open_state_db, quick_check
 
 log = logging.getLogger("edgewatch.spool")
 
+FILE_RETRY = 5.0  # seconds between tries of the file while the spool is in memory (and empty)
+
 Kind = Literal["report", "metadata"]
 
 _SCHEMA = """
@@ -105,6 +107,7 @@ class Spool:
             path, _connect, _prepare, part="spool", what="monitoring spool", health=health
         )
         self._put_failing = False
+        self._next_file_try = time.monotonic() + FILE_RETRY
         count, total, oldest = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
         ).fetchone()
@@ -128,6 +131,7 @@ class Spool:
         size = len(text.encode())
         insert = "INSERT INTO requests (kind, camera, created, size, body) VALUES (?, ?, ?, ?, ?)"
         with self._lock:
+            self._back_to_file()
             try:
                 try:
                     cursor = self._db.execute(insert, (kind, camera, created, size, text))
@@ -212,6 +216,32 @@ class Spool:
                 )
                 self._count_dropped(total)
         return sum(too_old.values()) + sum(too_big.values())
+
+    def _back_to_file(self) -> None:
+        """In memory (the file could not be used at start): once everything held has been sent, try the file
+        again every FILE_RETRY seconds; when it opens, go on with it (caller holds the lock). Rows in memory
+        are never moved: their ids are in use by the uploader."""
+        if self.durable or self._depth or time.monotonic() < self._next_file_try:
+            return
+        self._next_file_try = time.monotonic() + FILE_RETRY
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = _connect(self.path)
+        except (OSError, sqlite3.Error):
+            return
+        try:
+            _prepare(db)
+            count, total, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
+            ).fetchone()
+        except sqlite3.Error:
+            db.close()
+            return
+        self._db.close()
+        self._db, self.durable = db, True
+        self._depth, self._bytes, self._oldest = count, total, oldest
+        log.info("monitoring spool %s can be used again: requests are kept on disk from now on", self.path)
+        self._health.recover("spool")
 
     def _count_dropped(self, requests: int) -> None:
         if self._metrics is not None:

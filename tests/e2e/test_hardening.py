@@ -33,6 +33,7 @@ from tests.e2e.test_cli import camera_block, sample, scrape
 from tests.support.browser import chromium
 from tests.support.daemon import free_port, run_cli, wait_until
 from tests.support.edge import PHOTOS, edge_config
+from tests.support.roboflow_server import RoboflowServer
 from tests.unit.test_spool import overwrite_root_page
 
 needs_root = pytest.mark.skipif(
@@ -522,3 +523,31 @@ def test_idle_api_streams_free_their_slots(tmp_path, demo_model, model):
                    message="an idle stream's slot to be freed")
     finally:
         api.close()
+
+
+@needs_root
+def test_a_spool_in_memory_goes_back_to_disk_once_the_folder_is_writable(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    roboflow = RoboflowServer().start()
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    try:
+        text = hardened_config(demo_model, demo_clips["coffee"], state, port, free_port()).replace(
+            "[roboflow]\nenabled = true\n",
+            f'[roboflow]\nenabled = true\napi_key = "{roboflow.api_key}"\napi_url = "{roboflow.url}"\n',
+        )
+        daemon = start_daemon(text, prefix=in_namespace(READ_ONLY.format(state=state)))
+        assert "kept in memory only" in wait_degraded(port, "spool")["degraded"]["spool"]
+        roboflow.wait_for(lambda: roboflow.accepted("report"), 30, "a report sent from the spool in memory")
+        subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-m", "mount", "-o", "remount,bind,rw",
+                        str(state)], check=True, timeout=30)
+        wait_until(lambda: sample(scrape(port), "edgewatch_degraded", part="spool") == 0, 30,
+                   message="the spool back on disk")
+        daemon.wait_for_output(r"monitoring spool .* can be used again", timeout=5)
+        assert (state / "spool.db").is_file()
+        assert "history" in healthz(port)[1]["degraded"]  # the history stays in memory until a restart
+        assert daemon.terminate() == 0
+    finally:
+        roboflow.stop()
