@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
@@ -155,23 +154,6 @@ def test_a_damaged_index_page_is_found_at_start_not_by_a_crash_later(tmp_path: P
     spool.put("report", "cam", sample(99))
     assert [item.json() for item in read_items(path)] == [sample(99)]
     assert list(tmp_path.glob("spool.db.corrupt-*")) and "spool" in health.degraded()
-
-
-def test_a_read_only_folder_gives_a_spool_in_memory_that_still_works(tmp_path: Path) -> None:
-    folder = tmp_path / "state"
-    folder.mkdir()
-    folder.chmod(0o500)
-    health = Health()
-    try:
-        spool = Spool(folder / "sub" / "spool.db", max_bytes=10**6, max_age=3600, health=health)
-    finally:
-        folder.chmod(0o700)
-    if os.geteuid() == 0 and spool.durable:
-        pytest.skip("root writes into a read-only folder; tests/e2e/test_hardening.py uses a read-only mount")
-    assert not spool.durable
-    spool.put("report", "cam", sample(1))
-    assert spool.oldest() is not None and spool.depth == 1
-    assert "kept in memory only" in health.degraded()["spool"]
 
 
 _WRITER = textwrap.dedent(
