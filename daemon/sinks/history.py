@@ -217,7 +217,14 @@ class History(Sink):
                     self._recent.popitem(last=False)
 
     def flush(self) -> None:
-        """Write the counters gathered so far to the file."""
+        """Write the counters gathered so far to the file; a failure (a full disk) degrades the history
+        and loses those counters, never the caller."""
+        try:
+            self._write_counters()
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+
+    def _write_counters(self) -> None:
         with self._lock:
             rollups, self._rollups = self._rollups, {}
             classes, self._classes = self._classes, {}
@@ -515,7 +522,7 @@ class History(Sink):
         last_upkeep = time.monotonic()
         while not self._stop.wait(self._persist_interval):
             try:
-                self.flush()
+                self._write_counters()
                 if time.monotonic() - last_upkeep >= UPKEEP_INTERVAL:
                     last_upkeep = time.monotonic()
                     self._upkeep(self._clock())

@@ -208,8 +208,13 @@ def test_a_disk_filling_while_running_counts_every_lost_window_and_recovers(
     in_daemon_mounts("rm", f"{state}/filler")
     wait_until(lambda: sample(scrape(port), "edgewatch_degraded", part="spool") == 0, 30,
                message="the spool to work again")
+
+    in_daemon_mounts("dd", "if=/dev/zero", f"of={state}/filler", "bs=64k")  # full again, then stop
+    wait_degraded(port, "spool")
     assert daemon.terminate() == 0
-    assert "Traceback" not in daemon.output()
+    output = daemon.output()
+    problems = ("Traceback", "failed to flush", "failed to close")
+    assert not any(problem in output for problem in problems), output[-3000:]
 
 
 def infer(api_port: int, image: Path, key: str | None = None, timeout: float = 30) -> tuple[int, Any]:
