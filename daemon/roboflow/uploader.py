@@ -8,6 +8,7 @@ sending, keeps the spool and tries the key again rarely; a request Roboflow call
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -139,6 +140,10 @@ class Uploader:
                 self._phase = "working"
             try:
                 item = self._spool.oldest()
+            except sqlite3.Error as exc:  # the disk (a damaged file is replaced by the spool itself)
+                log.warning("cannot read the monitoring spool %s: %s", self._spool.path, exc)
+                self._pause(self._backoff_max)
+                continue
             except Exception:
                 log.exception("cannot read the monitoring spool %s", self._spool.path)
                 self._pause(self._backoff_max)
@@ -160,7 +165,10 @@ class Uploader:
             self._metrics.upload_duration.observe(time.monotonic() - started)
             try:
                 delay = self._settle(item, response)
-            except Exception:  # the spool failed (disk full, I/O error): try again later
+            except sqlite3.Error as exc:  # disk full, I/O error: a sent request may go again (at least once)
+                log.warning("cannot update the monitoring spool %s: %s", self._spool.path, exc)
+                delay = self._backoff_max
+            except Exception:  # a bug: keep going, with the details
                 log.exception("cannot update the monitoring spool %s", self._spool.path)
                 delay = self._backoff_max
             with self._changed:
