@@ -15,6 +15,7 @@ writer thread moves them to the file every few seconds and does the upkeep.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -189,8 +190,8 @@ class History:
                 entry = self._classes.setdefault((minute, result.camera_id, name), [0, 0.0])
                 entry[0] += count
                 entry[1] += total
-            if sums:
-                self._recent[result.inference_id] = result
+            if sums:  # without the frame's image: 2048 frames would be gigabytes
+                self._recent[result.inference_id] = dataclasses.replace(result, image=None)
                 if len(self._recent) > RECENT_FRAMES:
                     self._recent.popitem(last=False)
 
