@@ -18,6 +18,7 @@ from typing import Any
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
+from daemon.events.sink import build_events_sink
 from daemon.frames import Frame, Sink
 from daemon.metrics import Metrics
 from daemon.model.session import Model
@@ -88,7 +89,15 @@ class Service:
         self.confidence = ConfidenceTracker(
             config.alerts.confidence_window, config.alerts.confidence_baseline
         )
-        sinks: list[Sink] = [DetectionMetrics(self.metrics), self.progress, self.confidence]
+        # events first: it sets the detections' track ids, which the later sinks (MQTT) pass on
+        self.events = build_events_sink(
+            config,
+            self.metrics.registry,
+            state_dir,
+            listeners=[self.mqtt, self.history],
+            counts_listeners=[self.mqtt],
+        )
+        sinks: list[Sink] = [self.events, DetectionMetrics(self.metrics), self.progress, self.confidence]
         api_sinks: list[Sink] = []
         if self.monitoring:
             sinks.append(self.monitoring)
@@ -128,7 +137,7 @@ class Service:
             confidence=self.confidence,
         )
         self.api = (
-            ApiServer(config, ModelInfo.of(model), self.board, self.history, self.metrics)
+            ApiServer(config, ModelInfo.of(model), self.board, self.history, self.metrics, self.events)
             if config.api.enabled and self.history
             else None
         )
@@ -139,6 +148,8 @@ class Service:
         )
 
     def _on_camera_status(self, camera_id: str, online: bool) -> None:
+        if not online:
+            self.events.camera_offline(camera_id)
         if self.mqtt:
             self.mqtt.set_camera_status(camera_id, online)
 
@@ -201,6 +212,7 @@ class Service:
         if self.mqtt:
             self.mqtt.start()
         self.progress.start()
+        self.events.start()
         self.dispatcher.start()
         self.worker.start()
         if self.api:

@@ -6,7 +6,8 @@ later sink (MQTT detections payloads included) sees the track ids.
 
 Events go to the listeners (`on_event`, on the dispatcher thread, never blocking): MQTT, Prometheus, the
 page's history, the log, Vision Events. Zone occupancy and line totals go to `on_counts` listeners when they
-change. A camera that goes offline has its open tracks ended (and its tracker reset) before its next frame.
+change. A camera that goes offline has its open tracks ended (and its tracker reset) before its next frame,
+or once it has been down for `events.lost_after`; its frames captured before it went offline count as usual.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Protocol
+
+from prometheus_client import CollectorRegistry
 
 from daemon.config import CameraConfig, Config
 from daemon.events.event import Event, EventListener
@@ -87,7 +91,10 @@ class EventsSink(Sink):
         self._counts_listeners = list(counts_listeners)
         self._cameras = {camera.id: _Camera(camera, config) for camera in config.cameras if camera.tracked}
         self.live = LiveView(config.cameras)
-        self._reset: set[str] = set()  # cameras that went offline: their tracks end before their next frame
+        # cameras that went offline, and when: their tracks end at their first frame captured after that, or
+        # once any camera's frame is `lost_after` later (the camera stays down)
+        self._offline: dict[str, float] = {}
+        self._lost_after = config.events.lost_after
         self._failing: set[str] = set()
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[Occupancy, LineTotals]] = {
@@ -100,13 +107,18 @@ class EventsSink(Sink):
         self._listeners.append(listener)
 
     def start(self) -> None:
+        """Start the snapshot writer; tell the counts listeners every zone and line (at 0)."""
         if self._snapshots is not None:
             self._snapshots.start()
+        for camera_id, (occupancy, lines) in self._counts.items():
+            for listener in self._counts_listeners:
+                listener.on_counts(camera_id, occupancy, lines)
 
     def handle(self, result: FrameResult) -> None:
         camera = self._cameras.get(result.camera_id)
+        if self._offline:
+            self._end_offline(result)
         if camera is not None:
-            self._end_reconnected(result.captured_at)
             result.detections = camera.tracker.update(result.detections, result.captured_mono)
             tracked = result.detections
             confirmed = tracked if (tracked.tracker_id >= 0).all() else tracked[tracked.tracker_id >= 0]
@@ -130,8 +142,8 @@ class EventsSink(Sink):
     def camera_offline(self, camera_id: str) -> None:
         """A camera lost its stream (any thread): its tracks end, and tracking restarts, at its next frame."""
         if camera_id in self._cameras:
-            self._reset.add(camera_id)
-            self.live.forget(camera_id)
+            with self._lock:
+                self._offline.setdefault(camera_id, time.time())
 
     def counts(self, camera_id: str) -> tuple[Occupancy, LineTotals] | None:
         """A tracked camera's zone occupancy and line totals (any thread)."""
@@ -142,16 +154,25 @@ class EventsSink(Sink):
         """The JPEG bytes of a snapshot (the annotated frame, or the object's crop); None if there is none."""
         return self._snapshots.read(snapshot_id, cropped) if self._snapshots is not None else None
 
-    def _end_reconnected(self, now: float) -> None:
-        while self._reset:
-            camera = self._cameras[self._reset.pop()]
-            log.info(
-                "camera %s reconnected: ending its %d open track(s)",
-                camera.events.camera_id,
-                len(camera.events.tracks),
-            )
+    def _end_offline(self, result: FrameResult) -> None:
+        with self._lock:
+            ended = [
+                camera_id
+                for camera_id, since in self._offline.items()
+                if result.captured_at > since + (0 if camera_id == result.camera_id else self._lost_after)
+            ]
+            for camera_id in ended:
+                del self._offline[camera_id]
+        for camera_id in ended:
+            camera = self._cameras[camera_id]
+            if camera.events.tracks:
+                log.info(
+                    "camera %s went offline: ending its %d open track(s)",
+                    camera_id,
+                    len(camera.events.tracks),
+                )
             camera.tracker.reset()
-            self._publish(camera, camera.events.end_all(now))
+            self._publish(camera, camera.events.end_all(result.captured_at))
 
     def _publish(self, camera: _Camera, outcome: FrameOutcome) -> None:
         camera_id = camera.events.camera_id
@@ -183,3 +204,33 @@ class EventsSink(Sink):
             if name not in self._failing:
                 self._failing.add(name)
                 log.exception("event listener %s failed on a %s event", name, event.type)
+
+
+def build_events_sink(
+    config: Config,
+    registry: CollectorRegistry,
+    state_dir: Path,
+    listeners: Iterable[EventListener | None] = (),
+    counts_listeners: Iterable[CountsListener | None] = (),
+) -> EventsSink:
+    """The events sink of a config (listeners that are None are left out); snapshots live beside the spool."""
+    metrics = EventMetrics(registry, config.cameras)
+    settings = config.events
+    tracked = any(camera.tracked for camera in config.cameras)
+    snapshots = (
+        SnapshotStore(
+            settings.snapshot_dir or state_dir / "snapshots",
+            settings.max_snapshot_mb,
+            settings.max_snapshot_age,
+            metrics,
+        )
+        if settings.snapshots and tracked
+        else None
+    )
+    return EventsSink(
+        config,
+        metrics,
+        snapshots,
+        [listener for listener in listeners if listener is not None],
+        [listener for listener in counts_listeners if listener is not None],
+    )
