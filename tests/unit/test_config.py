@@ -226,7 +226,8 @@ def test_duplicate_zone_names_are_refused(tmp_path: Path) -> None:
     twice = STREET + STREET[STREET.index("[[cameras.zones]]") : STREET.index("[[cameras.lines]]")]
     message = error_of(tmp_path, twice)
     where = tmp_path / "config.toml"
-    assert message == f"{where}: cameras[0]: zone name 'walkway' is used twice on this camera; names must be unique"
+    expected = "cameras[0]: zone name 'walkway' is used twice on this camera; names must be unique"
+    assert message == f"{where}: {expected}"
 
 
 def test_unknown_classes_are_named_once_the_model_is_known(tmp_path: Path) -> None:
