@@ -615,8 +615,8 @@ class ApiServer:
             if parts[1] not in self._cameras:
                 raise ApiError(404, f"no such camera: {parts[1]}")
             jpeg = self._events.live.jpeg(parts[1])
-            if jpeg is None:
-                raise ApiError(404, f"camera {parts[1]} has no frame yet")
+            if jpeg is None:  # a known camera without a frame yet (or offline): nothing to show, no error
+                return Response(204, b"", "image/jpeg", {"Cache-Control": "no-store"})
         elif parts[0] == "snapshots" and len(parts) in (2, 3):
             cropped = len(parts) == 3
             if (cropped and parts[2] != "crop.jpg") or (not cropped and not parts[1].endswith(".jpg")):
@@ -629,16 +629,15 @@ class ApiServer:
         return Response(200, jpeg, "image/jpeg", {"Cache-Control": "no-store"})
 
     def _zones(self) -> list[dict[str, Any]]:
-        """Per tracked camera: its zones (polygon, classes, occupancy now) and lines (ends, totals)."""
+        """Per camera: its zones (polygon, classes, occupancy now) and lines (ends, totals), if any."""
         cameras = []
         for camera in self.config.cameras:
             counts = self._events.counts(camera.id) if self._events is not None else None
-            if counts is None:
-                continue
-            occupancy, totals = counts
+            occupancy, totals = counts or ({}, {})
             cameras.append(
                 {
                     "camera": camera.id,
+                    "tracked": camera.tracked,
                     "zones": [
                         {
                             "name": zone.name,
