@@ -87,10 +87,16 @@ class CameraEvents:
         inside = self.geometry.zones_of(detections) if self.geometry.zones else []
         crossed = self.geometry.crossings(detections) if self.geometry.lines else []
         confidence = detections.confidence if detections.confidence is not None else np.ones(len(detections))
-        names = detections.data["class_name"]
+        names = detections.data["class_name"].tolist()
+        boxes = detections.xyxy.tolist()
+        scores = confidence.tolist()
+        zone_names = [zone.name for zone in self.geometry.zones]
+        line_names = [line.name for line in self.geometry.lines]
+        inside_rows = np.stack(inside, axis=1).tolist() if inside else [[]] * len(detections)
+        crossings = [(into.tolist(), out.tolist()) for into, out in crossed]
         for index, tracker_id in enumerate(detections.tracker_id.tolist()):
-            box = tuple(float(v) for v in detections.xyxy[index])
-            score = float(confidence[index])
+            box = tuple(boxes[index])
+            score = scores[index]
             track = self.tracks.get(tracker_id)
             if track is None:
                 if len(self.tracks) >= self._max_tracks:
@@ -115,13 +121,12 @@ class CameraEvents:
                 if better and now - track.snapshot_at >= SNAPSHOT_INTERVAL:
                     self._snapshot(track, now, outcome)
                     outcome.events.append(self._event("update", track, now))
-            now_in = {
-                zone.name for zone, mask in zip(self.geometry.zones, inside, strict=True) if mask[index]
-            }
-            self._zones(track, now_in, now, outcome)
-            for line, (into, out) in zip(self.geometry.lines, crossed, strict=True):
+            now_in = {name for name, hit in zip(zone_names, inside_rows[index], strict=True) if hit}
+            if now_in or track.zones:
+                self._zones(track, now_in, now, outcome)
+            for name, (into, out) in zip(line_names, crossings, strict=True):
                 if into[index] or out[index]:
-                    self._cross(track, line.name, "in" if into[index] else "out", now, outcome)
+                    self._cross(track, name, "in" if into[index] else "out", now, outcome)
         self._end_lost(now, outcome)
         return outcome
 
