@@ -47,7 +47,7 @@ def event_cameras(count: int, mode: str, fps: float = 240) -> list[CameraConfig]
 
 
 def moving_boxes(objects: int, frame: int) -> sv.Detections:
-    """`objects` boxes in rows, each moving right 6 px a frame (wrapping), so they cross the line and zones."""
+    """`objects` boxes in rows, each moving right 6 px a frame (wrapping): they cross the line and zones."""
     rows = np.arange(objects)
     x = (rows * 53 + frame * 6) % (SIZE[0] - 60)
     y = 10 + rows * (SIZE[1] - 60) / max(1, objects)

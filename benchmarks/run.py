@@ -288,8 +288,8 @@ def bench_events(bench: Bench) -> None:
     assert base.ratio is not None and row.ratio is not None
     bench.report.check(
         base.ratio - row.ratio <= 0.02,
-        f"events: full-pipeline ratio falls by {base.ratio - row.ratio:.3f} ({base.ratio:.3f} -> {row.ratio:.3f})"
-        " <= 0.02",
+        f"events: full-pipeline ratio falls by {base.ratio - row.ratio:.3f} "
+        f"({base.ratio:.3f} -> {row.ratio:.3f}) <= 0.02",
     )
     workdir = bench.workdir / "dispatcher-work"
     workdir.mkdir()
