@@ -90,13 +90,15 @@ class Geometry:
         computed once for every zone (trigger computes them per zone: the dispatcher's time is short)."""
         if not self.zones:
             return []
-        anchors = np.rint(detections.get_anchors_coordinates(ANCHORS[0])).astype(int)
-        x, y = anchors[:, 0], anchors[:, 1]
+        xyxy = detections.xyxy  # the bottom centre of each box, as supervision's BOTTOM_CENTER anchor
+        x = np.rint((xyxy[:, 0] + xyxy[:, 2]) / 2).astype(int)
+        y = np.rint(xyxy[:, 3]).astype(int)
         inside = []
         for zone in self.zones:
             mask_h, mask_w = zone.area.mask.shape
-            in_bounds = (x >= 0) & (y >= 0) & (x < mask_w) & (y < mask_h)
-            found = in_bounds & zone.area.mask[np.clip(y, 0, mask_h - 1), np.clip(x, 0, mask_w - 1)]
+            within = np.flatnonzero((x >= 0) & (y >= 0) & (x < mask_w) & (y < mask_h))
+            found = np.zeros(len(detections), bool)
+            found[within] = zone.area.mask[y[within], x[within]]
             mask = class_mask(detections, zone.classes)
             inside.append(found if mask is None else found & mask)
         return inside
