@@ -30,7 +30,7 @@ from daemon.events.snapshots import SnapshotStore
 from daemon.events.tracking import CameraTracker
 from daemon.events.zones import Geometry
 from daemon.frames import FrameResult
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.events")
 
@@ -138,6 +138,14 @@ class EventsSink(Sink):
     def close(self, timeout: float = 5.0) -> None:
         if self._snapshots is not None:
             self._snapshots.close(timeout)
+
+    def threads(self) -> list[threading.Thread]:
+        return self._snapshots.threads() if self._snapshots is not None else []
+
+    def on_camera_status(self, camera_id: str, online: bool) -> None:
+        """A CameraStatusListener (the camera's thread): a camera that goes offline ends its tracks."""
+        if not online:
+            self.camera_offline(camera_id)
 
     def camera_offline(self, camera_id: str) -> None:
         """A camera lost its stream (any thread): its tracks end, and tracking restarts, at its next frame."""

@@ -97,6 +97,9 @@ class SnapshotStore:
         self._load()
         self._thread.start()
 
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
+
     def submit(self, image: np.ndarray, request: SnapshotRequest) -> bool:
         """Queue a snapshot of `image` (not copied, never modified). Never blocks; False if dropped."""
         try:

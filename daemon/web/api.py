@@ -48,7 +48,7 @@ from daemon import __version__
 from daemon.config import Config
 from daemon.events.sink import EventsSink
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
-from daemon.metrics import Metrics
+from daemon.metrics.api import ApiMetrics
 from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import RANGES, History
 
@@ -281,16 +281,16 @@ class _Pending:
 
 
 @dataclass
-class Response:
+class Reply:
     status: int
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
+    return Reply(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def endpoint_label(path: str) -> str:
@@ -348,7 +348,7 @@ class ApiServer:
         model: ModelInfo,
         board: FrameBoard,
         history: History | None,
-        metrics: Metrics | None = None,
+        metrics: ApiMetrics | None = None,
         events: EventsSink | None = None,
     ) -> None:
         settings = config.api
@@ -396,12 +396,6 @@ class ApiServer:
     def port(self) -> int:
         return int(self._httpd.server_address[1])
 
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for their inference results now."""
-        with self._lock:
-            return len(self._pending)
-
     def start(self) -> None:
         self._thread.start()
         log.info(
@@ -410,6 +404,9 @@ class ApiServer:
             self.port,
             "API keys required" if self._digests else "no API keys set",
         )
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
 
     def close(self) -> None:
         """Stop serving. Requests still waiting for inference are answered 503 now: call this once the
@@ -445,7 +442,7 @@ class ApiServer:
             candidates.append(body["api_key"])
         return key_matches(candidates, self._digests)
 
-    def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Response:
+    def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Reply:
         if path in ("/", "/monitoring", "/monitoring/"):
             return self._static_file("index.html")
         if path.startswith("/static/"):
@@ -462,7 +459,7 @@ class ApiServer:
             return json_response(self._monitoring(path.removeprefix("/api/"), query))
         raise ApiError(404, f"no such endpoint: GET {path}")
 
-    def post(self, path: str, query: Mapping[str, str], headers: Mapping[str, str], raw: bytes) -> Response:
+    def post(self, path: str, query: Mapping[str, str], headers: Mapping[str, str], raw: bytes) -> Reply:
         known = path in ("/infer/object_detection", "/model/add", "/model/remove", "/model/clear")
         try:
             body = json.loads(raw) if raw.strip() else {}
@@ -511,7 +508,7 @@ class ApiServer:
                 self._streams.add(stream)
         return stream
 
-    def _infer(self, body: Mapping[str, Any]) -> Response:
+    def _infer(self, body: Mapping[str, Any]) -> Reply:
         self._check_model(body.get("model_id"))
         params = decode_params(body, self._defaults, self._class_ids)
         stream = self._stream(body)
@@ -521,6 +518,7 @@ class ApiServer:
         pending = _Pending(len(images))
         with self._lock:
             self._pending.add(pending)
+            self._count_waiting()
         try:
             for index, image in enumerate(images):
                 frame = Frame(
@@ -541,15 +539,20 @@ class ApiServer:
         finally:
             with self._lock:
                 self._pending.discard(pending)
+                self._count_waiting()
         responses = [roboflow_response(result) for result in pending.results if result is not None]
         return json_response(responses[0] if single else responses)
 
-    def _static_file(self, name: str) -> Response:
+    def _count_waiting(self) -> None:
+        if self._metrics is not None:
+            self._metrics.api_requests_waiting.set(len(self._pending))
+
+    def _static_file(self, name: str) -> Reply:
         content = self._static.get(name)
         if content is None:
             raise ApiError(404, f"no such file: {name}")
         headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY}
-        return Response(200, content, STATIC_TYPES[Path(name).suffix], headers)
+        return Reply(200, content, STATIC_TYPES[Path(name).suffix], headers)
 
     def _monitoring(self, name: str, query: Mapping[str, str]) -> Any:
         history = self._history
@@ -605,7 +608,7 @@ class ApiServer:
             return history.events(camera, limit)
         raise ApiError(404, f"no such endpoint: GET /api/{name}")
 
-    def _image(self, name: str) -> Response:
+    def _image(self, name: str) -> Reply:
         """`cameras/<id>/latest.jpg` (the live view) and `snapshots/<id>.jpg` / `snapshots/<id>/crop.jpg`."""
         if self._events is None:
             raise ApiError(404, "events are off on this device")
@@ -616,7 +619,7 @@ class ApiServer:
                 raise ApiError(404, f"no such camera: {parts[1]}")
             jpeg = self._events.live.jpeg(parts[1])
             if jpeg is None:  # a known camera without a frame yet (or offline): nothing to show, no error
-                return Response(204, b"", "image/jpeg", {"Cache-Control": "no-store"})
+                return Reply(204, b"", "image/jpeg", {"Cache-Control": "no-store"})
         elif parts[0] == "snapshots" and len(parts) in (2, 3):
             cropped = len(parts) == 3
             if (cropped and parts[2] != "crop.jpg") or (not cropped and not parts[1].endswith(".jpg")):
@@ -626,7 +629,7 @@ class ApiServer:
                 raise ApiError(404, "no such snapshot (it may have been removed by its size or age bound)")
         else:
             raise ApiError(404, f"no such endpoint: GET /api/{name}")
-        return Response(200, jpeg, "image/jpeg", {"Cache-Control": "no-store"})
+        return Reply(200, jpeg, "image/jpeg", {"Cache-Control": "no-store"})
 
     def _zones(self) -> list[dict[str, Any]]:
         """Per camera: its zones (polygon, classes, occupancy now) and lines (ends, totals), if any."""
@@ -757,7 +760,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Reply) -> None:
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)

@@ -21,6 +21,7 @@ from daemon.events.snapshots import SnapshotStore
 from daemon.frames import FrameResult
 from daemon.model.session import Model
 from tests.support.daemon import wait_until
+from tests.support.inference import infer
 
 FPS = 5
 START = 1_700_000_000.0
@@ -82,7 +83,7 @@ def clips(model: Model) -> dict[str, list[FrameResult]]:
     for name, path in (("forward", STREET_PATH), ("reversed", REVERSED)):
         seconds = path.travel + path.rest
         images = [moving_frame(photo, SIZE, path, index / FPS) for index in range(round(seconds * FPS))]
-        found, _ = model.infer(images)
+        found, _ = infer(model, images)
         clips[name] = [(image, detections) for image, detections in zip(images, found, strict=True)]
     return clips
 
