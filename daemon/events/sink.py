@@ -67,11 +67,10 @@ class EventLog:
 
 
 class _Camera:
-    def __init__(self, config: CameraConfig, events: Config) -> None:
-        self.tracker = CameraTracker(events.model.confidence)
-        self.events = CameraEvents(
-            config.id, Geometry(config), events.events.lost_after, events.events.max_tracks
-        )
+    def __init__(self, camera: CameraConfig, config: Config) -> None:
+        settings = config.events
+        self.tracker = CameraTracker(config.model.confidence, settings.lost_after)
+        self.events = CameraEvents(camera.id, Geometry(camera), settings.lost_after, settings.max_tracks)
 
 
 class EventsSink(Sink):

@@ -6,21 +6,22 @@ import numpy as np
 import supervision as sv
 from trackers import ByteTrackTracker
 
-# ByteTrack counts its lost-track buffer in frames at 30 fps; with timestamps it keeps a lost track this long
-LOST_TRACK_SECONDS = 1.0
 MINIMUM_CONSECUTIVE_FRAMES = 2  # sightings before a track gets an id: one-frame false positives get none
 
 
 class CameraTracker:
     """Tracks one camera's objects; `reset()` forgets every track (the camera reconnected)."""
 
-    def __init__(self, activation_threshold: float) -> None:
+    def __init__(self, activation_threshold: float, lost_after: float) -> None:
         self._activation_threshold = activation_threshold
+        self._lost_after = lost_after
         self._tracker = self._new()
 
     def _new(self) -> ByteTrackTracker:
         return ByteTrackTracker(
-            lost_track_buffer=round(LOST_TRACK_SECONDS * 30),
+            # counted in frames at 30 fps; with timestamps, ByteTrack keeps a lost track this many seconds:
+            # as long as the lifecycle does, so that an object unseen for less keeps its id
+            lost_track_buffer=max(1, round(self._lost_after * 30)),
             track_activation_threshold=self._activation_threshold,
             minimum_consecutive_frames=MINIMUM_CONSECUTIVE_FRAMES,
             # the model drops what is below its threshold: every detection it reports may start a track

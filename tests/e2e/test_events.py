@@ -174,7 +174,9 @@ def test_a_crossing_and_a_visit_reach_mqtt_metrics_the_page_and_the_browser(
     # a clean stop ends the open track: it leaves the zone, which is empty again
     assert daemon.terminate() == 0
     subscriber.wait_for(lambda: events_of(subscriber, "end"), what="the end event")
-    (exit_,) = events_of(subscriber, "exit")
+    (exit_,) = [
+        event for event in events_of(subscriber, "exit") if event["tracker_id"] == cross["tracker_id"]
+    ]
     assert exit_["zone"] == "parking" and exit_["dwell_seconds"] >= 2
     subscriber.wait_payload(ZONE, b"{}")
     assert "event cross camera=street motorbike" in daemon.output()
