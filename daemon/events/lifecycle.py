@@ -50,7 +50,7 @@ class SnapshotRequest:
 class FrameOutcome:
     events: list[Event] = field(default_factory=list)
     snapshots: list[SnapshotRequest] = field(default_factory=list)
-    untracked: int = 0  # new objects not tracked because the camera is at its track cap
+    untracked: int = 0  # sightings of objects not tracked because the camera is at its track cap
     occupancy_changed: bool = False
     lines_changed: bool = False
 

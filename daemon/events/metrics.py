@@ -45,7 +45,7 @@ class EventMetrics:
         )
         self.untracked = Counter(
             "edgewatch_untracked_objects",
-            "New objects not tracked because the camera had events.max_tracks open tracks.",
+            "Sightings (one per frame) of objects left untracked: the camera had events.max_tracks open.",
             ["camera"],
             registry=r,
         )

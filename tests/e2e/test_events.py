@@ -5,12 +5,14 @@ browser show."""
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from daemon.demo import STREET_PATH, STREET_PHOTO, MovingPath, photo_path, write_moving_clip
 from tests.e2e.test_cli import camera_block, check, daemon_config, sample, scrape
@@ -51,8 +53,14 @@ def get_bytes(port: int, path: str) -> tuple[int, str, bytes]:
         return response.status, response.headers["Content-Type"], response.read()
 
 
+def motorbike_events(subscriber: Subscriber) -> list[dict[str, Any]]:
+    """The motorbike's events (the model also sees a faint 'person' in the photo now and then: its own
+    short tracks start and end, but it is not a class of the zone or the line)."""
+    return [event for event in map(json.loads, subscriber.payloads(EVENTS)) if event["class"] == "motorbike"]
+
+
 def events_of(subscriber: Subscriber, kind: str) -> list[dict[str, Any]]:
-    return [event for event in map(json.loads, subscriber.payloads(EVENTS)) if event["type"] == kind]
+    return [event for event in motorbike_events(subscriber) if event["type"] == kind]
 
 
 def test_a_crossing_and_a_visit_reach_mqtt_metrics_the_page_and_the_browser(
@@ -69,7 +77,7 @@ def test_a_crossing_and_a_visit_reach_mqtt_metrics_the_page_and_the_browser(
 
     # MQTT: the object's start, its crossing (in), its entering the zone, then loitering there
     subscriber.wait_for(lambda: events_of(subscriber, "loiter"), timeout=60, what="a loiter event")
-    kinds = [json.loads(payload)["type"] for payload in subscriber.payloads(EVENTS)]
+    kinds = [event["type"] for event in motorbike_events(subscriber)]
     assert kinds[0] == "start" and kinds.index("cross") < kinds.index("enter") < kinds.index("loiter")
     (cross,) = events_of(subscriber, "cross")
     assert (cross["line"], cross["direction"], cross["class"], cross["camera"]) == (
@@ -94,9 +102,12 @@ def test_a_crossing_and_a_visit_reach_mqtt_metrics_the_page_and_the_browser(
     (loiter,) = events_of(subscriber, "loiter")
     assert loiter["zone"] == "parking" and loiter["zones"] == ["parking"] and loiter["dwell_seconds"] >= 2
     assert all(m.qos == 1 and not m.retain for m in subscriber.on(EVENTS))
-    assert {event["tracker_id"] for event in map(json.loads, subscriber.payloads(EVENTS))} == {
-        cross["tracker_id"]
-    }
+    assert {event["tracker_id"] for event in motorbike_events(subscriber)} == {cross["tracker_id"]}
+    assert all(
+        event["type"] in ("start", "update", "end")
+        for event in map(json.loads, subscriber.payloads(EVENTS))
+        if event["class"] != "motorbike"
+    )
     # retained occupancy and line totals
     subscriber.wait_payload(ZONE, b'{"motorbike":1}')
     subscriber.wait_payload(LINE, b'{"in":1,"out":0}')
@@ -143,6 +154,14 @@ def test_a_crossing_and_a_visit_reach_mqtt_metrics_the_page_and_the_browser(
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
     status, kind, jpeg = get_bytes(api_port, "cameras/street/latest.jpg")
     assert (status, kind) == (200, "image/jpeg")
+    for missing in (
+        "cameras/nowhere/latest.jpg",
+        "snapshots/..%2F..%2Fconfig.toml.jpg",
+        "snapshots/x/crop.jpg",
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_bytes(api_port, missing)
+        assert refused.value.code == 404
 
     # a real browser: the live view shows, the events list has the crossing with its thumbnail
     with chromium(tmp_path / "profile") as browser:
