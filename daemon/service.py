@@ -23,6 +23,7 @@ from typing import Any
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
+from daemon.events.sink import EventsSink, build_events_sink
 from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
@@ -59,6 +60,7 @@ class Sinks:
     """The sinks in dispatch order, and the ones other parts talk to directly."""
 
     all: list[Sink]
+    events: EventsSink
     mqtt: MqttPublisher | None
     history: History | None
     monitoring: MonitoringSink | None
@@ -95,7 +97,12 @@ def build_sinks(
         else None
     )
     confidence = ConfidenceTracker(config.alerts.confidence_window, config.alerts.confidence_baseline)
+    # events first: it sets the detections' track ids, which the later sinks (MQTT) pass on
+    events = build_events_sink(
+        config, metrics.registry, state_dir, listeners=[mqtt, history], counts_listeners=[mqtt]
+    )
     ordered: list[Sink | None] = [
+        events,
         DetectionSeries(metrics.detections),
         ProgressReporter(camera_states, dropped),
         confidence,
@@ -104,7 +111,8 @@ def build_sinks(
         mqtt,
         *extra,
     ]
-    return Sinks([sink for sink in ordered if sink is not None], mqtt, history, monitoring, confidence)
+    sinks = [sink for sink in ordered if sink is not None]
+    return Sinks(sinks, events, mqtt, history, monitoring, confidence)
 
 
 class Service:
@@ -155,7 +163,9 @@ class Service:
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
         )
-        status_listeners = [self.sinks.mqtt] if self.sinks.mqtt else []
+        status_listeners: list[CameraStatusListener] = [self.sinks.events]
+        if self.sinks.mqtt:
+            status_listeners.append(self.sinks.mqtt)
         self.cameras = [
             camera_factory(
                 camera, self.board, frames, self.metrics.cameras, self._capture_stop, status_listeners
@@ -180,7 +190,14 @@ class Service:
     def _build_http(self) -> None:
         config = self.config
         self.api = (
-            ApiServer(config, ModelInfo.of(self.model), self.board, self.sinks.history, self.metrics.api)
+            ApiServer(
+                config,
+                ModelInfo.of(self.model),
+                self.board,
+                self.sinks.history,
+                self.metrics.api,
+                self.sinks.events,
+            )
             if config.api.enabled and self.sinks.history
             else None
         )
