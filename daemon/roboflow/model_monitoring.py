@@ -23,7 +23,7 @@ from daemon.metrics import Metrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
-from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
+from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, SpoolMetrics, read_items
 from daemon.roboflow.uploader import Uploader, UploaderState
 
 log = logging.getLogger("edgewatch.monitoring")
@@ -68,7 +68,10 @@ class MonitoringSink:
         self._on_report = on_report  # the local history: every spooled report with its custom metadata
         self._host = host_facts()
         self.spool = Spool(
-            settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
+            settings.spool,
+            int(settings.max_spool_mb * 1024 * 1024),
+            settings.max_spool_age,
+            SpoolMetrics.monitoring(metrics),
         )
         key = settings.api_key.get_secret_value()
         client = (

@@ -15,12 +15,16 @@ from pathlib import Path
 import pytest
 
 from daemon.metrics import Metrics
-from daemon.roboflow.spool import Spool, SpoolError, read_items
+from daemon.roboflow.spool import Spool, SpoolError, SpoolMetrics, read_items
 from tests.support.daemon import REPO
 
 
 def sample(n: int, size: int = 0) -> dict:
     return {"n": n, "pad": "x" * size}
+
+
+def monitoring(metrics: Metrics) -> SpoolMetrics:
+    return SpoolMetrics.monitoring(metrics)
 
 
 def metric(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -62,7 +66,7 @@ def test_over_max_bytes_the_oldest_are_dropped_counted_and_logged(
 ) -> None:
     metrics = Metrics()
     metrics.init_cameras(["cam-a", "cam-b"])
-    spool = Spool(tmp_path / "spool.db", max_bytes=1000, max_age=3600, metrics=metrics)
+    spool = Spool(tmp_path / "spool.db", max_bytes=1000, max_age=3600, metrics=monitoring(metrics))
     ids = []
     with caplog.at_level(logging.WARNING, logger="edgewatch.spool"):
         for n in range(10):
@@ -81,7 +85,9 @@ def test_over_max_bytes_the_oldest_are_dropped_counted_and_logged(
 def test_older_than_max_age_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     now = [1_000_000.0]
     metrics = Metrics()
-    spool = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=60, metrics=metrics, clock=lambda: now[0])
+    spool = Spool(
+        tmp_path / "spool.db", max_bytes=10**6, max_age=60, metrics=monitoring(metrics), clock=lambda: now[0]
+    )
     old = spool.put("report", "cam-a", sample(1))
     now[0] += 30
     assert metric(metrics, "edgewatch_spool_oldest_age_seconds") == 30
@@ -103,7 +109,7 @@ def test_reopening_restores_depth_and_size(tmp_path: Path) -> None:
     size = spool.size
     spool.close()
     metrics = Metrics()
-    again = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=3600, metrics=metrics)
+    again = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=3600, metrics=monitoring(metrics))
     assert (again.depth, again.size) == (5, size)
     assert metric(metrics, "edgewatch_spool_depth") == 5
 
