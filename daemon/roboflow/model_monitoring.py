@@ -24,7 +24,7 @@ from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
 from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, SpoolMetrics, read_items
-from daemon.roboflow.uploader import Uploader, UploaderState
+from daemon.roboflow.uploader import MonitoringCourier, Uploader, UploaderState
 
 log = logging.getLogger("edgewatch.monitoring")
 
@@ -81,7 +81,8 @@ class MonitoringSink:
         )
         self.sending = client is not None
         self.uploader = Uploader(
-            self.spool, client, metrics,
+            self.spool,
+            MonitoringCourier(self.spool, client, metrics) if client else None,
             unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
         )
         if not self.sending:
