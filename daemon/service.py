@@ -26,6 +26,7 @@ from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
 from daemon.roboflow.model_monitoring import MonitoringSink
+from daemon.roboflow.vision_events import build_vision_events, failing_since
 from daemon.sinks.detection_metrics import DetectionMetrics
 from daemon.sinks.history import History
 from daemon.sinks.mqtt import MqttPublisher
@@ -84,6 +85,8 @@ class Service:
         self.monitoring = (
             MonitoringSink(config, self.metrics, on_report=on_report) if config.roboflow.enabled else None
         )
+        # Vision Events: alerts, zone/line events and counts to Roboflow, through their own spool
+        self.vision_events = build_vision_events(config, self.metrics.registry)
         self.progress = ProgressReporter(camera_ids, self.metrics)
         self.confidence = ConfidenceTracker(
             config.alerts.confidence_window, config.alerts.confidence_baseline
@@ -98,6 +101,8 @@ class Service:
             api_sinks.append(self.history)
         if self.mqtt:
             sinks.append(self.mqtt)
+        if self.vision_events:
+            sinks.append(self.vision_events)
         self.dispatcher = Dispatcher(sinks, self.metrics, self._dispatch_stop, api_sinks=tuple(api_sinks))
         self.worker = InferenceWorker(
             model,
@@ -113,17 +118,18 @@ class Service:
             camera_factory(camera, self.board, self.metrics, self._capture_stop, self._on_camera_status)
             for camera in config.cameras
         ]
+        uploaders = [sink.uploader_state for sink in (self.monitoring, self.vision_events) if sink]
         self.alerts = AlertEngine(
             config.alerts,
             self.metrics,
-            listeners=[listener for listener in (self.mqtt, self.history) if listener is not None],
+            listeners=[
+                listener for listener in (self.mqtt, self.history, self.vision_events) if listener is not None
+            ],
             cameras=self._camera_states,
             inference_progress=lambda: self.worker.last_progress,
-            upload_failing_since=(lambda: self.monitoring.uploader_state().failing_since)
-            if self.monitoring
-            else None,
-            monitoring_unauthorized=(lambda: self.monitoring.uploader_state().unauthorized)
-            if self.monitoring
+            upload_failing_since=(lambda: failing_since(uploaders)) if uploaders else None,
+            monitoring_unauthorized=(lambda: any(state().unauthorized for state in uploaders))
+            if uploaders
             else None,
             confidence=self.confidence,
         )
@@ -200,6 +206,8 @@ class Service:
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.exporter.port)
         if self.mqtt:
             self.mqtt.start()
+        if self.vision_events:
+            self.vision_events.start()
         self.progress.start()
         self.dispatcher.start()
         self.worker.start()

@@ -538,6 +538,12 @@ class VisionEventsSink(Sink):
             self.uploader.wake()
 
 
+def failing_since(states: Sequence[Callable[[], UploaderState]]) -> float | None:
+    """The earliest start of a failing streak among the Roboflow uploaders (for `upload_failing`)."""
+    starts = [since for state in states if (since := state().failing_since) is not None]
+    return min(starts, default=None)
+
+
 def build_vision_events(
     config: Config, registry: CollectorRegistry, read_snapshot: SnapshotReader | None = None
 ) -> VisionEventsSink | None:
