@@ -13,6 +13,7 @@ while, 429 with Retry-After, 401...), `trickle(...)` an answer that comes one by
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import json
@@ -152,6 +153,7 @@ class VisionEventsServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        self._httpd.handle_error = lambda request, address: None  # a client that hung up (or was killed)
         scheme = "http"
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -227,6 +229,9 @@ class VisionEventsServer:
             trickle = self._trickle.get(endpoint)
             if script is not None:
                 status, answer = script.status, {"error": f"scripted {script.status}"}
+                if endpoint in ("batch", "single"):
+                    with contextlib.suppress(ValueError):
+                        body = json.loads(raw)
                 if script.retry_after is not None:
                     headers["Retry-After"] = script.retry_after
                 if script.times is not None:
