@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from daemon.config import Config
+from daemon.config import Config, ConfigError
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
@@ -74,11 +74,14 @@ class MonitoringSink:
             SpoolMetrics.monitoring(metrics),
         )
         key = settings.api_key.get_secret_value()
-        client = (
-            RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
-            if key
-            else None
-        )
+        try:
+            client = (
+                RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
+                if key
+                else None
+            )
+        except ValueError as exc:  # a proxy variable that is not a proxy URL
+            raise ConfigError(f"roboflow: {exc}") from None
         self.sending = client is not None
         self.uploader = Uploader(
             self.spool,

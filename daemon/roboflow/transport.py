@@ -155,7 +155,7 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> Proxy | Non
         value = "http://" + value  # curl's default proxy scheme
     proxy = urllib.parse.urlsplit(value)
     if proxy.scheme.lower() != "http" or not proxy.hostname:
-        raise ValueError(f"{scheme}_proxy must look like http://[user:password@]host[:port]")
+        raise ValueError(f"the environment's {scheme}_proxy must look like http://[user:password@]host[:port]")
     authorization = None
     user = urllib.parse.unquote(proxy.username or "")
     password = urllib.parse.unquote(proxy.password or "")

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from daemon.alerts.alert import Alert
-from daemon.config import Config, VisionEventsConfig
+from daemon.config import Config, ConfigError, VisionEventsConfig
 from daemon.events.event import Event
 from daemon.frames import FrameResult, class_counts
 from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
@@ -353,7 +353,10 @@ class VisionEventsSink(Sink):
             kinds=(KIND,),
         )
         key = settings.api_key.get_secret_value()
-        client = VisionEventsClient(settings.api_url, key, timeout=settings.timeout) if key else None
+        try:
+            client = VisionEventsClient(settings.api_url, key, timeout=settings.timeout) if key else None
+        except ValueError as exc:  # a proxy variable that is not a proxy URL
+            raise ConfigError(f"vision_events: {exc}") from None
         self.sending = client is not None
         self.uploader = Uploader(
             self.spool,

@@ -27,6 +27,7 @@ from daemon.frames import FrameResult
 from daemon.roboflow.spool import read_items
 from daemon.roboflow.vision_events import VisionEventsSink, jpeg_size
 from tests.support.daemon import REPO, free_port, run_cli, wait_until
+from tests.support.proxy import ForwardProxy
 from tests.support.vision_events import config_toml, make_event, snapshot_jpeg
 from tests.support.vision_events_server import VisionEventsServer
 
@@ -356,8 +357,8 @@ def test_killed_between_image_upload_and_event_send_resends_the_same_event_and_i
         assert jpeg_size(server.images[after["images"][0]["sourceId"]]) is not None
 
 
-def test_the_daemon_sends_an_edge_alert_as_a_vision_event(
-    tmp_path: Path, server: VisionEventsServer, start_daemon, demo_model: Path
+def test_the_daemon_sends_an_edge_alert_as_a_vision_event_through_the_proxy(
+    tmp_path: Path, server: VisionEventsServer, start_daemon, demo_model: Path, forward_proxy: ForwardProxy
 ) -> None:
     metrics_port = free_port()
     config = config_toml(tmp_path, server.url, KEY).read_text()
@@ -366,7 +367,7 @@ def test_the_daemon_sends_an_edge_alert_as_a_vision_event(
     config = config.replace(
         "[mqtt]", f"[alerts]\ncamera_down_after = 1\n\n[metrics]\nport = {metrics_port}\n\n[mqtt]"
     )
-    daemon = start_daemon(config, "--log-level", "DEBUG")
+    daemon = start_daemon(config, "--log-level", "DEBUG", env={"HTTP_PROXY": forward_proxy.url()})
     server.wait_for(lambda: [e for e in server.events.values() if e["eventType"] == "safety_alert"],
                     timeout=60, message="the camera_down alert as a Vision Event")
     sent = next(e for e in server.events.values() if e["eventType"] == "safety_alert")
@@ -382,3 +383,4 @@ def test_the_daemon_sends_an_edge_alert_as_a_vision_event(
     wait_until(lambda: sent_total() >= 1, 10, message="the sent counter on /metrics")
     assert daemon.terminate() == 0
     assert KEY not in daemon.output()
+    assert {r.target for r in forward_proxy.requests} == {f"{server.url}/vision-events/batch"}
