@@ -384,3 +384,12 @@ def test_the_daemon_sends_an_edge_alert_as_a_vision_event_through_the_proxy(
     assert daemon.terminate() == 0
     assert KEY not in daemon.output()
     assert {r.target for r in forward_proxy.requests} == {f"{server.url}/vision-events/batch"}
+
+
+def test_the_metrics_pass_promtool(tmp_path: Path, server: VisionEventsServer, sinks) -> None:
+    sink = sinks(config_toml(tmp_path, server.url, KEY))
+    sink.on_alert(alert())
+    server.wait_for(lambda: server.events, message="one event")
+    exposition = generate_latest(sink.registry)  # type: ignore[attr-defined]
+    checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
