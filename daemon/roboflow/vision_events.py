@@ -479,8 +479,9 @@ class VisionEventsSink(Sink):
                     return
                 for burst in due:
                     del self._bursts[burst.key]
-                counts = dict(self._counts) if counts_due else {}
-                if counts_due:
+                counts: dict[str, dict[str, int]] = {}
+                if counts_due:  # the cameras that delivered a frame since the last counts, as last seen
+                    counts, self._counts = self._counts, {}
                     self._counts_due = now + self._settings.counts_interval
             try:
                 for burst in due:
