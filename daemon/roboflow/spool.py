@@ -19,12 +19,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import Counter as CounterMetric
 from prometheus_client import Gauge
-
-from daemon.metrics import Metrics
 
 log = logging.getLogger("edgewatch.spool")
 
@@ -47,15 +44,14 @@ _ATTACHMENT_COLUMNS = (("attachment", "BLOB"), ("attachment_ref", "TEXT"))
 _COLUMNS = "id, kind, camera, created, body, COALESCE(LENGTH(attachment), 0), attachment_ref"
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolMetrics:
-    depth: Gauge
-    oldest_age: Gauge
-    dropped: CounterMetric  # rows removed by the bounds
+class SpoolMetrics(Protocol):
+    """A destination's metric group, as far as its spool is concerned."""
 
-    @classmethod
-    def monitoring(cls, metrics: Metrics) -> SpoolMetrics:
-        return cls(metrics.spool_depth, metrics.spool_oldest_age, metrics.reports.labels("dropped"))
+    spool_depth: Gauge
+    spool_oldest_age: Gauge
+
+    def spool_dropped(self, count: int) -> None:
+        """`count` requests left the spool unsent, over a bound."""
 
 
 class SpoolError(Exception):
@@ -131,8 +127,8 @@ class Spool:
         self._bytes: int = total
         self._oldest: float | None = oldest
         if metrics is not None:
-            metrics.depth.set_function(lambda: self._depth)
-            metrics.oldest_age.set_function(self.oldest_age)
+            metrics.spool_depth.set_function(lambda: self._depth)
+            metrics.spool_oldest_age.set_function(self.oldest_age)
         if count:
             log.info("%s spool %s holds %d unsent request(s) from earlier runs", name, path, count)
         self.trim()
@@ -244,7 +240,7 @@ class Spool:
                     self.name, self.path, total, reason, per_camera,
                 )
                 if self._metrics is not None:
-                    self._metrics.dropped.inc(total)
+                    self._metrics.spool_dropped(total)
         return sum(too_old.values()) + sum(too_big.values())
 
     def _drop(self, where: str, value: float) -> Counter[str]:
@@ -274,11 +270,6 @@ class Spool:
     @property
     def depth(self) -> int:
         return self._depth
-
-    @property
-    def size(self) -> int:
-        """Bytes of request bodies and attachments held."""
-        return self._bytes
 
     def oldest_age(self) -> float:
         oldest = self._oldest

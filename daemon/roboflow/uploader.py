@@ -11,7 +11,6 @@ key stops sending, keeps the spool, and tries the key again rarely; what Roboflo
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -19,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from daemon.metrics import Metrics
+from daemon.backoff import backoff_delay
+from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.client import RoboflowClient
 from daemon.roboflow.spool import Spool
 from daemon.roboflow.transport import Outcome, Response
@@ -69,12 +69,6 @@ class Courier(Protocol):
     def set_unauthorized(self, refused: bool) -> None: ...
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(attempt-1))."""
-    ceiling = min(cap, base * 2 ** min(attempt - 1, 32))
-    return ceiling * (0.5 + random.random() / 2)
-
-
 class _MonitoringRequest:
     def __init__(self, courier: MonitoringCourier, item_id: int, kind: str, camera: str, body: str) -> None:
         self._courier = courier
@@ -106,7 +100,7 @@ class MonitoringCourier:
 
     label = "Model Monitoring"
 
-    def __init__(self, spool: Spool, client: RoboflowClient, metrics: Metrics) -> None:
+    def __init__(self, spool: Spool, client: RoboflowClient, metrics: MonitoringMetrics) -> None:
         self.spool = spool
         self.client = client
         self.metrics = metrics
@@ -139,6 +133,7 @@ class Uploader:
         unauthorized_retry: float = 600.0,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
+        thread_name: str = "roboflow-uploader",
     ) -> None:
         """`courier` None (no API key): nothing is sent; requests stay in the spool."""
         self._spool = spool
@@ -156,7 +151,7 @@ class Uploader:
         self._last_success: float | None = None
         self._failures = 0
         self._started = False
-        self._thread = threading.Thread(target=self._run, name=f"uploader-{spool.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         if courier is not None:
             courier.set_unauthorized(False)
 
@@ -164,6 +159,10 @@ class Uploader:
         if self._courier is not None and not self._started:
             self._started = True
             self._thread.start()
+
+    def threads(self) -> list[threading.Thread]:
+        """The sending thread, when there is one (with an API key)."""
+        return [self._thread] if self._courier is not None else []
 
     def wake(self) -> None:
         """Something was spooled."""
@@ -189,13 +188,15 @@ class Uploader:
                 self._changed.wait(remaining)
             return {item_id: self._attempts[item_id] for item_id in wanted if item_id in self._attempts}
 
-    def stop(self, grace: float = 0.0, timeout: float | None = None) -> None:
+    def close(self, grace: float = 0.0, timeout: float | None = None) -> bool:
         """Stop the thread. With `grace`, first let it send what it can for up to that many seconds:
         it stops early once the spool is empty or Roboflow asked it to wait. Unsent requests stay spooled.
-        A request in flight ends within the client's deadline; `timeout` bounds the wait for it."""
+        Waits at most `timeout` seconds in all (None: until a request in flight ends, within the client's
+        deadline); True once stopped."""
         if not self._thread.is_alive():
-            return
-        deadline = time.monotonic() + grace
+            return True
+        started = time.monotonic()
+        deadline = started + (grace if timeout is None else min(grace, timeout))
         with self._changed:
             while not (self._phase == "paused" or (self._phase == "idle" and not self._pending)):
                 remaining = deadline - time.monotonic()
@@ -204,7 +205,8 @@ class Uploader:
                 self._changed.wait(remaining)
             self._stop.set()
             self._changed.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         courier = self._courier
@@ -293,7 +295,7 @@ class Uploader:
         if response.retry_after is not None:
             delay = response.retry_after
         else:
-            delay = backoff_delay(failures, self._backoff_base, self._backoff_max)
+            delay = backoff_delay(failures - 1, self._backoff_base, self._backoff_max)
         log.warning(
             "Roboflow %s upload of a %s failed (%s); %d request(s) spooled, next attempt in %.1f s",
             label, delivery.what, response.detail, self._spool.depth, delay,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from daemon.metrics import UPLOAD_BUCKETS
-from daemon.roboflow.spool import SpoolMetrics
+from daemon.metrics.monitoring import UPLOAD_BUCKETS
 
 EVENT_RESULTS = ("sent", "retried", "failed", "dropped")
 IMAGE_RESULTS = ("uploaded", "retried", "failed", "missing")
@@ -63,5 +62,5 @@ class VisionEventsMetrics:
         for result in IMAGE_RESULTS:
             self.images.labels(result)
 
-    def spool(self) -> SpoolMetrics:
-        return SpoolMetrics(self.spool_depth, self.spool_oldest_age, self.events.labels("dropped"))
+    def spool_dropped(self, count: int) -> None:
+        self.events.labels("dropped").inc(count)

@@ -348,7 +348,7 @@ class VisionEventsSink(Sink):
             settings.spool,
             int(settings.max_spool_mb * 1024 * 1024),
             settings.max_spool_age,
-            self.metrics.spool(),
+            self.metrics,
             name="Vision Events",
             kinds=(KIND,),
         )
@@ -362,6 +362,7 @@ class VisionEventsSink(Sink):
             self.spool,
             VisionEventsCourier(self.spool, client, self.metrics) if client else None,
             unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
+            thread_name="vision-events-uploader",
         )
         if not self.sending:
             log.info("no Roboflow API key: Vision Events are kept in %s, not sent", settings.spool)
@@ -434,6 +435,10 @@ class VisionEventsSink(Sink):
     def uploader_state(self) -> UploaderState:
         return self.uploader.state()
 
+    def threads(self) -> list[threading.Thread]:
+        """The sink's long-lived threads, for /healthz and the watchdog."""
+        return [self._timer, *self.uploader.threads()]
+
     def flush(self) -> None:
         """Every open burst goes to the spool now."""
         with self._changed:
@@ -455,7 +460,9 @@ class VisionEventsSink(Sink):
             self._timer.join(timeout)
         self.flush()
         remaining = max(0.0, timeout - (time.monotonic() - started))
-        self.uploader.stop(grace=min(self._close_grace, remaining / 2), timeout=remaining / 2)
+        if not self.uploader.close(self._close_grace, remaining):
+            log.warning("the Vision Events uploader did not stop in time; its request stays spooled")
+            return  # the spool stays open for the uploader thread; the process exit closes it
         if self.spool.depth:
             log.info("%d Vision Event(s) left in %s for the next start", self.spool.depth, self.spool.path)
         self.spool.close()

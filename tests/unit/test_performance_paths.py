@@ -29,6 +29,7 @@ from daemon.model.session import (
 )
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.inference import InferenceWorker
+from tests.support.inference import infer
 
 
 def photo(name: str) -> np.ndarray:
@@ -95,7 +96,7 @@ def test_pinning_declines_without_a_gpu() -> None:
 
 def test_model_prepare_run_detections_is_infer(model: Model) -> None:
     images = [photo("coffee.png"), photo("motorcycle_left.png")]
-    expected, _ = model.infer(images)
+    expected, _ = infer(model, images)
 
     feed, transforms = model.prepare(images)
     found = model.detections(model.run(feed), images, transforms)
@@ -128,7 +129,10 @@ def start_worker(
     board = FrameBoard(cameras, lambda _: None)
     collected = Collected()
     stop = threading.Event()
-    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    metrics = Metrics()
+    worker = InferenceWorker(
+        model, "coco/3", board, collected.submit, metrics.frames, metrics.inference, 4, 0.01, stop
+    )
     worker.start()
     return board, collected, stop, worker
 
@@ -150,7 +154,10 @@ def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
     board = FrameBoard(cameras, lambda _: None)
     collected = Collected()
     stop = threading.Event()
-    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    metrics = Metrics()
+    worker = InferenceWorker(
+        model, "coco/3", board, collected.submit, metrics.frames, metrics.inference, 4, 0.01, stop
+    )
     image = photo("coffee.png")
     for number, camera in enumerate(cameras, 1):
         board.put(Frame(camera, number, time.time(), time.monotonic(), image))
