@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from prometheus_client import Gauge
 
@@ -303,3 +305,41 @@ def read_items(path: Path, limit: int | None = None) -> list[SpoolItem]:
     except sqlite3.Error as exc:
         raise SpoolError(f"{path}: cannot read the spool: {exc}") from None
     return [SpoolItem(*row) for row in reversed(rows)]
+
+
+def print_waiting(
+    path: Path,
+    *,
+    what: str,
+    noun: str,
+    limit: int | None,
+    as_json: bool,
+    json_row: Callable[[SpoolItem], dict[str, Any]],
+    text_line: Callable[[SpoolItem], str],
+    out: TextIO,
+) -> int:
+    """What `edgewatch reports` and `edgewatch vision-events` print: the newest `limit` requests waiting in
+    a spool, oldest first, one JSON object (`json_row`) or one line (time, camera, `text_line`) each, with
+    `what` naming them all ("Model Monitoring requests") and `noun` one ("request(s)"). Returns the exit
+    code."""
+    try:
+        items = read_items(path, limit)
+    except SpoolError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps([json_row(item) for item in items], indent=2, ensure_ascii=False), file=out)
+        return 0
+    if not items:
+        print(f"no {what} waiting in {path}", file=out)
+        return 0
+    width = max(len(item.camera) for item in items)
+    for item in items:
+        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
+        print(f"{created}  {item.camera or '-':<{width}}  {text_line(item)}", file=out)
+    print(f"{len(items)} {noun} shown, from {path}", file=out)
+    return 0
+
+
+def created_utc(item: SpoolItem) -> str:
+    return datetime.fromtimestamp(item.created, timezone.utc).isoformat()

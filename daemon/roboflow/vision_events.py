@@ -17,7 +17,6 @@ with the same `eventId` on every attempt.
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 import sys
@@ -27,7 +26,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
@@ -36,7 +34,7 @@ from daemon.alerts.alert import Alert
 from daemon.config import Config, ConfigError, VisionEventsConfig
 from daemon.events.event import Event
 from daemon.frames import FrameResult, class_counts
-from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
+from daemon.roboflow.spool import Spool, SpoolItem, created_utc, print_waiting
 from daemon.roboflow.transport import Outcome, Response
 from daemon.roboflow.uploader import Delivery, Uploader, UploaderState
 from daemon.roboflow.ve_client import BATCH_MAX, VisionEventsClient
@@ -293,10 +291,12 @@ class VisionEventsCourier:
         items = self.spool.head(BATCH_MAX)
         if not items:
             return None
-        if items[0].id in self.singles:
-            if items[0].attachment_size:
-                return _ImageUpload(self, items[0])
-            return _EventBatch(self, items[:1], single=True)
+        head = items[0]
+        if head.id in self.singles:
+            if head.attachment_size:
+                return _ImageUpload(self, head)
+            return _EventBatch(self, [head], single=True)
+        self.singles.clear()  # a refused batch's rows are always at the head: these left the spool
         for item in items:
             if item.attachment_size:
                 return _ImageUpload(self, item)
@@ -595,33 +595,18 @@ def list_vision_events(config: Config, *, as_json: bool = False, limit: int | No
                        out: TextIO | None = None) -> int:
     """`edgewatch vision-events`: the events waiting in the spool (newest `limit`, oldest first), each
     exactly as it will be sent (JSON: the body, its image's state). Returns the exit code."""
-    out = out or sys.stdout
     settings = config.vision_events.with_defaults(config.roboflow)
     assert settings.spool is not None
-    try:
-        items = read_items(settings.spool, limit)
-    except SpoolError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    if as_json:
-        rows = [
-            {
-                "id": item.id,
-                "camera": item.camera,
-                "created": datetime.fromtimestamp(item.created, timezone.utc).isoformat(),
-                "image": _image_state(item),
-                "body": ready_body(item),
-            }
-            for item in items
-        ]
-        print(json.dumps(rows, indent=2, ensure_ascii=False), file=out)
-        return 0
-    if not items:
-        print(f"no Vision Events waiting in {settings.spool}", file=out)
-        return 0
-    width = max(len(item.camera) for item in items)
-    for item in items:
-        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
-        print(f"{created}  {item.camera or '-':<{width}}  {_describe(item)}", file=out)
-    print(f"{len(items)} event(s) shown, from {settings.spool}", file=out)
-    return 0
+    return print_waiting(
+        settings.spool,
+        what="Vision Events",
+        noun="event(s)",
+        limit=limit,
+        as_json=as_json,
+        json_row=lambda item: {
+            "id": item.id, "camera": item.camera, "created": created_utc(item), "image": _image_state(item),
+            "body": ready_body(item),
+        },
+        text_line=_describe,
+        out=out or sys.stdout,
+    )
