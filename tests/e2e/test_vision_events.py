@@ -44,13 +44,17 @@ def server(vision_events_server: VisionEventsServer) -> VisionEventsServer:
 def sinks():
     made: list[VisionEventsSink] = []
 
-    def make(config_path: Path, snapshots: dict[str, bytes] | None = None, **kwargs: Any) -> VisionEventsSink:
+    def make(config_path: Path, snapshots: dict[str, bytes] | None = None, start: bool = True,
+             **kwargs: Any) -> VisionEventsSink:
+        """`start=False`: the test spools first and starts the sink itself, so that what is sent in one
+        go does not depend on how fast the uploader is."""
         registry = CollectorRegistry()
         options = {"backoff_base": 0.05, "backoff_max": 0.2, **kwargs}
         sink = VisionEventsSink(load_config(config_path), registry, (snapshots or {}).get, **options)
         sink.registry = registry  # type: ignore[attr-defined]
         made.append(sink)
-        sink.start()
+        if start:
+            sink.start()
         return sink
 
     yield make
@@ -82,7 +86,7 @@ def test_zone_and_line_events_arrive_with_their_images_field_by_field(
     tmp_path: Path, server: VisionEventsServer, sinks
 ) -> None:
     full, half = snapshot_jpeg(), snapshot_jpeg(scale=0.5)
-    sink = sinks(config_toml(tmp_path, server.url, KEY), {"s-full": full, "s-half": half})
+    sink = sinks(config_toml(tmp_path, server.url, KEY), {"s-full": full, "s-half": half}, start=False)
     enter = make_event(zone="walkway", snapshot_id="s-full", confidence=0.91, tracker_id=7)
     cross = make_event(kind="cross", zone=None, line="door", direction="in", snapshot_id="s-half",
                        class_name="car", box=(200.0, 100.0, 400.0, 300.0), tracker_id=8)
@@ -90,6 +94,7 @@ def test_zone_and_line_events_arrive_with_their_images_field_by_field(
     sink.on_event(cross)
     sink.on_event(make_event(kind="start", snapshot_id="s-full"))  # object lifecycle: not a Vision Event
     sink.flush()
+    sink.start()
     server.wait_for(lambda: len(server.events) == 2, message="both events")
 
     endpoints = [(r.endpoint, r.status) for r in server.requests]
@@ -227,13 +232,14 @@ def test_a_refused_event_is_found_and_dropped_the_rest_delivered(
     server.fail("batch", 400, times=1)
     server.fail("single", 422, times=1)
     server.fail("upload", 413, times=1)
-    sink = sinks(config_toml(tmp_path, server.url, KEY), {"s": snapshot_jpeg()})
+    sink = sinks(config_toml(tmp_path, server.url, KEY), {"s": snapshot_jpeg()}, start=False)
     fed = []
     for line in ("a", "b", "c"):
         event = make_event(kind="cross", zone=None, line=line, direction="out", snapshot_id="s")
         sink.on_event(event)
         fed.append(event.id)
     sink.flush()
+    sink.start()
     server.wait_for(lambda: len(server.events) == 2, message="the two good events")
     assert server.arrivals == fed[1:]
     assert [(r.endpoint, r.status) for r in server.requests] == [

@@ -110,7 +110,6 @@ def _feed(config_path: Path, snapshots: Path, count: int) -> None:
 
     config = load_config(config_path)
     sink = VisionEventsSink(config, CollectorRegistry(), read, backoff_base=0.1, backoff_max=0.5)
-    sink.start()
     for n in range(count):
         snapshot_id = str(uuid.uuid4())
         (snapshots / f"{snapshot_id}.jpg").write_bytes(snapshot_jpeg(scale=1 - n / 10))
@@ -119,6 +118,7 @@ def _feed(config_path: Path, snapshots: Path, count: int) -> None:
         print(f"fed {event.id}", flush=True)
     sink.flush()
     print("spooled", flush=True)
+    sink.start()  # after spooling, so that the first batch holds every event fed
     threading.Event().wait()  # until killed
 
 
