@@ -399,3 +399,33 @@ def test_the_metrics_pass_promtool(tmp_path: Path, server: VisionEventsServer, s
     exposition = generate_latest(sink.registry)  # type: ignore[attr-defined]
     checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_daemon_raises_the_refused_key_alert_for_vision_events(
+    tmp_path: Path, server: VisionEventsServer, start_daemon, demo_model: Path
+) -> None:
+    server.api_key = "the-key-roboflow-knows"
+    metrics_port = free_port()
+    config = config_toml(tmp_path, server.url, KEY).read_text()
+    config = config.replace('path = "model.onnx"', f'path = "{demo_model}"\ncache_dir = "{tmp_path}"')
+    config = config.replace('url = "dock.mp4"', f'url = "rtsp://127.0.0.1:{free_port()}/none"')
+    config = config.replace(
+        "[mqtt]", f"[alerts]\ncamera_down_after = 1\n\n[metrics]\nport = {metrics_port}\n\n[mqtt]"
+    )
+    daemon = start_daemon(config)
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:  # not listening yet
+            return ""
+
+    wait_until(lambda: 'edgewatch_alert_active{camera="",type="monitoring_unauthorized"} 1.0' in scrape(),
+               30, message="the monitoring_unauthorized alert")
+    page = scrape()
+    assert "edgewatch_vision_events_unauthorized 1.0" in page
+    assert re.search(r"^edgewatch_vision_events_spool_depth [1-9]", page, re.MULTILINE)  # kept
+    assert daemon.terminate() == 0
+    assert "Vision Events uploads stopped" in daemon.output() and KEY not in daemon.output()
+    assert server.events == {}
