@@ -23,18 +23,18 @@ from typing import Any
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
-from daemon.frames import Frame
+from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
 from daemon.model.session import Model
 from daemon.pipeline.board import FrameBoard
-from daemon.pipeline.capture import Camera, CameraState, CameraStatusListener
+from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
 from daemon.roboflow.model_monitoring import MonitoringSink
 from daemon.roboflow.vision_events import VisionEventsSink, build_vision_events, failing_since
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.sinks.detection_series import DetectionSeries
 from daemon.sinks.history import History
 from daemon.sinks.mqtt import MqttPublisher

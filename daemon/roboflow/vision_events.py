@@ -39,7 +39,7 @@ from daemon.roboflow.transport import Outcome, Response
 from daemon.roboflow.uploader import Delivery, Uploader, UploaderState
 from daemon.roboflow.ve_client import BATCH_MAX, VisionEventsClient
 from daemon.roboflow.ve_metrics import VisionEventsMetrics
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.vision_events")

@@ -13,7 +13,7 @@ import pytest
 from daemon.frames import FrameResult
 from daemon.model.session import Model
 from daemon.service import Service
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from tests.support.daemon import wait_until
 from tests.support.edge import PhotoCamera, edge_config
 
