@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, find_config, load_config
+from daemon.config import Config, ConfigError, find_config, load_config, unknown_event_classes
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -119,6 +119,10 @@ def _load_model(config: Config):
         model.warm_up()
     except ModelError as exc:
         print(f"edgewatch: {config.source}: model.path: {exc}", file=sys.stderr)
+        return None
+    problems = unknown_event_classes(config, list(model.class_names))
+    if problems:
+        print("\n".join(f"edgewatch: {problem}" for problem in problems), file=sys.stderr)
         return None
     return model
 

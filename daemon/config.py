@@ -64,6 +64,67 @@ class ModelConfig(_Section):
     cache_dir: Path = Path("/var/lib/edgewatch/trt")  # TensorRT engine and timing caches
 
 
+
+# --- events: tracking, zones and lines (per camera) ------------------------------------------------------
+
+RelativeCoordinate = Annotated[float, Field(ge=0, le=1, description="relative to the frame: 0..1")]
+RelativePoint = tuple[RelativeCoordinate, RelativeCoordinate]
+EventName = Annotated[str, Field(pattern=CAMERA_ID, max_length=64)]
+
+
+class ZoneConfig(_Section):
+    name: EventName = Field(description="MQTT topic segment and metric label; unique per camera")
+    polygon: list[RelativePoint] = Field(description="corners (x, y), relative to the frame")
+    classes: list[str] = Field(default=[], description="classes counted in the zone; empty: every class")
+    loiter_after: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="seconds inside before a `loiter` event; unset: none"
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _is_polygon(cls, value: list[RelativePoint]) -> list[RelativePoint]:
+        if len(value) < 3:
+            raise ValueError(f"a polygon needs at least 3 points (got {len(value)})")
+        return value
+
+
+class LineConfig(_Section):
+    name: EventName = Field(description="MQTT topic segment and metric label; unique per camera")
+    start: RelativePoint = Field(description="(x, y) relative to the frame")
+    end: RelativePoint = Field(description="(x, y) relative to the frame")
+    classes: list[str] = Field(default=[], description="classes counted; empty: every class")
+
+    @model_validator(mode="after")
+    def _has_length(self) -> LineConfig:
+        if self.start == self.end:
+            raise ValueError(f"line {self.name!r}: start and end are the same point (a line of zero length)")
+        return self
+
+
+def unknown_event_classes(config: Config, class_names: list[str]) -> list[str]:
+    """One line per zone or line class the model does not know (checked once the model is loaded)."""
+    known = set(class_names)
+    problems = []
+    for index, camera in enumerate(config.cameras):
+        for kind, items in (("zones", camera.zones), ("lines", camera.lines)):
+            for position, item in enumerate(items):
+                for name in item.classes:
+                    if name not in known:
+                        problems.append(
+                            f"{config.source}: cameras[{index}].{kind}[{position}].classes: "
+                            f"the model has no class {name!r}"
+                        )
+    return problems
+
+
+def _unique_names(kind: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{kind} name {name!r} is used twice on this camera; names must be unique")
+        seen.add(name)
+
+
 class CameraConfig(_Section):
     id: Annotated[str, Field(pattern=CAMERA_ID)]
     url: Annotated[str, Field(min_length=1)]
@@ -72,6 +133,20 @@ class CameraConfig(_Section):
     realtime: bool = True
     metadata: dict[str, str] = {}
     stall_timeout: Annotated[float, Field(gt=0)] = 10
+    track: bool = Field(default=False, description="track objects (on by itself with zones or lines)")
+    zones: list[ZoneConfig] = []
+    lines: list[LineConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_zone_and_line_names(self) -> CameraConfig:
+        _unique_names("zone", [zone.name for zone in self.zones])
+        _unique_names("line", [line.name for line in self.lines])
+        return self
+
+    @property
+    def tracked(self) -> bool:
+        """Whether this camera's objects are tracked: asked for, or needed by its zones and lines."""
+        return self.track or bool(self.zones or self.lines)
 
     @field_validator("metadata")
     @classmethod
@@ -195,6 +270,19 @@ class ApiConfig(_Section):
     max_pending: Annotated[int, Field(ge=1)] = 16
 
 
+class EventsConfig(_Section):
+    lost_after: Annotated[float, Field(gt=0)] = Field(
+        default=3.0, description="seconds an object may go unseen before its track ends (`end` event)"
+    )
+    max_tracks: Annotated[int, Field(ge=1, le=10000)] = Field(
+        default=200, description="open tracks per camera; objects beyond it are not tracked (counted)"
+    )
+    snapshots: bool = Field(default=True, description="write each tracked object's best snapshot")
+    snapshot_dir: Path | None = Field(default=None, description="default: snapshots/ beside the spool")
+    max_snapshot_mb: Annotated[float, Field(gt=0)] = 200
+    max_snapshot_age: Annotated[float, Field(gt=0)] = 7 * 24 * 3600  # seconds
+
+
 class Config(_Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     model: ModelConfig
@@ -204,6 +292,7 @@ class Config(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     vision_events: VisionEventsConfig = Field(default_factory=VisionEventsConfig)
     source: Path | None = None  # the file this was loaded from; set by load_config
 
@@ -313,8 +402,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         camera.model_copy(update={"url": _resolve_file_url(base, camera.url)}) for camera in config.cameras
     ]
     roboflow = roboflow.model_copy(update=updates)
+    events = config.events
+    if events.snapshot_dir is not None:
+        events = events.model_copy(update={"snapshot_dir": _resolve(base, events.snapshot_dir)})
     return config.model_copy(
         update={
+            "events": events,
             "model": model,
             "cameras": cameras,
             "roboflow": roboflow,

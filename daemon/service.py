@@ -23,6 +23,7 @@ from typing import Any
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
+from daemon.events.sink import EventsSink, build_events_sink
 from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
@@ -60,6 +61,7 @@ class Sinks:
     """The sinks in dispatch order, and the ones other parts talk to directly."""
 
     all: list[Sink]
+    events: EventsSink
     mqtt: MqttPublisher | None
     history: History | None
     monitoring: MonitoringSink | None
@@ -96,10 +98,17 @@ def build_sinks(
         if config.roboflow.enabled
         else None
     )
-    # Vision Events: alerts, zone/line events and counts to Roboflow, through their own spool
-    vision_events = build_vision_events(config, metrics.registry)
     confidence = ConfidenceTracker(config.alerts.confidence_window, config.alerts.confidence_baseline)
+    # events first: it sets the detections' track ids, which the later sinks (MQTT) pass on
+    events = build_events_sink(
+        config, metrics.registry, state_dir, listeners=[mqtt, history], counts_listeners=[mqtt]
+    )
+    # Vision Events: alerts, zone/line events with their snapshots and counts to Roboflow, own spool
+    vision_events = build_vision_events(config, metrics.registry, events.read_snapshot)
+    if vision_events:
+        events.add_listener(vision_events)
     ordered: list[Sink | None] = [
+        events,
         DetectionSeries(metrics.detections),
         ProgressReporter(camera_states, dropped),
         confidence,
@@ -109,9 +118,8 @@ def build_sinks(
         vision_events,
         *extra,
     ]
-    return Sinks(
-        [sink for sink in ordered if sink is not None], mqtt, history, monitoring, vision_events, confidence
-    )
+    sinks = [sink for sink in ordered if sink is not None]
+    return Sinks(sinks, events, mqtt, history, monitoring, vision_events, confidence)
 
 
 class Service:
@@ -162,7 +170,9 @@ class Service:
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
         )
-        status_listeners = [self.sinks.mqtt] if self.sinks.mqtt else []
+        status_listeners: list[CameraStatusListener] = [self.sinks.events]
+        if self.sinks.mqtt:
+            status_listeners.append(self.sinks.mqtt)
         self.cameras = [
             camera_factory(
                 camera, self.board, frames, self.metrics.cameras, self._capture_stop, status_listeners
@@ -190,7 +200,14 @@ class Service:
     def _build_http(self) -> None:
         config = self.config
         self.api = (
-            ApiServer(config, ModelInfo.of(self.model), self.board, self.sinks.history, self.metrics.api)
+            ApiServer(
+                config,
+                ModelInfo.of(self.model),
+                self.board,
+                self.sinks.history,
+                self.metrics.api,
+                self.sinks.events,
+            )
             if config.api.enabled and self.sinks.history
             else None
         )

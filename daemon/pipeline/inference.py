@@ -119,6 +119,7 @@ class InferenceWorker(threading.Thread):
                 batch_size=len(frames),
                 done_mono=done,
                 source="camera" if frame.reply is None else "api",
+                image=frame.image,
             )
             if frame.reply is None:
                 self._inferred[frame.camera_id].inc()

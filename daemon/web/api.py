@@ -46,6 +46,7 @@ from PIL import Image
 
 from daemon import __version__
 from daemon.config import Config
+from daemon.events.sink import EventsSink
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
 from daemon.metrics.api import ApiMetrics
 from daemon.pipeline.board import FrameBoard
@@ -75,7 +76,7 @@ STATIC_TYPES = {
     ".svg": "image/svg+xml",
 }
 PAGE_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
@@ -348,8 +349,10 @@ class ApiServer:
         board: FrameBoard,
         history: History | None,
         metrics: ApiMetrics | None = None,
+        events: EventsSink | None = None,
     ) -> None:
         settings = config.api
+        self._events = events
         self.config = config
         self.model = model
         self._board = board
@@ -450,6 +453,8 @@ class ApiServer:
             raise ApiError(401, "a valid API key is required")
         if path == "/model/registry":
             return json_response(self._registry())
+        if path.startswith(("/api/cameras/", "/api/snapshots/")):
+            return self._image(path.removeprefix("/api/"))
         if path.startswith("/api/"):
             return json_response(self._monitoring(path.removeprefix("/api/"), query))
         raise ApiError(404, f"no such endpoint: GET {path}")
@@ -557,10 +562,16 @@ class ApiServer:
                 "version": __version__,
                 "model_id": self._model_id,
                 "provider": self.model.provider,
-                "cameras": [{"id": camera, "metadata": meta} for camera, meta in self._cameras.items()],
+                "cameras": [
+                    {"id": camera.id, "metadata": dict(camera.metadata), "tracked": camera.tracked}
+                    for camera in self.config.cameras
+                ],
+                "events": self._events is not None,
                 "ranges": list(RANGES),
                 "history": history is not None,
             }
+        if name == "zones":
+            return self._zones()
         if history is None:
             raise ApiError(404, "the monitoring history is off on this device")
         camera = query.get("camera") or None
@@ -589,7 +600,69 @@ class ApiServer:
             return sample
         if name == "alerts":
             return history.alerts()
+        if name == "events":
+            try:
+                limit = min(max(int(query.get("limit", "50")), 1), 500)
+            except ValueError:
+                raise ApiError(400, "limit: a whole number") from None
+            return history.events(camera, limit)
         raise ApiError(404, f"no such endpoint: GET /api/{name}")
+
+    def _image(self, name: str) -> Reply:
+        """`cameras/<id>/latest.jpg` (the live view) and `snapshots/<id>.jpg` / `snapshots/<id>/crop.jpg`."""
+        if self._events is None:
+            raise ApiError(404, "events are off on this device")
+        parts = name.split("/")
+        jpeg = None
+        if len(parts) == 3 and parts[0] == "cameras" and parts[2] == "latest.jpg":
+            if parts[1] not in self._cameras:
+                raise ApiError(404, f"no such camera: {parts[1]}")
+            jpeg = self._events.live.jpeg(parts[1])
+            if jpeg is None:  # a known camera without a frame yet (or offline): nothing to show, no error
+                return Reply(204, b"", "image/jpeg", {"Cache-Control": "no-store"})
+        elif parts[0] == "snapshots" and len(parts) in (2, 3):
+            cropped = len(parts) == 3
+            if (cropped and parts[2] != "crop.jpg") or (not cropped and not parts[1].endswith(".jpg")):
+                raise ApiError(404, f"no such endpoint: GET /api/{name}")
+            jpeg = self._events.read_snapshot(parts[1].removesuffix(".jpg"), cropped)
+            if jpeg is None:
+                raise ApiError(404, "no such snapshot (it may have been removed by its size or age bound)")
+        else:
+            raise ApiError(404, f"no such endpoint: GET /api/{name}")
+        return Reply(200, jpeg, "image/jpeg", {"Cache-Control": "no-store"})
+
+    def _zones(self) -> list[dict[str, Any]]:
+        """Per camera: its zones (polygon, classes, occupancy now) and lines (ends, totals), if any."""
+        cameras = []
+        for camera in self.config.cameras:
+            counts = self._events.counts(camera.id) if self._events is not None else None
+            occupancy, totals = counts or ({}, {})
+            cameras.append(
+                {
+                    "camera": camera.id,
+                    "tracked": camera.tracked,
+                    "zones": [
+                        {
+                            "name": zone.name,
+                            "polygon": [list(point) for point in zone.polygon],
+                            "classes": zone.classes,
+                            "occupancy": occupancy.get(zone.name, {}),
+                        }
+                        for zone in camera.zones
+                    ],
+                    "lines": [
+                        {
+                            "name": line.name,
+                            "start": list(line.start),
+                            "end": list(line.end),
+                            "classes": line.classes,
+                            **totals.get(line.name, {"in": 0, "out": 0}),
+                        }
+                        for line in camera.lines
+                    ],
+                }
+            )
+        return cameras
 
     def _with_cameras(self, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every configured camera appears (with its metadata), also before its first frame."""
