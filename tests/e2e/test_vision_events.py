@@ -23,9 +23,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.alerts.alert import Alert
 from daemon.config import load_config
+from daemon.demo import STREET_PHOTO, photo_path, write_moving_clip
 from daemon.frames import FrameResult
 from daemon.roboflow.spool import read_items
 from daemon.roboflow.vision_events import VisionEventsSink, jpeg_size
+from tests.e2e.test_cli import camera_block, daemon_config
+from tests.e2e.test_events import PATH as STREET_VISIT
+from tests.e2e.test_events import ZONES as STREET_ZONES
 from tests.support.daemon import REPO, free_port, run_cli, wait_until
 from tests.support.proxy import ForwardProxy
 from tests.support.vision_events import config_toml, make_event, snapshot_jpeg
@@ -429,3 +433,72 @@ def test_the_daemon_raises_the_refused_key_alert_for_vision_events(
     assert daemon.terminate() == 0
     assert "Vision Events uploads stopped" in daemon.output() and KEY not in daemon.output()
     assert server.events == {}
+
+
+# --- the real daemon: a tracked camera whose motorbike crosses a line into a zone --------------------------
+
+
+def street_daemon_config(tmp_path: Path, demo_model: Path, server: VisionEventsServer) -> str:
+    clip = write_moving_clip(photo_path(STREET_PHOTO), tmp_path / "street.mp4", STREET_VISIT, fps=10)
+    cameras = camera_block("street", clip, fps=5) + 'metadata = { site = "north gate" }\n' + STREET_ZONES
+    vision_events = (
+        f'[vision_events]\nenabled = true\napi_key = "{KEY}"\napi_url = "{server.url}"\n'
+        'use_case = "parking"\nsend = ["zones", "lines"]\ncoalesce = 0.5\ntimeout = 3\n'
+    )
+    return daemon_config(demo_model, cameras, tmp_path, extra=vision_events)
+
+
+def custom_events(server: VisionEventsServer, kind: str) -> list[dict[str, Any]]:
+    return [e for e in server.events.values() if e["eventData"].get("kind") == kind]
+
+
+def test_zone_and_line_events_of_the_daemon_arrive_with_their_snapshots(
+    tmp_path: Path, server: VisionEventsServer, start_daemon, demo_model: Path
+) -> None:
+    daemon = start_daemon(street_daemon_config(tmp_path, demo_model, server))
+    server.wait_for(lambda: custom_events(server, "zone_loiter"), timeout=90, message="a loiter Vision Event")
+    (cross,) = custom_events(server, "line_cross")
+    (enter,) = custom_events(server, "zone_enter")
+    assert (cross["eventData"]["line"], cross["eventData"]["direction"]) == ("gate", "in")
+    assert cross["eventData"]["classes"] == {"motorbike": 1} and enter["eventData"]["zone"] == "parking"
+    for event in (cross, enter):
+        assert (event["eventType"], event["useCaseId"], event["deviceId"], event["streamId"]) == (
+            "custom", "parking", "test-box", "street")
+        assert event["customMetadata"] == {"site": "north gate"}
+        assert event["eventData"]["edgewatchEventIds"] == [event["eventId"]]  # the edgewatch event's own id
+        (image,) = event["images"]
+        jpeg = server.images[image["sourceId"]]
+        width, height = jpeg_size(jpeg)  # type: ignore[misc]
+        (box,) = image["objectDetections"]
+        assert box["class"] == "motorbike" and box["confidence"] > 0.5
+        # the box (by its centre, in the snapshot's pixels) lies within the snapshot
+        assert box["x"] - box["width"] / 2 > 0 and box["x"] + box["width"] / 2 <= width + 1
+        assert box["y"] - box["height"] / 2 > 0 and box["y"] + box["height"] / 2 <= height + 1
+    assert daemon.terminate() == 0
+
+
+def test_the_daemon_killed_between_image_upload_and_event_send_resends_the_same_event(
+    tmp_path: Path, server: VisionEventsServer, start_daemon, demo_model: Path
+) -> None:
+    server.fail("batch", 503, times=None)
+    config = street_daemon_config(tmp_path, demo_model, server)
+    first = start_daemon(config)
+    tried = server.wait_for(
+        lambda: [r for r in server.recorded("batch", 503) if any(e.get("images") for e in r.body["events"])],
+        timeout=90, message="a batch carrying an uploaded image, refused",
+    )[-1].body["events"]
+    first.proc.send_signal(signal.SIGKILL)
+    first.wait(10)
+    uploaded_before = {r.body["name"] for r in server.recorded("upload", 201)}
+
+    server.clear()
+    second = start_daemon(config)
+    server.wait_for(lambda: all(e["eventId"] in server.events for e in tried), timeout=60,
+                    message="every event of the refused batch, after the restart")
+    for before in tried:
+        assert server.events[before["eventId"]] == before  # same eventId, same sourceId, same body
+        if before.get("images"):
+            assert f"{before['eventId']}.jpg" in uploaded_before
+    names = [r.body["name"] for r in server.recorded("upload")]
+    assert all(names.count(f"{e['eventId']}.jpg") == 1 for e in tried)  # no image uploaded twice
+    assert second.terminate() == 0
