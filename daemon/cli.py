@@ -44,12 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     reports = with_config("reports", "list the Model Monitoring requests waiting in the spool")
     reports.add_argument("--json", action="store_true", help="print the exact request bodies")
     reports.add_argument("--limit", type=int, default=50, help="show at most this many (newest last)")
+    vision = with_config("vision-events", "list the Vision Events waiting in their spool, as sent")
+    vision.add_argument("--json", action="store_true", help="print each event's exact body")
+    vision.add_argument("--limit", type=int, default=50, help="show at most this many (newest last)")
     return parser
 
 
 def _secrets(config: Config) -> list[str]:
     return [
         config.roboflow.api_key.get_secret_value(),
+        config.vision_events.api_key.get_secret_value(),
         config.mqtt.password.get_secret_value(),
         *(key.get_secret_value() for key in config.api.keys),
     ]
@@ -97,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return _check(config)
     # `reports` needs neither OpenCV nor ONNX Runtime; supervision warns when OpenCV is absent
     warnings.filterwarnings("ignore", message=r"OpenCV .* is not installed", module="supervision")
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly
+    if args.command == "vision-events":
+        from daemon.roboflow.vision_events import list_vision_events
+
+        return list_vision_events(config, as_json=args.json, limit=args.limit)
     from daemon.roboflow.model_monitoring import list_reports
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly
     return list_reports(config, as_json=args.json, limit=args.limit)
 
 
@@ -136,7 +144,8 @@ def _run(config: Config, duration: float | None) -> int:
         print(f"edgewatch: {config.source}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (SpoolError, HistoryError) as exc:
-        print(f"edgewatch: {config.source}: roboflow.spool: {exc}", file=sys.stderr)
+        key = "vision_events.spool" if "Vision Events" in str(exc) else "roboflow.spool"
+        print(f"edgewatch: {config.source}: {key}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # e.g. the metrics port is taken, the spool folder is not writable
         print(f"edgewatch: cannot start: {exc}", file=sys.stderr)

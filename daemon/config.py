@@ -169,6 +169,66 @@ class RoboflowConfig(_Section):
     timeout: Annotated[float, Field(gt=0)] = 10  # seconds per HTTP request
 
 
+# --- Vision Events ([vision_events]) ---------------------------------------------------------------------
+
+VisionEventSource = Literal["alerts", "zones", "lines", "counts"]
+# Roboflow's limits on customMetadata
+METADATA_MAX_KEYS = 100
+METADATA_KEY = re.compile(r"[a-zA-Z0-9_ -]{1,100}")
+METADATA_MAX_VALUE = 1000
+
+
+class VisionEventsConfig(_Section):
+    """Roboflow Vision Events: edge alerts, zone and line events and per-camera counts, with images."""
+
+    enabled: bool = False
+    api_key: SecretStr = SecretStr("")  # empty: roboflow.api_key
+    api_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.roboflow.com"
+    use_case: Annotated[str, Field(max_length=256)] = ""  # useCaseId
+    send: list[VisionEventSource] = ["alerts", "zones", "lines"]
+    images: bool = True  # attach each event's best snapshot
+    coalesce: Annotated[float, Field(ge=0, le=60)] = 2.0  # seconds a burst of one kind is gathered into one
+    counts_interval: Annotated[float, Field(ge=1)] = 60  # seconds between inventory_count events per camera
+    spool: Path | None = None  # default: vision-events.db beside roboflow.spool
+    max_spool_mb: Annotated[float, Field(gt=0)] = 500
+    max_spool_age: Annotated[float, Field(gt=0)] = 7 * 24 * 3600  # seconds
+    timeout: Annotated[float, Field(gt=0)] = 10  # seconds per HTTP request, first byte to last
+
+    @model_validator(mode="after")
+    def _use_case_when_enabled(self) -> VisionEventsConfig:
+        if self.enabled and not self.use_case:
+            raise ValueError("use_case is required when enabled (the useCaseId events are filed under)")
+        return self
+
+    def with_defaults(self, roboflow: RoboflowConfig) -> VisionEventsConfig:
+        """The API key and the spool's folder default to [roboflow]'s."""
+        key = self.api_key if self.api_key.get_secret_value() else roboflow.api_key
+        return self.model_copy(
+            update={"api_key": key, "spool": self.spool or roboflow.spool.parent / "vision-events.db"}
+        )
+
+
+def vision_metadata_problems(cameras: list[CameraConfig]) -> list[str]:
+    """Each camera's metadata becomes customMetadata: `cameras[i].metadata...: problem` per breach."""
+    problems = []
+    for index, camera in enumerate(cameras):
+        where = f"cameras[{index}].metadata"
+        if len(camera.metadata) > METADATA_MAX_KEYS:
+            problems.append(f"{where}: Vision Events take at most {METADATA_MAX_KEYS} fields")
+        for key, value in camera.metadata.items():
+            if not METADATA_KEY.fullmatch(key):
+                problems.append(
+                    f"{where}.{key}: a Vision Events metadata name is 1 to 100 letters, digits, '_', '-' or"
+                    " spaces"
+                )
+            if len(value) > METADATA_MAX_VALUE:
+                problems.append(
+                    f"{where}.{key}: a Vision Events metadata value is at most {METADATA_MAX_VALUE}"
+                    f" characters (got {len(value)})"
+                )
+    return problems
+
+
 class MqttConfig(_Section):
     enabled: bool = True
     host: str = "localhost"
@@ -233,6 +293,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    vision_events: VisionEventsConfig = Field(default_factory=VisionEventsConfig)
     source: Path | None = None  # the file this was loaded from; set by load_config
 
     @model_validator(mode="after")
@@ -340,6 +401,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cameras = [
         camera.model_copy(update={"url": _resolve_file_url(base, camera.url)}) for camera in config.cameras
     ]
+    roboflow = roboflow.model_copy(update=updates)
     events = config.events
     if events.snapshot_dir is not None:
         events = events.model_copy(update={"snapshot_dir": _resolve(base, events.snapshot_dir)})
@@ -348,10 +410,23 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             "events": events,
             "model": model,
             "cameras": cameras,
-            "roboflow": roboflow.model_copy(update=updates),
+            "roboflow": roboflow,
+            "vision_events": _resolve_vision_events(path, base, config, roboflow),
             "source": path,
         }
     )
+
+
+def _resolve_vision_events(
+    path: Path, base: Path, config: Config, roboflow: RoboflowConfig
+) -> VisionEventsConfig:
+    """The key and spool defaults from [roboflow]; the cameras' metadata checked against Roboflow's limits."""
+    settings = config.vision_events
+    if settings.enabled and (problems := vision_metadata_problems(config.cameras)):
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
+    if settings.spool:
+        settings = settings.model_copy(update={"spool": _resolve(base, settings.spool)})
+    return settings.with_defaults(roboflow)
 
 
 def _resolve_file_url(base: Path, url: str) -> str:

@@ -34,6 +34,7 @@ from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
 from daemon.roboflow.model_monitoring import MonitoringSink
+from daemon.roboflow.vision_events import VisionEventsSink, build_vision_events, failing_since
 from daemon.sink import Sink
 from daemon.sinks.detection_series import DetectionSeries
 from daemon.sinks.history import History
@@ -64,6 +65,7 @@ class Sinks:
     mqtt: MqttPublisher | None
     history: History | None
     monitoring: MonitoringSink | None
+    vision_events: VisionEventsSink | None
     confidence: ConfidenceTracker
 
 
@@ -101,6 +103,10 @@ def build_sinks(
     events = build_events_sink(
         config, metrics.registry, state_dir, listeners=[mqtt, history], counts_listeners=[mqtt]
     )
+    # Vision Events: alerts, zone/line events with their snapshots and counts to Roboflow, own spool
+    vision_events = build_vision_events(config, metrics.registry, events.read_snapshot)
+    if vision_events:
+        events.add_listener(vision_events)
     ordered: list[Sink | None] = [
         events,
         DetectionSeries(metrics.detections),
@@ -109,10 +115,11 @@ def build_sinks(
         monitoring,
         history,
         mqtt,
+        vision_events,
         *extra,
     ]
     sinks = [sink for sink in ordered if sink is not None]
-    return Sinks(sinks, events, mqtt, history, monitoring, confidence)
+    return Sinks(sinks, events, mqtt, history, monitoring, vision_events, confidence)
 
 
 class Service:
@@ -174,17 +181,20 @@ class Service:
         ]
 
     def _build_alerts(self) -> None:
-        monitoring = self.sinks.monitoring
-        uploads = monitoring.uploader_state if monitoring else None
+        sinks = self.sinks
+        # both Roboflow destinations (Model Monitoring, Vision Events) raise the same upload alerts
+        uploads = [sink.uploader_state for sink in (sinks.monitoring, sinks.vision_events) if sink]
         self.alerts = AlertEngine(
             self.config.alerts,
             self.metrics.alerts,
-            listeners=[listener for listener in (self.sinks.mqtt, self.sinks.history) if listener],
+            listeners=[listener for listener in (sinks.mqtt, sinks.history, sinks.vision_events) if listener],
             cameras=self._camera_snapshot,
             inference_progress=lambda: self.worker.last_progress,
-            upload_failing_since=(lambda: uploads().failing_since) if uploads else None,
-            monitoring_unauthorized=(lambda: uploads().unauthorized) if uploads else None,
-            confidence=self.sinks.confidence,
+            upload_failing_since=(lambda: failing_since(uploads)) if uploads else None,
+            monitoring_unauthorized=(lambda: any(state().unauthorized for state in uploads))
+            if uploads
+            else None,
+            confidence=sinks.confidence,
         )
 
     def _build_http(self) -> None:

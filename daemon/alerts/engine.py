@@ -46,7 +46,7 @@ SEVERITY: dict[str, Severity] = {
 RESOLVED = {
     CAMERA_DOWN: "camera {camera} is delivering frames again",
     CONFIDENCE_DROP: "confidence on camera {camera} is back near its baseline",
-    UPLOAD_FAILING: "Model Monitoring uploads succeed again",
+    UPLOAD_FAILING: "Roboflow uploads succeed again",
     MONITORING_UNAUTHORIZED: "Roboflow accepts the API key again",
     INFERENCE_STALLED: "inference is making progress again",
 }
@@ -88,13 +88,13 @@ def inference_stalled(
 def upload_failing(failing_since: float | None, now: float, after: float) -> dict[str, str]:
     if failing_since is None or now - failing_since < after:
         return {}
-    return {"": f"Model Monitoring uploads failing for {now - failing_since:.0f}s; reports wait in the spool"}
+    return {"": f"Roboflow uploads failing for {now - failing_since:.0f}s; what is unsent waits in the spool"}
 
 
 def monitoring_unauthorized(unauthorized: bool) -> dict[str, str]:
     if not unauthorized:
         return {}
-    return {"": "Roboflow refuses the API key (401/403): uploads stopped, reports kept in the spool"}
+    return {"": "Roboflow refuses the API key (401/403): uploads stopped, what is unsent kept in the spool"}
 
 
 def confidence_drops(

@@ -7,7 +7,6 @@ the uploader is woken to send them. Without an API key the reports are still spo
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -17,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, TextIO
 
-from daemon.config import Config
+from daemon.config import Config, ConfigError
 from daemon.frames import FrameResult
 from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
-from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
-from daemon.roboflow.uploader import Uploader, UploaderState
+from daemon.roboflow.spool import Spool, SpoolItem, created_utc, print_waiting
+from daemon.roboflow.uploader import MonitoringCourier, Uploader, UploaderState
 from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.monitoring")
@@ -80,14 +79,18 @@ class MonitoringSink(Sink):
             settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
         )
         key = settings.api_key.get_secret_value()
-        client = (
-            RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
-            if key
-            else None
-        )
+        try:
+            client = (
+                RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
+                if key
+                else None
+            )
+        except ValueError as exc:  # a proxy variable that is not a proxy URL
+            raise ConfigError(f"roboflow: {exc}") from None
         self.sending = client is not None
         self.uploader = Uploader(
-            self.spool, client, metrics,
+            self.spool,
+            MonitoringCourier(self.spool, client, metrics) if client else None,
             unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
         )
         if not self.sending:
@@ -224,32 +227,16 @@ def list_reports(config: Config, *, as_json: bool = False, limit: int | None = N
     Text: created time, camera, kind, classes (or metadata fields). JSON: a list of the exact bodies.
     Returns the exit code.
     """
-    out = out or sys.stdout
-    path = config.roboflow.spool
-    try:
-        items = read_items(path, limit)
-    except SpoolError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    if as_json:
-        rows = [
-            {
-                "id": item.id,
-                "kind": item.kind,
-                "camera": item.camera,
-                "created": datetime.fromtimestamp(item.created, timezone.utc).isoformat(),
-                "body": item.json(),
-            }
-            for item in items
-        ]
-        print(json.dumps(rows, indent=2, ensure_ascii=False), file=out)
-        return 0
-    if not items:
-        print(f"no Model Monitoring requests waiting in {path}", file=out)
-        return 0
-    width = max(len(item.camera) for item in items)
-    for item in items:
-        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
-        print(f"{created}  {item.camera:<{width}}  {item.kind:<8}  {_describe(item)}", file=out)
-    print(f"{len(items)} request(s) shown, from {path}", file=out)
-    return 0
+    return print_waiting(
+        config.roboflow.spool,
+        what="Model Monitoring requests",
+        noun="request(s)",
+        limit=limit,
+        as_json=as_json,
+        json_row=lambda item: {
+            "id": item.id, "kind": item.kind, "camera": item.camera, "created": created_utc(item),
+            "body": item.json(),
+        },
+        text_line=lambda item: f"{item.kind:<8}  {_describe(item)}",
+        out=out or sys.stdout,
+    )
