@@ -39,7 +39,7 @@ def ready() -> bool:
 
 
 def reloading() -> bool:
-    """A reload starts; systemd waits for the next READY=1 (MONOTONIC_USEC= tells it which request this is)."""
+    """A reload starts; systemd waits for the next READY=1 (MONOTONIC_USEC= ties it to the request)."""
     usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     return notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 

@@ -37,7 +37,8 @@ def request_reload(status_file: Path, pid: int | None, timeout: float) -> int:
     if pid is None:
         status = read_status(status_file)
         if status is None or not isinstance(status.get("pid"), int):
-            print(f"edgewatch: no running daemon found ({status_file} names none); give --pid", file=sys.stderr)
+            print(f"edgewatch: no running daemon found ({status_file} names none); give --pid",
+                  file=sys.stderr)
             return EXIT_FAILED
         pid = status["pid"]
     sent = time.time()

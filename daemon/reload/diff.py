@@ -34,7 +34,9 @@ class ConfigDiff:
 
     @property
     def empty(self) -> bool:
-        return not (self.cameras_added or self.cameras_removed or self.cameras_changed or self.sections_changed)
+        return not (
+            self.cameras_added or self.cameras_removed or self.cameras_changed or self.sections_changed
+        )
 
     @property
     def model_keys(self) -> tuple[str, ...]:

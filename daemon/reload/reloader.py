@@ -53,7 +53,7 @@ class Target(Protocol):
     def config(self) -> Config: ...
 
     def apply(self, new: Config, change: ConfigDiff) -> None:
-        """Apply `change` so that the service runs `new`; raise ReloadError with nothing changed if it can't."""
+        """Apply `change` so that the service runs `new`; raise ReloadError, nothing changed, if it can't."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from daemon.alerts.alert import Alert
 from daemon.config import Config, load_config
 from daemon.reload.diff import ConfigDiff
 from daemon.reload.metrics import ReloadMetrics
-from daemon.reload.reloader import ReloadError, Reloader
+from daemon.reload.reloader import Reloader, ReloadError
 from tests.support.daemon import wait_until
 
 GOOD = """
@@ -97,7 +97,8 @@ def test_an_invalid_file_changes_nothing_and_says_why_once(setup, caplog) -> Non
         outcome = reloader.wait(reloader.request(), 10)
     assert outcome is not None and not outcome.successful
     assert outcome.message == (
-        f"{path}: cameras[0].fps: Input should be greater than 0 (got -1); {path}: cameras[0].speed: unknown key"
+        f"{path}: cameras[0].fps: Input should be greater than 0 (got -1); "
+        f"{path}: cameras[0].speed: unknown key"
     )
     assert target.applied == []
     assert sample(registry, "edgewatch_config_last_reload_successful") == 0
@@ -116,7 +117,7 @@ def test_an_invalid_file_changes_nothing_and_says_why_once(setup, caplog) -> Non
 
 
 def test_a_change_only_a_restart_applies_is_refused_whole(setup) -> None:
-    path, registry, target, _, reloader = setup
+    path, _, target, _, reloader = setup
     path.write_text(GOOD.replace("edge-01", "edge-02") + '[[cameras]]\nid = "b"\nurl = "rtsp://h/b"\n')
     outcome = reloader.wait(reloader.request(), 10)
     assert not outcome.successful and "device.id: changed, which only a restart applies" in outcome.message
