@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config("run", "run until SIGTERM/SIGINT (or --duration)")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
     with_config("check", "validate the config, load the model, try each source once")
-    reload = with_config("reload", "check the config, have the running daemon reload it, wait for the outcome")
+    reload = with_config("reload", "check the config, have the daemon reload it, wait for the outcome")
     reload.add_argument("--pid", type=int, help="the daemon's pid (default: from its reload status file)")
     reload.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
                         help="how long to wait for the outcome (a new TensorRT model may take minutes)")
