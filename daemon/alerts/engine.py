@@ -256,9 +256,10 @@ class AlertEngine:
 
     def set_config(self, config: AlertsConfig) -> None:
         """New thresholds (a config reload), from the next evaluation on."""
+        old, self._config = self._config, config
         self._resolve_ratio = config.confidence_drop_ratio + (1 - config.confidence_drop_ratio) / 2
-        self._config = config
-        if self._confidence is not None:
+        windows = (config.confidence_window, config.confidence_baseline)
+        if self._confidence is not None and windows != (old.confidence_window, old.confidence_baseline):
             self._confidence.set_windows(config.confidence_window, config.confidence_baseline)
 
     def forget_camera(self, camera_id: str) -> None:
