@@ -25,6 +25,11 @@ from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
+from daemon.reload.command import status_path
+from daemon.reload.live import LiveConfig
+from daemon.reload.metrics import ReloadMetrics
+from daemon.reload.reloader import Reloader
+from daemon.reload.switch import MqttSwitch
 from daemon.roboflow.model_monitoring import MonitoringSink
 from daemon.sinks.detection_metrics import DetectionMetrics
 from daemon.sinks.history import History
@@ -40,6 +45,7 @@ CameraFactory = Callable[
     [CameraConfig, FrameBoard, Metrics, threading.Event, Callable[[str, bool], None]], Camera
 ]
 
+RELOAD_WAIT = 300.0  # seconds `POST /api/reload` waits for the outcome (a TensorRT model may build)
 HEALTH_STALL = 15.0  # seconds without an inference-loop turn before /healthz and the watchdog fail
 JOIN_TIMEOUT = 5.0
 
@@ -50,7 +56,6 @@ class Service:
         self.model = model
         self.metrics = Metrics()
         self.stop = threading.Event()
-        self._capture_stop = threading.Event()
         self._worker_stop = threading.Event()
         self._dispatch_stop = threading.Event()
         camera_ids = [camera.id for camera in config.cameras]
@@ -68,12 +73,14 @@ class Service:
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
         state_dir = config.roboflow.spool.parent
         self.mqtt = (
-            MqttPublisher(
-                config.mqtt,
-                config.device.id,
-                camera_ids,
-                self.metrics,
-                discovery_state=state_dir / "homeassistant.json",
+            MqttSwitch(
+                MqttPublisher(
+                    config.mqtt,
+                    config.device.id,
+                    camera_ids,
+                    self.metrics,
+                    discovery_state=state_dir / "homeassistant.json",
+                )
             )
             if config.mqtt.enabled
             else None
@@ -109,10 +116,9 @@ class Service:
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
         )
-        self.cameras = [
-            camera_factory(camera, self.board, self.metrics, self._capture_stop, self._on_camera_status)
-            for camera in config.cameras
-        ]
+        self._camera_factory = camera_factory
+        self._camera_stops: dict[str, threading.Event] = {}
+        self.cameras = [self._make_camera(camera) for camera in config.cameras]
         self.alerts = AlertEngine(
             config.alerts,
             self.metrics,
@@ -137,9 +143,10 @@ class Service:
             if config.metrics.enabled
             else None
         )
+        self.reloader = self._make_reloader()
 
     def _on_camera_status(self, camera_id: str, online: bool) -> None:
-        if self.mqtt:
+        if self.mqtt and camera_id in self._camera_stops:  # not a removed camera's last word
             self.mqtt.set_camera_status(camera_id, online)
 
     def _camera_states(self) -> dict[str, tuple[bool, float]]:
@@ -208,6 +215,8 @@ class Service:
         for camera in self.cameras:
             camera.start()
         self.alerts.start()
+        if self.reloader:
+            self.reloader.start()
         sdnotify.ready()
         log.info(
             "edgewatch %s running: device %s, %d camera(s), model %s on %s",
@@ -221,8 +230,11 @@ class Service:
     def shutdown(self) -> int:
         sdnotify.stopping()
         log.info("stopping")
+        if self.reloader:
+            self.reloader.close()  # a reload in progress finishes first: it may be starting cameras
         self.alerts.close()
-        self._capture_stop.set()
+        for stop in self._camera_stops.values():
+            stop.set()
         for camera in self.cameras:
             camera.join(JOIN_TIMEOUT)
         self._worker_stop.set()
@@ -250,3 +262,68 @@ class Service:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        if self.reloader:
+            reloader = self.reloader
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
+
+    # --- live reconfiguration: the parts a config reload (daemon/reload) changes ---------------------
+
+    def _make_reloader(self) -> Reloader | None:
+        """SIGHUP, `edgewatch reload` and `POST /api/reload` reread the file this config came from."""
+        if self.config.source is None:
+            return None
+        reloader = Reloader(
+            self.config.source,
+            LiveConfig(self),
+            ReloadMetrics(self.metrics.registry),
+            listeners=lambda: [listener for listener in (self.mqtt, self.history) if listener is not None],
+            status_file=status_path(self.config.roboflow.spool.parent),
+        )
+        if self.api:
+            self.api.reload_handler = lambda: self.reload(RELOAD_WAIT)
+        return reloader
+
+    def reload(self, timeout: float) -> dict[str, Any] | None:
+        """Reload the config now (queued behind one in progress); the outcome, or None if shutting down."""
+        ticket = self.reloader.request() if self.reloader else None
+        outcome = self.reloader.wait(ticket, timeout) if self.reloader and ticket is not None else None
+        return outcome.as_dict() if outcome else None
+
+    def _make_camera(self, camera: CameraConfig) -> Camera:
+        stop = self._camera_stops[camera.id] = threading.Event()
+        return self._camera_factory(camera, self.board, self.metrics, stop, self._on_camera_status)
+
+    def camera_statuses(self) -> dict[str, bool]:
+        return {camera.config.id: camera.state.online for camera in self.cameras}
+
+    def add_camera(self, camera: CameraConfig) -> None:
+        self.board.add_camera(camera.id)
+        self.metrics.init_cameras([camera.id])
+        if self.mqtt:
+            self.mqtt.add_camera(camera.id)
+        thread = self._make_camera(camera)
+        self.cameras = [*self.cameras, thread]  # replaced whole: health and alerts read it unlocked
+        thread.start()
+        log.info("camera %s added", camera.id)
+
+    def stop_camera(self, camera_id: str) -> None:
+        thread = next(camera for camera in self.cameras if camera.config.id == camera_id)
+        self._camera_stops.pop(camera_id).set()
+        thread.join(JOIN_TIMEOUT)
+        if thread.is_alive():
+            log.warning("camera %s: its capture thread did not stop within %.0f s", camera_id, JOIN_TIMEOUT)
+        self.cameras = [camera for camera in self.cameras if camera is not thread]
+
+    def restart_camera(self, camera: CameraConfig) -> None:
+        """A changed camera (url, fps...): it alone stops and starts again with its new config."""
+        self.stop_camera(camera.id)
+        thread = self._make_camera(camera)
+        self.cameras = [*self.cameras, thread]
+        thread.start()
+        log.info("camera %s restarted with its new settings", camera.id)
+
+    def replace_camera_config(self, camera: CameraConfig) -> None:
+        """A change that applies to the running camera (metadata)."""
+        for thread in self.cameras:
+            if thread.config.id == camera.id:
+                thread.config = camera

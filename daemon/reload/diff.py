@@ -21,8 +21,13 @@ MODEL_SESSION_KEYS = frozenset(
 # Sections that a running daemon cannot take over live: they name it (topics, Roboflow source) or its
 # state on disk, or the socket Prometheus scrapes. A change to them is refused with "needs a restart".
 RESTART_SECTIONS = ("device", "metrics")
-RESTART_KEYS = {"roboflow": frozenset({"spool", "max_spool_mb", "max_spool_age", "enabled"}),
-                "mqtt": frozenset({"enabled"}), "api": frozenset({"enabled", "host", "port"})}
+RESTART_KEYS = {
+    "roboflow": frozenset({"enabled", "spool", "max_spool_mb", "max_spool_age"}),
+    "mqtt": frozenset({"enabled"}),
+    "api": frozenset({"enabled", "host", "port", "max_pending"}),
+}
+# Camera keys applied to the running camera; any other changed key restarts that camera alone.
+CAMERA_IN_PLACE_KEYS = frozenset({"metadata"})
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,13 @@ class ProgressReporter:
     def start(self) -> None:
         self._thread.start()
 
+    def set_cameras(self, camera_ids: list[str]) -> None:
+        """The cameras reported from the next line on (a config reload)."""
+        with self._lock:
+            self._cameras = list(camera_ids)
+            for camera in set(self._previous) - set(camera_ids):
+                del self._previous[camera]
+
     def _loop(self) -> None:
         while not self._halt.wait(self._interval):
             self.report()

@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import ApiConfig, Config
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
 from daemon.metrics import Metrics
 from daemon.pipeline.board import FrameBoard
@@ -500,9 +500,13 @@ class ApiServer:
 
     # --- live reconfiguration (a config reload) ---------------------------------------------------------
 
-    def set_keys(self, keys: Sequence[Any]) -> None:
-        """New `api.keys` (SecretStr), required from the next request on."""
-        self._digests = [key_digest(key.get_secret_value()) for key in keys if key.get_secret_value()]
+    def set_settings(self, settings: ApiConfig) -> None:
+        """New keys (required from the next request on), body limit and URL images."""
+        self._digests = [
+            key_digest(key.get_secret_value()) for key in settings.keys if key.get_secret_value()
+        ]
+        self.max_body = int(settings.max_body_mb * 1024 * 1024)
+        self._allow_urls = settings.allow_url_images
 
     def set_cameras(self, config: Config) -> None:
         """The configured cameras and their metadata, as the page lists them."""
