@@ -56,3 +56,4 @@ class MqttSwitch:
         for camera_id, online in statuses().items():
             publisher.set_camera_status(camera_id, online)
         old.close()
+        publisher.show_connected()

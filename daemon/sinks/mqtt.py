@@ -277,6 +277,12 @@ class MqttPublisher:
         self._counts.pop(camera_id, None)
         self._set_retained(updates)
 
+    def show_connected(self) -> None:
+        """Set `edgewatch_mqtt_connected` from this client's state (another client's close zeroed it)."""
+        with self._lock:
+            connected = self._connected
+        self._metrics.mqtt_connected.set(1 if connected else 0)
+
     # retained state
 
     def _set_retained(self, updates: Mapping[str, bytes]) -> None:

@@ -168,10 +168,11 @@ def test_an_added_camera_starts_and_a_removed_one_leaves_no_trace(site: Site) ->
         lambda: len([r for r in site.roboflow.accepted("report") if r["source_info"] == "street"])
         > reports_before, timeout=20, message="the removed camera's last window")
     last = [r for r in site.roboflow.accepted("report") if r["source_info"] == "street"][-1]
-    assert {p["class_name"] for p in last["inference_results"]} == {"motorcycle"}
-    metadata = site.roboflow.accepted("metadata")
-    assert any(entry["field_name"] == "camera" and entry["field_value"] == "street"
-               for body in metadata for entry in body["data"])
+    assert {p["class_name"] for p in last["inference_results"]} == {"motorbike"}
+    site.roboflow.wait_for(
+        lambda: any(entry["field_name"] == "camera" and entry["field_value"] == "street"
+                    for body in site.roboflow.accepted("metadata") for entry in body["data"]),
+        timeout=20, message="the removed camera's last custom metadata")
     assert retained(site.broker, f"{PREFIX}/street/status") == []
     assert retained(site.broker, f"{PREFIX}/street/counts") == []
     assert retained(site.broker, "homeassistant/binary_sensor/edgewatch_test-box/street_status/config") == []
@@ -278,6 +279,7 @@ def test_a_broken_file_changes_nothing_and_every_channel_says_so(site: Site) -> 
 
 def test_moving_to_another_mqtt_broker(site: Site, mosquitto_factory) -> None:
     second = mosquitto_factory("second")
+    second.start()
     first_view = Subscriber(site.broker, f"{PREFIX}/#")
     second_view = Subscriber(second, f"{PREFIX}/#")
     site.start()
