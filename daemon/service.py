@@ -65,10 +65,10 @@ class Service:
             self.metrics.registry.unregister(self.metrics.mqtt_connected)
             self.metrics.registry.unregister(self.metrics.mqtt_dropped)
         self.metrics.init_cameras(camera_ids)
-        stale = {camera: self.metrics.frames_dropped.labels(camera, "stale") for camera in camera_ids}
+        dropped = self.metrics.frames_dropped
 
-        def count_stale(frame: Frame) -> None:
-            stale[frame.camera_id].inc()
+        def count_stale(frame: Frame) -> None:  # looked up each time: cameras come and go with reloads
+            dropped.labels(frame.camera_id, "stale").inc()
 
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
         state_dir = config.roboflow.spool.parent
