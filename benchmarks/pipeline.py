@@ -29,9 +29,10 @@ from daemon.config import (
 from daemon.frames import FrameResult
 from daemon.model.session import Model
 from daemon.service import CameraFactory, Service
+from daemon.sinks.base import Sink
 
 
-class LatencyRecorder:
+class LatencyRecorder(Sink):
     """A Sink that notes each frame's seconds from capture until it is called."""
 
     name = "bench-latency"
@@ -57,12 +58,6 @@ class LatencyRecorder:
         with self._lock:
             if self._armed:
                 self._latencies.append(latency)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -188,9 +183,8 @@ def run_pipeline(
     Returns the window's figures and the totals at the end (after a clean stop) for the drop accounting.
     `rss_at`: seconds since the start at which to sample RSS (the window must cover them).
     """
-    service = Service(config, model, camera_factory=factory)
     recorder = LatencyRecorder()
-    service.dispatcher.sinks.append(recorder)
+    service = Service(config, model, camera_factory=factory, extra_sinks=[recorder])
     exit_code: list[int] = []
     runner = threading.Thread(target=lambda: exit_code.append(service.run()), name="bench-service")
     started = time.monotonic()

@@ -24,8 +24,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +34,14 @@ from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, load_config
 from daemon.frames import FrameResult
 from daemon.model.session import Model
-from daemon.service import Service
+from daemon.pipeline.capture import Camera
+from daemon.service import CameraFactory, Service
+from daemon.sinks.base import Sink
 
 SETTLE = 2.0  # seconds after the outcome still counted: frames captured during the reload land later
 
 
-class FrameLog:
+class FrameLog(Sink):
     """A sink noting (camera, frame number, done time, model id) of every result."""
 
     name = "bench-frames"
@@ -56,11 +58,6 @@ class FrameLog:
         with self._lock:
             return [row for row in self.rows if start <= row[2] <= end]
 
-    def flush(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 def lost(rows: list[tuple[str, int, float, str]], cameras: list[str]) -> int:
@@ -98,11 +95,11 @@ enabled = false
 """
 
 
-def memory_factory(scenes: list[list[np.ndarray]]) -> Callable[..., threading.Thread]:
+def memory_factory(scenes: list[list[np.ndarray]]) -> CameraFactory:
     """The in-memory cameras, for URLs that the config loader made relative to the config's folder."""
     make = camera_factory(scenes)
 
-    def factory(config: CameraConfig, *args: object) -> threading.Thread:
+    def factory(config: CameraConfig, *args: Any) -> Camera:
         return make(config.model_copy(update={"url": config.url.rsplit("/", 1)[-1]}), *args)
 
     return factory
@@ -135,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reload", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--fps", type=float, default=2)
+    parser.add_argument("--fps", type=float, default=1)
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--markdown", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -154,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(path)
         model = Model.load(config.model)
         model.warm_up()
-        service = Service(config, model, camera_factory=memory_factory(demo_scenes((640, 480))))
         frames = FrameLog()
-        service.dispatcher.sinks.append(frames)
+        service = Service(
+            config, model, camera_factory=memory_factory(demo_scenes((640, 480))), extra_sinks=[frames]
+        )
         runner = threading.Thread(target=service.run, name="bench-service")
         runner.start()
         try:

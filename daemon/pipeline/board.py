@@ -11,6 +11,7 @@ refuses them when the FIFO is full (the API answers 503).
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ class FrameBoard:
         self._live: set[str] = set()  # cameras currently delivering; a batch waits for these only
         self._heard: dict[str, float] = {}  # per live camera: when it went live or last put a frame
         self._on_stale = on_stale
+        self._stale: collections.Counter[str] = collections.Counter()  # frames replaced before inference
         # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
         # wakes only the worker and a batch taken wakes only the cameras it took from.
         self._lock = threading.Lock()
@@ -53,6 +55,7 @@ class FrameBoard:
         """Drop a removed camera's slot (call once its thread has stopped); returns the frame it held."""
         with self._ready:
             frame = self._slots.pop(camera_id, None)
+            self._stale.pop(camera_id, None)
             self._live.discard(camera_id)
             self._heard.pop(camera_id, None)
             taken = self._taken.pop(camera_id, None)
@@ -61,12 +64,19 @@ class FrameBoard:
             self._ready.notify_all()
         return frame
 
+    def stale_counts(self) -> dict[str, int]:
+        """Frames of each camera replaced by a newer one before inference took them, since the start."""
+        with self._ready:
+            return dict(self._stale)
+
     def put(self, frame: Frame) -> None:
         with self._ready:
             if frame.camera_id not in self._slots:  # a removed camera's last frame, after its removal
                 return
             stale = self._slots[frame.camera_id]
             self._slots[frame.camera_id] = frame
+            if stale is not None:
+                self._stale[frame.camera_id] += 1
             self._heard[frame.camera_id] = frame.captured_mono
             self._ready.notify_all()
         if stale is not None:
@@ -145,7 +155,3 @@ class FrameBoard:
             for taken in self._taken.values():
                 taken.notify_all()
         return left
-
-    @property
-    def closed(self) -> bool:
-        return self._closed

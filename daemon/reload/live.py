@@ -56,11 +56,11 @@ class LiveConfig:
             service.add_camera(camera)
         if change.cameras_added or change.cameras_removed or change.cameras_changed:
             self._set_cameras(new)
-        if publisher is not None and service.mqtt is not None:
-            service.mqtt.replace(publisher, service.camera_statuses)
+        if publisher is not None and service.sinks.mqtt is not None:
+            service.sinks.mqtt.replace(publisher, service.camera_statuses)
         sections = change.sections_changed
-        if "roboflow" in sections and service.monitoring is not None:
-            service.monitoring.set_settings(new.roboflow)
+        if "roboflow" in sections and service.sinks.monitoring is not None:
+            service.sinks.monitoring.set_settings(new.roboflow)
         if "alerts" in sections:
             service.alerts.set_config(new.alerts)
         if "api" in sections and service.api is not None:
@@ -98,18 +98,17 @@ class LiveConfig:
         synced = service.worker.between_batches(lambda: service.worker.forget_camera(camera_id), SYNC_TIMEOUT)
         if not (synced and service.dispatcher.barrier(SYNC_TIMEOUT)):
             log.warning("camera %s: its last results were not through the sinks in time", camera_id)
-        for part in (service.mqtt, service.monitoring):
+        for part in (service.sinks.mqtt, service.sinks.monitoring):
             if part is not None:
                 part.remove_camera(camera_id)
         service.alerts.forget_camera(camera_id)
-        service.confidence.forget_camera(camera_id)
+        service.sinks.confidence.forget_camera(camera_id)
         remove_camera_series(service.metrics.registry, camera_id)
         log.info("camera %s removed", camera_id)
 
     def _set_cameras(self, new: Config) -> None:
         service = self._service
-        service.progress.set_cameras([camera.id for camera in new.cameras])
-        for part in (service.monitoring, service.api):
+        for part in (service.sinks.monitoring, service.api):
             if part is not None:
                 part.set_cameras(new)
 
@@ -120,7 +119,7 @@ class LiveConfig:
                 new.mqtt,
                 new.device.id,
                 [camera.id for camera in new.cameras],
-                service.metrics,
+                service.metrics.mqtt,
                 discovery_state=new.roboflow.spool.parent / "homeassistant.json",
             )
         except ConfigError as exc:

@@ -3,17 +3,16 @@ prefix) while the dispatcher, the alert engine and the cameras keep calling the 
 
 from __future__ import annotations
 
-import logging
+import threading
 from collections.abc import Callable
 
 from daemon.alerts.alert import Alert
 from daemon.frames import FrameResult
+from daemon.sinks.base import Sink
 from daemon.sinks.mqtt import CLOSE_TIMEOUT, MqttPublisher
 
-log = logging.getLogger("edgewatch.reload")
 
-
-class MqttSwitch:
+class MqttSwitch(Sink):
     """Forwards every call to the current publisher; `replace` starts the new one, then closes the old one
     (which says `offline` to its broker as a clean stop does)."""
 
@@ -34,8 +33,11 @@ class MqttSwitch:
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         self.publisher.close(timeout)
 
-    def set_camera_status(self, camera_id: str, online: bool) -> None:
-        self.publisher.set_camera_status(camera_id, online)
+    def threads(self) -> list[threading.Thread]:
+        return self.publisher.threads()
+
+    def on_camera_status(self, camera_id: str, online: bool) -> None:
+        self.publisher.on_camera_status(camera_id, online)
 
     def on_alert(self, alert: Alert) -> None:
         self.publisher.on_alert(alert)
@@ -50,10 +52,10 @@ class MqttSwitch:
         """Hand over to `publisher` (not started yet), telling it the cameras' current reachability (again
         after the switch: a camera that changed meanwhile told the old publisher)."""
         for camera_id, online in statuses().items():
-            publisher.set_camera_status(camera_id, online)
+            publisher.on_camera_status(camera_id, online)
         publisher.start()
         old, self.publisher = self.publisher, publisher
         for camera_id, online in statuses().items():
-            publisher.set_camera_status(camera_id, online)
-        old.close()
+            publisher.on_camera_status(camera_id, online)
+        old.close(CLOSE_TIMEOUT)
         publisher.show_connected()

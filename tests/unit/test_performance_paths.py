@@ -128,7 +128,10 @@ def start_worker(
     board = FrameBoard(cameras, lambda _: None)
     collected = Collected()
     stop = threading.Event()
-    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    metrics = Metrics()
+    worker = InferenceWorker(
+        model, "coco/3", board, collected.submit, metrics.frames, metrics.inference, 4, 0.01, stop
+    )
     worker.start()
     return board, collected, stop, worker
 
@@ -150,7 +153,10 @@ def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
     board = FrameBoard(cameras, lambda _: None)
     collected = Collected()
     stop = threading.Event()
-    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    metrics = Metrics()
+    worker = InferenceWorker(
+        model, "coco/3", board, collected.submit, metrics.frames, metrics.inference, 4, 0.01, stop
+    )
     image = photo("coffee.png")
     for number, camera in enumerate(cameras, 1):
         board.put(Frame(camera, number, time.time(), time.monotonic(), image))
