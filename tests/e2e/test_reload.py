@@ -37,8 +37,9 @@ class Site:
         self.metrics_port = free_port()
         self.api_port = free_port()
         self.frequency = 30  # long windows: a report within seconds of a removal is the flushed window
-        self.cameras = {"kitchen": camera_block("kitchen", clips["coffee"], loop=True, fps=2),
-                        "street": camera_block("street", clips["motorcycle"], loop=True, fps=2)}
+        # slow cameras: on a busy 2-core machine inference keeps up with them, so any frame lost is news
+        self.cameras = {"kitchen": camera_block("kitchen", clips["coffee"], loop=True, fps=1),
+                        "street": camera_block("street", clips["motorcycle"], loop=True, fps=1)}
         self._start_daemon = start_daemon
         self.daemon = None
 
@@ -141,7 +142,7 @@ def test_an_added_camera_starts_and_a_removed_one_leaves_no_trace(site: Site) ->
     before = site.scrape()
 
     # add "yard" with SIGHUP
-    site.cameras["yard"] = camera_block("yard", site.clips["camera"], loop=True, fps=2,
+    site.cameras["yard"] = camera_block("yard", site.clips["camera"], loop=True, fps=1,
                                         metadata='{ location = "back" }')
     site.write()
     site.daemon.proc.send_signal(signal.SIGHUP)
@@ -193,26 +194,28 @@ def test_an_added_camera_starts_and_a_removed_one_leaves_no_trace(site: Site) ->
 def test_a_camera_whose_fps_changes_restarts_alone(site: Site) -> None:
     subscriber = Subscriber(site.broker, f"{PREFIX}/#")
     site.start()
-    wait_frames(subscriber, "street", 4)
-    site.cameras["street"] = camera_block("street", site.clips["motorcycle"], loop=True, fps=1)
+    wait_frames(subscriber, "street", 3)
+    site.cameras["street"] = camera_block("street", site.clips["motorcycle"], loop=True, fps=0.5)
     site.write()
     before = len(frame_ids(subscriber, "street"))
     status, outcome = site.reload()
     assert (status, outcome["message"]) == (200, "cameras ~street(fps)"), outcome
     site.daemon.wait_for_output("camera street restarted with its new settings")
-    wait_frames(subscriber, "street", 6)
-    after = frame_ids(subscriber, "street")[before:]
-    assert after[0] <= 2  # a new capture: numbering starts again
-    wait_frames(subscriber, "kitchen", 6)
-    assert_no_gap(subscriber, "kitchen")
-    # at 1 fps, 6 frames span about 5 s; at the old 2 fps they would have come within about 3 s
+    wait_frames(subscriber, "street", 1)
     started = site.scrape()
     wait_frames(subscriber, "street", 4)
-    captured = sample(site.scrape(), "edgewatch_frames_captured_total", camera="street") - sample(
-        started, "edgewatch_frames_captured_total", camera="street")
-    kitchen = sample(site.scrape(), "edgewatch_frames_captured_total", camera="kitchen") - sample(
-        started, "edgewatch_frames_captured_total", camera="kitchen")
-    assert captured < kitchen, (captured, kitchen)
+    after = frame_ids(subscriber, "street")[before:]
+    assert after[0] <= 2  # a new capture: numbering starts again
+    assert_no_gap(subscriber, "kitchen")
+    # over the same seconds, the street camera (now 0.5 fps) captured about half what kitchen (1 fps) did
+    ended = site.scrape()
+    captured = {
+        camera: sample(ended, "edgewatch_frames_captured_total", camera=camera)
+        - sample(started, "edgewatch_frames_captured_total", camera=camera)
+        for camera in ("street", "kitchen")
+    }
+    captured, kitchen = captured["street"], captured["kitchen"]
+    assert captured < kitchen * 0.75, (captured, kitchen)
     assert site.daemon.terminate() == 0
     subscriber.close()
 
@@ -225,16 +228,16 @@ def test_a_broken_file_changes_nothing_and_every_channel_says_so(site: Site) -> 
     good = site.text()
 
     # invalid: `edgewatch reload` (what systemctl reload runs) refuses it with the `check` line, exit 2
-    site.path.write_text(good.replace("fps = 2", "fps = -2", 1))
+    site.path.write_text(good.replace("fps = 1", "fps = -1", 1))
     done = run_cli(["reload", "-c", str(site.path)], cwd=site.tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"edgewatch: {site.path}: cameras[0].fps: Input should be greater than 0 (got -2)"
+        f"edgewatch: {site.path}: cameras[0].fps: Input should be greater than 0 (got -1)"
     )
     # the daemon itself refuses it too (SIGHUP or the API skip the CLI's check)
     status, outcome = site.reload()
     assert status == 422 and not outcome["successful"]
-    assert outcome["message"] == f"{site.path}: cameras[0].fps: Input should be greater than 0 (got -2)"
+    assert outcome["message"] == f"{site.path}: cameras[0].fps: Input should be greater than 0 (got -1)"
     failed = [line for line in site.daemon.lines if "config reload failed" in line]
     assert len(failed) == 1 and failed[0].endswith(
         f"config reload failed, the running config stays: {outcome['message']}")
