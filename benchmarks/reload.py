@@ -11,7 +11,9 @@ through the daemon's own reload path (`Service.reload`, what SIGHUP and `POST /a
 For each: the frames of the N untouched cameras lost from just before the request until 2 s after the
 outcome (gaps in the frame numbers reaching the sinks: dropped as stale, or never inferred), against the
 baseline window of the same length; the reload's own duration; and for the swap, the pause: the time between
-the last batch of the old model and the first of the new, against the usual time between batches.
+the last batch of the old model and the first of the new, against the usual time between batches. Each
+loss is set beside the loss in as long a window right after (the new config settled), so that frames lost
+because the machine is busy are told apart from frames lost to the reload.
 The load average is printed with the figures: on a shared machine they move with it.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -38,7 +41,21 @@ from daemon.pipeline.capture import Camera
 from daemon.service import CameraFactory, Service
 from daemon.sinks.base import Sink
 
+SWAP_LINE = re.compile(r"inference paused ([\d.]+) ms for the swap")
 SETTLE = 2.0  # seconds after the outcome still counted: frames captured during the reload land later
+
+
+class SwapPause(logging.Handler):
+    """Catches the reload's own log line saying how long the worker stopped to swap the model."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.ms: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = SWAP_LINE.search(record.getMessage())
+        if match:
+            self.ms = float(match.group(1))
 
 
 class FrameLog(Sink):
@@ -113,11 +130,16 @@ def measure(service: Service, frames: FrameLog, path: Path, text: str, untouched
     if outcome is None or not outcome["successful"]:
         raise RuntimeError(f"the reload failed: {outcome}")
     service.stop.wait(SETTLE)
+    window = finished + SETTLE - (started - 0.5)
     rows = frames.between(started - 0.5, finished + SETTLE)
+    steady_from = time.monotonic()  # the same length of time right after, with the new config settled
+    service.stop.wait(window)
+    steady = frames.between(steady_from, steady_from + window)
     return {
         "lost": lost(rows, untouched),
+        "steady": lost(steady, untouched),
         "seconds": finished - started,
-        "window": finished + SETTLE - started + 0.5,
+        "window": window,
         "rows": rows,
         "message": outcome["message"],
     }
@@ -140,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     from tests.support.mosquitto import Mosquitto  # the test suite's broker wrapper (Debian mosquitto)
 
     load_before = load_average()
+    swap_pause = SwapPause()
+    reload_log = logging.getLogger("edgewatch.reload")
+    reload_log.setLevel(logging.INFO)
+    reload_log.addHandler(swap_pause)
     untouched = [f"cam{i}" for i in range(args.cameras)]
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgewatch-reload-") as tmp:
@@ -182,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"baseline: {lost(baseline, untouched)} frames lost in 5 s ({per_second:.1f} results/s)",
         f"add a camera: {add['lost']} frames lost on the {args.cameras} untouched cameras in the "
-        f"{add['window']:.1f} s around the reload; reload took {add['seconds'] * 1000:.0f} ms "
-        f"({add['message']})",
+        f"{add['window']:.1f} s around the reload ({add['steady']} in as long right after); reload took "
+        f"{add['seconds'] * 1000:.0f} ms ({add['message']})",
         f"swap the model: {swap['lost']} frames lost on the untouched cameras in the {swap['window']:.1f} s "
-        f"around the reload; reload took {swap['seconds'] * 1000:.0f} ms (load + warm-up of the second "
-        f"session); pause between the last old-model and the first new-model batch {pause:.0f} ms "
-        f"(usual time between batches {usual:.0f} ms)",
+        f"around the reload ({swap['steady']} in as long right after); reload took "
+        f"{swap['seconds'] * 1000:.0f} ms (load + warm-up of the second session, beside inference); the "
+        f"worker stopped {swap_pause.ms} ms to swap; {pause:.0f} ms from the last old-model result to the "
+        f"first new-model one (usual time between batches: {usual:.0f} ms)",
         f"load average before: {load_before}; after: {load_average()}",
         f"command: python -m benchmarks.reload {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip(),
     ]
