@@ -18,6 +18,7 @@ from daemon.reload.diff import CAMERA_IN_PLACE_KEYS, ConfigDiff
 from daemon.reload.reloader import ReloadError
 from daemon.reload.series import remove_camera_series
 from daemon.sinks.mqtt import MqttPublisher
+from daemon.web.api import ModelInfo
 
 if TYPE_CHECKING:
     from daemon.model.session import Model
@@ -86,8 +87,6 @@ class LiveConfig:
             log.info("model %s (%s) now runs on %s; inference paused %.1f ms for the swap",
                      settings.path.name, settings.id, model.provider, paused * 1000)
         if service.api is not None:
-            from daemon.web.api import ModelInfo
-
             service.api.set_model(ModelInfo.of(service.model), new)
 
     def _remove_camera(self, camera_id: str) -> None:
