@@ -29,7 +29,7 @@ from daemon.config import (
 from daemon.frames import FrameResult
 from daemon.model.session import Model
 from daemon.service import CameraFactory, Service
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 
 
 class LatencyRecorder(Sink):

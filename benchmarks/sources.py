@@ -23,10 +23,11 @@ import numpy as np
 
 from daemon.config import CameraConfig
 from daemon.demo import DEMO_PHOTOS, pan_zoom_transform, photo_path, read_photo
+from daemon.frames import CameraStatusListener
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
 from daemon.pipeline.board import FrameBoard
-from daemon.pipeline.capture import Camera, CameraStatusListener
+from daemon.pipeline.capture import Camera
 from daemon.service import CameraFactory
 
 TAKEN_WAIT = 0.5  # seconds an unpaced source waits for its frame to be taken before checking `stop`

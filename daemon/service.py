@@ -1,11 +1,12 @@
 """The composition root: build every part from the config, start them, watch them, stop them in order.
 
-Start: the metrics endpoint, the sinks, the dispatcher, the inference worker, the API, the cameras, the alert
-engine, then READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker), within
-SHUTDOWN_BUDGET seconds in all: the alert engine and the cameras first, then the worker, the API, the
-dispatcher (which hands over what is queued); then every sink is flushed (the monitoring sink spools its
-partial windows) and closed, each within what is left of the budget, a hung one abandoned with a warning so
-that the others still close; the endpoint last. A failed inference worker ends the process with exit code 1.
+Start: the metrics endpoint, the sinks, the dispatcher, the inference worker, the API, the cameras, the
+alert engine, then READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker), within the
+shutdown budget (SHUTDOWN_BUDGET seconds by default) in all: the alert engine and the cameras first, then
+the worker, the API, the dispatcher (which hands over what is queued); then every sink is flushed (the
+monitoring sink spools its partial windows) and closed, each within what is left of the budget, a hung one
+abandoned with a warning so that the others still close; the endpoint last. A failed inference worker ends
+the process with exit code 1.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Any
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
-from daemon.frames import Frame
+from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
 from daemon.model.session import Model
 from daemon.pipeline.board import FrameBoard
-from daemon.pipeline.capture import Camera, CameraState, CameraStatusListener
+from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
 from daemon.reload.command import status_path
@@ -37,7 +38,7 @@ from daemon.reload.metrics import ReloadMetrics
 from daemon.reload.reloader import Reloader
 from daemon.reload.switch import MqttSwitch
 from daemon.roboflow.model_monitoring import MonitoringSink
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.sinks.detection_series import DetectionSeries
 from daemon.sinks.history import History
 from daemon.sinks.mqtt import MqttPublisher
@@ -121,9 +122,11 @@ class Service:
         model: Model,
         camera_factory: CameraFactory = Camera,
         extra_sinks: Sequence[Sink] = (),
+        shutdown_budget: float = SHUTDOWN_BUDGET,
     ) -> None:
         self.config = config
         self.model = model
+        self._shutdown_budget = shutdown_budget
         self.stop = threading.Event()
         self.metrics = Metrics(mqtt=config.mqtt.enabled)
         self.metrics.set_provider(model.provider)
@@ -286,9 +289,9 @@ class Service:
     def shutdown(self) -> int:
         sdnotify.stopping()
         log.info("stopping")
-        deadline = time.monotonic() + SHUTDOWN_BUDGET
+        deadline = time.monotonic() + self._shutdown_budget
 
-        def left(cap: float = SHUTDOWN_BUDGET) -> float:
+        def left(cap: float = self._shutdown_budget) -> float:
             return max(0.0, min(cap, deadline - time.monotonic()))
 
         if self.reloader:

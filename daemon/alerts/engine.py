@@ -24,7 +24,7 @@ from daemon.alerts.alert import Alert, AlertListener, AlertState, Severity
 from daemon.config import AlertsConfig
 from daemon.frames import FrameResult
 from daemon.metrics.alerts import AlertMetrics
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.alerts")

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 from urllib.parse import urlsplit
 
 import cv2
@@ -32,7 +32,7 @@ import numpy as np
 
 from daemon.backoff import backoff_delay
 from daemon.config import CameraConfig
-from daemon.frames import Frame
+from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
 from daemon.pipeline.board import FrameBoard
@@ -153,24 +153,6 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
-
-
-class CameraStatusListener(Protocol):
-    """Told when a camera goes online or offline, on that camera's thread: must not block."""
-
-    def on_camera_status(self, camera_id: str, online: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class CameraState:
-    """A snapshot for health, alerts and status lines; replaced whole, so it is read without a lock."""
-
-    online: bool = False
-    since_mono: float = 0.0  # time.monotonic() of the last online/offline transition (or of the start)
-    frames: int = 0  # frames handed to inference
-    read_errors: int = 0  # frames that could not be decoded
-    reconnects: int = 0
-    last_error: str = ""  # "" until something goes wrong; never holds credentials
 
 
 class Camera(threading.Thread):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from daemon.frames import FrameResult
 from daemon.metrics.frames import FrameMetrics
 from daemon.metrics.inference import InferenceMetrics
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.dispatcher")
 

@@ -25,7 +25,7 @@ from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
 from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
 from daemon.roboflow.uploader import Uploader, UploaderState
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.monitoring")
 

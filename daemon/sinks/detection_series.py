@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from daemon.frames import FrameResult, class_counts
 from daemon.metrics.detections import DetectionMetrics
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 
 
 class DetectionSeries(Sink):

@@ -30,7 +30,7 @@ import numpy as np
 
 from daemon.alerts.alert import Alert
 from daemon.frames import FrameResult, roboflow_predictions
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.history")

@@ -37,7 +37,7 @@ from daemon.alerts.alert import Alert
 from daemon.config import ConfigError, MqttConfig
 from daemon.frames import FrameResult, class_counts, roboflow_predictions
 from daemon.metrics.mqtt import MqttMetrics
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.sinks.homeassistant import HomeAssistantDiscovery
 from daemon.timefmt import iso_utc
 

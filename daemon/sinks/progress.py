@@ -7,9 +7,8 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping
 
-from daemon.frames import FrameResult, class_counts
-from daemon.pipeline.capture import CameraState
-from daemon.sinks.base import Sink
+from daemon.frames import CameraState, FrameResult, class_counts
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.progress")
 
