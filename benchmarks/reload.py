@@ -39,7 +39,7 @@ from daemon.frames import FrameResult
 from daemon.model.session import Model
 from daemon.pipeline.capture import Camera
 from daemon.service import CameraFactory, Service
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 
 SWAP_LINE = re.compile(r"inference paused ([\d.]+) ms for the swap")
 SETTLE = 2.0  # seconds after the outcome still counted: frames captured during the reload land later

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from daemon.alerts.alert import Alert
 from daemon.frames import FrameResult
-from daemon.sinks.base import Sink
+from daemon.sink import Sink
 from daemon.sinks.mqtt import CLOSE_TIMEOUT, MqttPublisher
 
 
