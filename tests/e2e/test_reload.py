@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_cli import camera_block, sample, scrape
-from tests.support.daemon import free_port, run_cli
+from tests.support.daemon import free_port, run_cli, wait_until
 from tests.support.mosquitto import Subscriber
 
 PREFIX = "edgewatch/test-box"
@@ -36,6 +36,8 @@ class Site:
         self.clips = clips
         self.metrics_port = free_port()
         self.api_port = free_port()
+        self.roboflow_key = "rf_test_key"
+        self.api_key = KEY
         self.frequency = 30  # long windows: a report within seconds of a removal is the flushed window
         # slow cameras: on a busy 2-core machine inference keeps up with them, so any frame lost is news
         self.cameras = {"kitchen": camera_block("kitchen", clips["coffee"], loop=True, fps=1),
@@ -56,7 +58,7 @@ batch_timeout_ms = 20
 threads = 1
 {"".join(self.cameras.values())}
 [roboflow]
-api_key = "rf_test_key"
+api_key = "{self.roboflow_key}"
 api_url = "{self.roboflow.url}"
 frequency = {self.frequency}
 spool = "{self.tmp_path / "spool.db"}"
@@ -71,7 +73,7 @@ port = {self.metrics_port}
 [api]
 enabled = true
 port = {self.api_port}
-keys = ["{KEY}"]
+keys = ["{self.api_key}"]
 """
 
     def start(self) -> Site:
@@ -82,11 +84,11 @@ keys = ["{KEY}"]
     def write(self) -> None:
         self.path.write_text(self.text())
 
-    def reload(self) -> tuple[int, dict]:
+    def reload(self, key: str = KEY) -> tuple[int, dict]:
         """POST /api/reload with the key: (status, outcome)."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.api_port}/api/reload", data=b"", method="POST",
-            headers={"Authorization": f"Bearer {KEY}"},
+            headers={"Authorization": f"Bearer {key}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -342,5 +344,38 @@ def test_swapping_the_model_for_a_copy_with_another_id(site: Site) -> None:
         timeout=20, message="a report of the new model")
     for report in site.roboflow.accepted("report"):  # a window never mixes the two models
         assert len({p["model_id"] for p in report["inference_results"]}) == 1
+    assert site.daemon.terminate() == 0
+    subscriber.close()
+
+
+def test_a_new_roboflow_key_sends_what_waited_in_the_spool_and_new_api_keys_apply(site: Site) -> None:
+    subscriber = Subscriber(site.broker, f"{PREFIX}/#")
+    site.frequency = 1
+    site.start()
+    site.roboflow.wait_for(lambda: site.roboflow.accepted("report"), timeout=30, message="a first report")
+    site.roboflow.set_api_key("rf_rotated_key")  # the key was rotated in Roboflow: the daemon's is refused
+    wait_until(lambda: sample(site.scrape(), "edgewatch_monitoring_unauthorized") == 1, 30,
+               message="the refused key noticed")
+    wait_until(lambda: sample(site.scrape(), "edgewatch_spool_depth") >= 4, 30, message="reports spooling up")
+
+    def sent() -> int:
+        return len(site.roboflow.accepted("report")) + len(site.roboflow.accepted("metadata"))
+
+    sent_before = sent()
+
+    site.roboflow_key, site.api_key = "rf_rotated_key", "new-reload-key"
+    site.write()
+    waiting = sample(site.scrape(), "edgewatch_spool_depth")
+    status, outcome = site.reload()  # still the old API key: the new keys apply from the next request
+    assert (status, outcome["message"]) == (200, "roboflow (api_key); api (keys)"), outcome
+    # every request that waited in the spool is delivered with the new key: none lost
+    site.roboflow.wait_for(lambda: sent() - sent_before >= waiting, timeout=30,
+                           message="the spooled requests delivered with the new key")
+    assert sample(site.scrape(), "edgewatch_monitoring_unauthorized") == 0
+    assert "rf_rotated_key" not in site.daemon.output() and "rf_test_key" not in site.daemon.output()
+    assert site.reload(key=KEY)[0] == 401
+    assert site.reload(key="new-reload-key")[0] == 200
+    wait_frames(subscriber, "kitchen", 2)
+    assert_no_gap(subscriber, "kitchen")
     assert site.daemon.terminate() == 0
     subscriber.close()
