@@ -42,8 +42,8 @@ class LiveConfig:
     def apply(self, new: Config, change: ConfigDiff) -> None:
         service = self._service
         model = load_model(new) if change.needs_new_session else None
-        mqtt_changed = "mqtt" in change.sections_changed and service.sinks.mqtt is not None
-        publisher = self._new_publisher(new) if mqtt_changed else None
+        switch = service.sinks.mqtt  # None with MQTT off (turning it on or off needs a restart)
+        publisher = self._new_publisher(new) if switch and "mqtt" in change.sections_changed else None
         if change.model_keys:
             self._apply_model(new, model)
         for camera_id in change.cameras_removed:
@@ -58,8 +58,8 @@ class LiveConfig:
             service.add_camera(camera)
         if change.cameras_added or change.cameras_removed or change.cameras_changed:
             self._set_cameras(new)
-        if publisher is not None and service.sinks.mqtt is not None:  # (both, for the type checker)
-            service.sinks.mqtt.replace(publisher, service.camera_statuses)
+        if switch and publisher:
+            switch.replace(publisher, service.camera_statuses)
         sections = change.sections_changed
         if "roboflow" in sections and service.sinks.monitoring is not None:
             service.sinks.monitoring.set_settings(new.roboflow)
@@ -119,7 +119,7 @@ class LiveConfig:
                 new.mqtt,
                 new.device.id,
                 [camera.id for camera in new.cameras],
-                service.metrics.mqtt,  # type: ignore[arg-type]  # there, since MQTT is on
+                service.metrics.mqtt,  # type: ignore[arg-type]  # present while MQTT is on
                 discovery_state=new.roboflow.spool.parent / "homeassistant.json",
             )
         except ConfigError as exc:
