@@ -344,6 +344,10 @@ def test_swapping_the_model_for_a_copy_with_another_id(site: Site) -> None:
         timeout=20, message="a report of the new model")
     for report in site.roboflow.accepted("report"):  # a window never mixes the two models
         assert len({p["model_id"] for p in report["inference_results"]}) == 1
+    registry = urllib.request.Request(f"http://127.0.0.1:{site.api_port}/model/registry",
+                                      headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(registry, timeout=10) as response:  # the inference API serves the new id
+        assert [m["model_id"] for m in json.loads(response.read())["models"]] == ["coco/4"]
     assert site.daemon.terminate() == 0
     subscriber.close()
 
