@@ -6,6 +6,7 @@ daemon: in-memory cameras through `Service`, the drop accounting it relies on, t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,18 @@ def test_raw_loop_and_table(model: Model, scenes: list) -> None:
     text = table(report)
     assert text.splitlines()[0].startswith("| section | case |")
     assert "| raw | B=4 |" in text
+
+
+def test_the_reload_benchmark_runs_both_reloads_and_prints_its_figures(
+    demo_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.reload import main
+
+    markdown = tmp_path / "reload.md"
+    args = ["--model", str(demo_model), "--cameras", "2", "--warmup", "1", "--markdown", str(markdown)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "add a camera: " in printed and "(cameras +cam2)" in printed
+    assert re.search(r"swap the model: \d+ frames lost .* the worker stopped [\d.]+ ms to swap", printed)
+    assert "load average before: " in printed
+    assert markdown.read_text().strip() == printed.strip()[printed.index("# edgewatch reload"):].strip()
