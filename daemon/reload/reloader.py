@@ -121,7 +121,8 @@ class Reloader:
             return self._outcomes.get(ticket)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Refuse new reloads and wait (at most `timeout`) for the one in progress to finish."""
+        """Refuse new reloads, wait (at most `timeout`) for the one in progress to finish, and remove the
+        status file, which names this process."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -129,6 +130,9 @@ class Reloader:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("a config reload still runs at shutdown; stopping without waiting for it")
+                return
+        if self._status_file is not None:  # no longer a pid to signal: `edgewatch reload` says so
+            self._status_file.unlink(missing_ok=True)
 
     def _run(self) -> None:
         while True:

@@ -279,6 +279,12 @@ def test_a_broken_file_changes_nothing_and_every_channel_says_so(site: Site) -> 
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
     assert site.daemon.terminate() == 0
+    assert not (site.tmp_path / "reload-status.json").exists()  # a clean stop leaves no pid to signal
+    done = run_cli(["reload", "-c", str(site.path)], cwd=site.tmp_path)
+    assert done.returncode == 1 and "no running daemon found" in done.stderr
+    done = run_cli(["reload", "-c", str(site.path), "--pid", str(site.daemon.proc.pid)], cwd=site.tmp_path)
+    assert (done.returncode, done.stderr.strip()) == (
+        1, f"edgewatch: no running daemon with pid {site.daemon.proc.pid}")
     subscriber.close()
 
 

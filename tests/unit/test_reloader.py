@@ -162,6 +162,7 @@ def test_close_waits_for_the_reload_in_progress_and_refuses_new_ones(setup) -> N
     closing.join(10)
     assert not closing.is_alive() and reloader.wait(ticket, 1).successful
     assert reloader.request() is None
+    assert not (path.parent / "reload-status.json").exists()  # no pid left for `edgewatch reload`
 
 
 def test_systemd_hears_reloading_with_a_monotonic_stamp_then_ready(setup, tmp_path, monkeypatch) -> None:
