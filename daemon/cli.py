@@ -1,4 +1,6 @@
-"""`edgewatch run | check | reports`: the command line. Bad input gets one clear line, never a traceback."""
+"""`edgewatch run | check | reload | reports`: the command line.
+
+Bad input gets one clear line, never a traceback."""
 
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config("run", "run until SIGTERM/SIGINT (or --duration)")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
     with_config("check", "validate the config, load the model, try each source once")
+    reload = with_config("reload", "check the config, have the daemon reload it, wait for the outcome")
+    reload.add_argument("--pid", type=int, help="the daemon's pid (default: from its reload status file)")
+    reload.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
+                        help="how long to wait for the outcome (a new TensorRT model may take minutes)")
     reports = with_config("reports", "list the Model Monitoring requests waiting in the spool")
     reports.add_argument("--json", action="store_true", help="print the exact request bodies")
     reports.add_argument("--limit", type=int, default=50, help="show at most this many (newest last)")
@@ -99,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(config, args.duration)
     if args.command == "check":
         return _check(config)
+    if args.command == "reload":
+        from daemon.reload.command import request_reload, status_path
+
+        return request_reload(status_path(config.roboflow.spool.parent), args.pid, args.timeout)
     # `reports` needs neither OpenCV nor ONNX Runtime; supervision warns when OpenCV is absent
     warnings.filterwarnings("ignore", message=r"OpenCV .* is not installed", module="supervision")
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly

@@ -33,6 +33,11 @@ from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
+from daemon.reload.command import status_path
+from daemon.reload.live import LiveConfig
+from daemon.reload.metrics import ReloadMetrics
+from daemon.reload.reloader import Reloader
+from daemon.reload.switch import MqttSwitch
 from daemon.roboflow.model_monitoring import MonitoringSink
 from daemon.roboflow.vision_events import VisionEventsSink, build_vision_events, failing_since
 from daemon.sink import Sink
@@ -51,6 +56,7 @@ CameraFactory = Callable[
     Camera,
 ]
 
+RELOAD_WAIT = 300.0  # seconds `POST /api/reload` waits for the outcome (a TensorRT model may build)
 HEALTH_STALL = 15.0  # seconds without an inference-loop turn before /healthz and the watchdog fail
 SHUTDOWN_BUDGET = 45.0  # seconds for the whole stop; the unit's TimeoutStopSec (60) leaves room above it
 STAGE_JOIN = 5.0  # at most, for each of: the cameras, the inference worker, the dispatcher's drain
@@ -62,7 +68,7 @@ class Sinks:
 
     all: list[Sink]
     events: EventsSink
-    mqtt: MqttPublisher | None
+    mqtt: MqttSwitch | None
     history: History | None
     monitoring: MonitoringSink | None
     vision_events: VisionEventsSink | None
@@ -81,12 +87,14 @@ def build_sinks(
     camera_ids = [camera.id for camera in config.cameras]
     state_dir = config.roboflow.spool.parent
     mqtt = (
-        MqttPublisher(
-            config.mqtt,
-            config.device.id,
-            camera_ids,
-            metrics.mqtt,
-            discovery_state=state_dir / "homeassistant.json",
+        MqttSwitch(  # a reload may replace its publisher (another broker)
+            MqttPublisher(
+                config.mqtt,
+                config.device.id,
+                camera_ids,
+                metrics.mqtt,
+                discovery_state=state_dir / "homeassistant.json",
+            )
         )
         if metrics.mqtt is not None
         else None
@@ -142,20 +150,19 @@ class Service:
         self._build_pipeline(camera_factory)
         self._build_alerts()
         self._build_http()
+        self.reloader = self._build_reloader()
 
     # --- the parts -------------------------------------------------------------------------------------
 
     def _build_pipeline(self, camera_factory: CameraFactory) -> None:
         """Cameras -> board -> inference worker -> dispatcher -> sinks, each stage with its stop event."""
         config, frames = self.config, self.metrics.frames
-        self._capture_stop = threading.Event()
         self._worker_stop = threading.Event()
         self._dispatch_stop = threading.Event()
         camera_ids = [camera.id for camera in config.cameras]
-        stale = {camera: frames.frames_dropped.labels(camera, "stale") for camera in camera_ids}
 
-        def count_stale(frame: Frame) -> None:
-            stale[frame.camera_id].inc()
+        def count_stale(frame: Frame) -> None:  # looked up each time: cameras come and go with reloads
+            frames.frames_dropped.labels(frame.camera_id, "stale").inc()
 
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
         self.dispatcher = Dispatcher(self.sinks.all, frames, self.metrics.inference, self._dispatch_stop)
@@ -170,15 +177,9 @@ class Service:
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
         )
-        status_listeners: list[CameraStatusListener] = [self.sinks.events]
-        if self.sinks.mqtt:
-            status_listeners.append(self.sinks.mqtt)
-        self.cameras = [
-            camera_factory(
-                camera, self.board, frames, self.metrics.cameras, self._capture_stop, status_listeners
-            )
-            for camera in config.cameras
-        ]
+        self._camera_factory = camera_factory
+        self._camera_stops: dict[str, threading.Event] = {}  # one per camera: a reload stops one alone
+        self.cameras = [self._make_camera(camera) for camera in config.cameras]
 
     def _build_alerts(self) -> None:
         sinks = self.sinks
@@ -298,6 +299,8 @@ class Service:
         for camera in self.cameras:
             camera.start()
         self.alerts.start()
+        if self.reloader:
+            self.reloader.start()
         sdnotify.ready()
         log.info(
             "edgewatch %s running: device %s, %d camera(s), model %s on %s",
@@ -316,8 +319,11 @@ class Service:
         def left(cap: float = self._shutdown_budget) -> float:
             return max(0.0, min(cap, deadline - time.monotonic()))
 
+        if self.reloader:
+            self.reloader.close(left())  # a reload in progress ends first: it may be starting cameras
         self.alerts.close(left(STAGE_JOIN))
-        self._capture_stop.set()
+        for stop in self._camera_stops.values():
+            stop.set()
         camera_deadline = time.monotonic() + left(STAGE_JOIN)
         for camera in self.cameras:
             camera.join(max(0.0, camera_deadline - time.monotonic()))
@@ -350,6 +356,77 @@ class Service:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        if self.reloader:
+            reloader = self.reloader
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
+
+    # --- live reconfiguration: what a config reload (daemon/reload) changes -----------------------------
+
+    def _build_reloader(self) -> Reloader | None:
+        """SIGHUP, `edgewatch reload` and `POST /api/reload` reread the file this config came from."""
+        if self.config.source is None:
+            return None
+        listeners = [listener for listener in (self.sinks.mqtt, self.sinks.history) if listener]
+        reloader = Reloader(
+            self.config.source,
+            LiveConfig(self),
+            ReloadMetrics(self.metrics.registry),
+            listeners=lambda: listeners,
+            status_file=status_path(self.config.roboflow.spool.parent),
+        )
+        if self.api:
+            self.api.reload_handler = lambda: self.reload(RELOAD_WAIT)
+        return reloader
+
+    def reload(self, timeout: float) -> dict[str, Any] | None:
+        """Reload the config now (queued behind one in progress); the outcome, or None if shutting down."""
+        ticket = self.reloader.request() if self.reloader else None
+        outcome = self.reloader.wait(ticket, timeout) if self.reloader and ticket is not None else None
+        return outcome.as_dict() if outcome else None
+
+    def _make_camera(self, camera: CameraConfig) -> Camera:
+        stop = self._camera_stops[camera.id] = threading.Event()
+        listeners: list[CameraStatusListener] = [self.sinks.events]
+        if self.sinks.mqtt:
+            listeners.append(self.sinks.mqtt)
+        return self._camera_factory(
+            camera, self.board, self.metrics.frames, self.metrics.cameras, stop, listeners
+        )
+
+    def camera_statuses(self) -> dict[str, bool]:
+        return {camera.config.id: camera.state.online for camera in self.cameras}
+
+    def add_camera(self, camera: CameraConfig) -> None:
+        self.board.add_camera(camera.id)
+        self.metrics.init_cameras([camera.id])
+        if self.sinks.mqtt:
+            self.sinks.mqtt.add_camera(camera.id)
+        thread = self._make_camera(camera)
+        self.cameras = [*self.cameras, thread]  # replaced whole: health and alerts read it unlocked
+        thread.start()
+        log.info("camera %s added", camera.id)
+
+    def stop_camera(self, camera_id: str) -> None:
+        thread = next(camera for camera in self.cameras if camera.config.id == camera_id)
+        self._camera_stops.pop(camera_id).set()
+        thread.join(STAGE_JOIN)
+        if thread.is_alive():
+            log.warning("camera %s: its capture thread did not stop within %.0f s", camera_id, STAGE_JOIN)
+        self.cameras = [camera for camera in self.cameras if camera is not thread]
+
+    def restart_camera(self, camera: CameraConfig) -> None:
+        """A changed camera (url, fps...): it alone stops and starts again with its new config."""
+        self.stop_camera(camera.id)
+        thread = self._make_camera(camera)
+        self.cameras = [*self.cameras, thread]
+        thread.start()
+        log.info("camera %s restarted with its new settings", camera.id)
+
+    def replace_camera_config(self, camera: CameraConfig) -> None:
+        """A change that applies to the running camera (metadata)."""
+        for thread in self.cameras:
+            if thread.config.id == camera.id:
+                thread.config = camera
 
 
 def _guarded(name: str, verb: str, step: Callable[[], object], timeout: float) -> None:

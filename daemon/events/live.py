@@ -81,6 +81,18 @@ class LiveView:
     def forget(self, camera_id: str) -> None:
         self._latest.pop(camera_id, None)
 
+    def set_camera(self, camera: CameraConfig) -> None:
+        """A camera added or changed by a config reload: its zones and lines are drawn from now on."""
+        with self._lock:
+            self._cameras[camera.id] = camera
+            self._encoded.pop(camera.id, None)
+
+    def remove_camera(self, camera_id: str) -> None:
+        with self._lock:
+            self._cameras.pop(camera_id, None)
+            self._encoded.pop(camera_id, None)
+        self.forget(camera_id)
+
     def jpeg(self, camera_id: str) -> bytes | None:
         """The camera's newest frame, drawn and encoded; None for an unknown camera or before any frame."""
         camera = self._cameras.get(camera_id)

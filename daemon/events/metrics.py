@@ -73,15 +73,19 @@ class EventMetrics:
         for reason in SNAPSHOT_EVICT_REASONS:
             self.snapshots_evicted.labels(reason)
         for camera in cameras:
-            if not camera.tracked:
-                continue
-            self.active_tracks.labels(camera.id)
-            self.untracked.labels(camera.id)
-            for kind in EVENT_TYPES:
-                self.events.labels(camera.id, kind)
-            for zone in camera.zones:
-                self.zone_dwell.labels(camera.id, zone.name)
-                self._seen_classes[(camera.id, zone.name)] = set()
+            self.init_camera(camera)
+
+    def init_camera(self, camera: CameraConfig) -> None:
+        """A tracked camera's series at 0 (at start, or when a config reload adds or changes it)."""
+        if not camera.tracked:
+            return
+        self.active_tracks.labels(camera.id)
+        self.untracked.labels(camera.id)
+        for kind in EVENT_TYPES:
+            self.events.labels(camera.id, kind)
+        for zone in camera.zones:
+            self.zone_dwell.labels(camera.id, zone.name)
+            self._seen_classes.setdefault((camera.id, zone.name), set())
 
     def on_event(self, event: Event) -> None:
         self.events.labels(event.camera, event.type).inc()

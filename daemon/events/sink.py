@@ -152,6 +152,34 @@ class EventsSink(Sink):
             with self._lock:
                 self._offline.setdefault(camera_id, time.time())
 
+    # live reconfiguration (the reload thread)
+
+    def set_camera(self, camera: CameraConfig, config: Config) -> None:
+        """A camera added or changed by a config reload: its open tracks end, and tracking, zones and lines
+        start again from the new config (occupancy and line totals from 0)."""
+        self.remove_camera(camera.id)
+        self.live.set_camera(camera)
+        self._metrics.init_camera(camera)
+        if not camera.tracked:
+            return
+        state = _Camera(camera, config)
+        counts = (state.events.occupancy(), {k: dict(v) for k, v in state.events.line_totals.items()})
+        with self._lock:
+            self._counts[camera.id] = counts
+        self._cameras[camera.id] = state
+        for listener in self._counts_listeners:
+            listener.on_counts(camera.id, *counts)
+
+    def remove_camera(self, camera_id: str) -> None:
+        """A camera removed (or about to be replaced) by a config reload: its open tracks end."""
+        state = self._cameras.pop(camera_id, None)
+        if state is not None:
+            self._publish(state, state.events.end_all(time.time()))
+        with self._lock:
+            self._counts.pop(camera_id, None)
+            self._offline.pop(camera_id, None)
+        self.live.remove_camera(camera_id)
+
     def counts(self, camera_id: str) -> tuple[Occupancy, LineTotals] | None:
         """A tracked camera's zone occupancy and line totals (any thread)."""
         with self._lock:

@@ -214,6 +214,35 @@ class HomeAssistantDiscovery:
                 messages[topic] = _payload(config)
         return messages
 
+    def add_camera(self, camera_id: str) -> dict[str, bytes]:
+        """A camera added while running: its configs (and those of the classes it had, if it is back)."""
+        with self._lock:
+            if camera_id in self._classes:
+                return {}
+            classes = self._leaving.pop(camera_id, set())
+            for topic in [topic for topic, camera in self._removals.items() if camera == camera_id]:
+                del self._removals[topic]
+            self._classes[camera_id] = classes
+            self._changed = True
+        topic, config = status_config(self._prefix, self._topics, camera_id)
+        messages = {topic: _payload(config)}
+        for name in sorted(classes):
+            topic, config = count_config(self._prefix, self._topics, camera_id, name)
+            messages[topic] = _payload(config)
+        return messages
+
+    def remove_camera(self, camera_id: str) -> dict[str, bytes]:
+        """A camera removed while running: empty retained payloads that delete its entities in HA."""
+        with self._lock:
+            classes = self._classes.pop(camera_id, None)
+            if classes is None:
+                return {}
+            self._leaving[camera_id] = classes
+            topics = self._topics_of(camera_id, classes)
+            self._removals.update(dict.fromkeys(topics, camera_id))
+            self._changed = True
+        return dict.fromkeys(topics, b"")
+
     def removed(self, topic: str) -> None:
         """A removal (empty retained payload) has been handed to the broker."""
         with self._lock:

@@ -293,6 +293,30 @@ class MqttPublisher(Sink):
         else:
             self._metrics.mqtt_dropped.inc()
 
+    # live reconfiguration (a config reload)
+
+    def add_camera(self, camera_id: str) -> None:
+        """A camera added while running: its status (offline until it delivers) and its HA entities."""
+        updates = {self.topics.status(camera_id): OFFLINE}
+        if self._discovery is not None:
+            updates.update(self._discovery.add_camera(camera_id))
+        self._set_retained(updates)
+
+    def remove_camera(self, camera_id: str) -> None:
+        """A camera removed while running (its results all handled): its retained status and counts and its
+        Home Assistant entities are cleared on the broker (empty retained payloads, sent once connected)."""
+        updates = {self.topics.status(camera_id): b"", self.topics.counts(camera_id): b""}
+        if self._discovery is not None:
+            updates.update(self._discovery.remove_camera(camera_id))
+        self._counts.pop(camera_id, None)
+        self._set_retained(updates)
+
+    def show_connected(self) -> None:
+        """Set `edgewatch_mqtt_connected` from this client's state (another client's close zeroed it)."""
+        with self._lock:
+            connected = self._connected
+        self._metrics.mqtt_connected.set(1 if connected else 0)
+
     # retained state
 
     def _set_retained(self, updates: Mapping[str, bytes]) -> None:

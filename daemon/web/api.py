@@ -9,6 +9,9 @@ the inference server does, for the one model edgewatch serves.
 
 Monitoring: `/` (the page, from daemon/web/static) and its JSON under `/api/...`, read from the History store.
 
+Reload: `POST /api/reload` rereads config.toml and answers with the outcome (200 applied, 422 refused:
+nothing changed); it needs one of `api.keys` and is refused (403) when none is set.
+
 With `api.keys` set, every request but `/info` and the page's static files needs one of the keys: as
 `Authorization: Bearer KEY`, the `api_key` query parameter, or `api_key` in the JSON body. Keys are compared
 in constant time and never logged or echoed.
@@ -34,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import ApiConfig, Config
 from daemon.events.sink import EventsSink
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
 from daemon.metrics.api import ApiMetrics
@@ -293,6 +296,9 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
     return Reply(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
+RELOAD_PATH = "/api/reload"
+
+
 def endpoint_label(path: str) -> str:
     """A bounded metric label for a request path."""
     if path.startswith("/infer/"):
@@ -301,6 +307,8 @@ def endpoint_label(path: str) -> str:
         return "model"
     if path == "/info":
         return "info"
+    if path == RELOAD_PATH:
+        return "reload"
     if path.startswith("/api/") or path in ("/", "/monitoring") or path.startswith("/static/"):
         return "monitoring"
     return "other"
@@ -374,6 +382,8 @@ class ApiServer:
         self._pending: set[_Pending] = set()
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        # set by the service: runs a config reload and returns its outcome (None: shutting down)
+        self.reload_handler: Callable[[], Mapping[str, Any] | None] | None = None
         self._static = {
             path.name: path.read_bytes() for path in STATIC_DIR.glob("*") if path.suffix in STATIC_TYPES
         }
@@ -467,6 +477,8 @@ class ApiServer:
             body = None
         if not self.authorized(headers, query, body):
             raise ApiError(401, "a valid API key is required")
+        if path == RELOAD_PATH:
+            return self._reload()
         if not known:
             if path.startswith("/infer/"):
                 raise ApiError(404, f"edgewatch serves one {TASK_TYPE} model; use /infer/object_detection")
@@ -479,6 +491,36 @@ class ApiServer:
         if path in ("/model/remove", "/model/clear"):
             return json_response(self._registry())  # the served model stays loaded
         return self._infer(body)
+
+    def _reload(self) -> Reply:
+        if not self._digests:
+            raise ApiError(403, "set api.keys to use /api/reload: it is never open without a key")
+        outcome = self.reload_handler() if self.reload_handler is not None else None
+        if outcome is None:
+            raise overloaded("edgewatch is stopping; no reload was done")
+        return json_response(dict(outcome), 200 if outcome["successful"] else 422)
+
+    # --- live reconfiguration (a config reload) ---------------------------------------------------------
+
+    def set_settings(self, settings: ApiConfig) -> None:
+        """New keys (required from the next request on), body limit and URL images."""
+        self._digests = [
+            key_digest(key.get_secret_value()) for key in settings.keys if key.get_secret_value()
+        ]
+        self.max_body = int(settings.max_body_mb * 1024 * 1024)
+        self._allow_urls = settings.allow_url_images
+
+    def set_cameras(self, config: Config) -> None:
+        """The configured cameras and their metadata, as the page lists them."""
+        with self._lock:
+            self._cameras = {camera.id: dict(camera.metadata) for camera in config.cameras}
+
+    def set_model(self, model: ModelInfo, config: Config) -> None:
+        """The served model after a swap: its id, classes and default thresholds."""
+        self.model = model
+        self._model_id = config.model.id
+        self._defaults = DecodeParams(config.model.confidence, config.model.iou, config.model.max_detections)
+        self._class_ids = {name: index for index, name in enumerate(model.class_names)}
 
     def _registry(self) -> dict[str, Any]:
         height, width = self.model.input_size

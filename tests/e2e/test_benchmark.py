@@ -6,6 +6,7 @@ daemon: in-memory cameras through `Service`, the drop accounting it relies on, t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,18 @@ def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
 
     wall, cpu = dispatcher_work(tmp_path / "work", objects=10, frames=60)
     assert len(wall) == len(cpu) == 60 and (cpu > 0).all() and (wall > 0).all()
+
+
+def test_the_reload_benchmark_runs_both_reloads_and_prints_its_figures(
+    demo_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.reload import main
+
+    markdown = tmp_path / "reload.md"
+    args = ["--model", str(demo_model), "--cameras", "2", "--warmup", "1", "--markdown", str(markdown)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "add a camera: " in printed and "(cameras +cam2)" in printed
+    assert re.search(r"swap the model: \d+ frames lost .* the worker stopped [\d.]+ ms to swap", printed)
+    assert "load average before: " in printed
+    assert markdown.read_text().strip() == printed.strip()[printed.index("# edgewatch reload"):].strip()
