@@ -1,8 +1,15 @@
-"""The on-disk queue of Model Monitoring requests (SQLite): written before any send, deleted after a 2xx.
+"""The on-disk queue of requests to Roboflow (SQLite): written before any send, deleted after a 2xx.
 
-One row per HTTP request (`kind` report or metadata) holding the exact JSON body that will be sent, so a
-request survives crashes, reboots and long outages. The spool is bounded by the size of the bodies it holds
-and by their age; when over, the oldest rows go, and every dropped row is counted and logged.
+One row per request (Model Monitoring: `kind` report or metadata; Vision Events: `kind` event) holding the
+exact JSON body that will be sent, so a request survives crashes, reboots and long outages. A row may carry
+an attachment (a Vision Event's image) that is uploaded first: its bytes until then, the reference the
+server gave it afterwards (`attachment_ref`), so a retry never uploads it twice. The spool is bounded by the
+bytes it holds (bodies and attachments) and by their age; when over, the oldest rows go, and every dropped
+row is counted and logged.
+
+A bad file never stops the device (daemon/statefile.py): a corrupt one is set aside and replaced, one that
+cannot be used runs the spool in memory until the file can be used again; a request that cannot be stored
+(full disk) is counted as dropped. Each is reported to the `Health` registry.
 """
 
 from __future__ import annotations
@@ -11,35 +18,52 @@ import contextlib
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol, TextIO
+
+from prometheus_client import Gauge
 
 from daemon.health import NO_HEALTH, Health
-from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.statefile import IN_MEMORY, is_corrupt, open_state_db, quick_check
 
 log = logging.getLogger("edgewatch.spool")
 
 FILE_RETRY = 5.0  # seconds between tries of the file while the spool is in memory (and empty)
 
-Kind = Literal["report", "metadata"]
+MONITORING_KINDS = ("report", "metadata")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: id order is send order
-    kind TEXT NOT NULL CHECK (kind IN ('report', 'metadata')),
+    kind TEXT NOT NULL CHECK (kind IN ({kinds})),
     camera TEXT NOT NULL,
-    created REAL NOT NULL,                 -- unix time the window closed
-    size INTEGER NOT NULL,                 -- bytes of body, what max_spool_mb bounds
-    body TEXT NOT NULL                     -- the JSON sent, byte for byte
+    created REAL NOT NULL,                 -- unix time the window closed / the event happened
+    size INTEGER NOT NULL,                 -- bytes of body and attachment, what max_spool_mb bounds
+    body TEXT NOT NULL,                    -- the JSON sent, byte for byte
+    attachment BLOB,                       -- bytes to upload before the body; NULL once uploaded
+    attachment_ref TEXT                    -- what the server called the uploaded attachment
 );
 CREATE INDEX IF NOT EXISTS requests_created ON requests (created);
 """
+_ATTACHMENT_COLUMNS = (("attachment", "BLOB"), ("attachment_ref", "TEXT"))
+_COLUMNS = "id, kind, camera, created, body, COALESCE(LENGTH(attachment), 0), attachment_ref"
+
+
+class SpoolMetrics(Protocol):
+    """A destination's metric group, as far as its spool is concerned."""
+
+    spool_depth: Gauge
+    spool_oldest_age: Gauge
+
+    def spool_dropped(self, count: int) -> None:
+        """`count` requests left the spool unsent, over a bound."""
 
 
 class SpoolError(Exception):
@@ -49,26 +73,15 @@ class SpoolError(Exception):
 @dataclass(frozen=True, slots=True)
 class SpoolItem:
     id: int
-    kind: Kind
+    kind: str
     camera: str
     created: float
     body: str
+    attachment_size: int = 0  # bytes waiting to be uploaded (0: none, or uploaded already)
+    attachment_ref: str | None = None  # the uploaded attachment's reference
 
     def json(self) -> dict[str, Any]:
         return json.loads(self.body)
-
-
-def _prepare(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode = WAL")
-    # WAL + synchronous=FULL fsyncs the log at every commit, so a request that put() returned for survives
-    # power loss, not only a crash of this process (NORMAL would survive kill -9 but could lose the last
-    # commits on power loss). The cost is one fsync per request, a few per second at most (one report and
-    # one metadata request per camera per window), which any disk absorbs.
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute("PRAGMA journal_size_limit = 4194304")  # shrink the WAL after checkpoints
-    quick_check(db)
-    db.executescript(_SCHEMA)
-    db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests").fetchone()
 
 
 def _connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
@@ -82,6 +95,28 @@ def _connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
     return connection
 
 
+def _preparer(kinds: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
+    """What a new connection runs: pragmas, a damage check, the schema (and columns older spools lack)."""
+
+    def prepare(db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode = WAL")
+        # WAL + synchronous=FULL fsyncs the log at every commit, so a request that put() returned for survives
+        # power loss, not only a crash of this process (NORMAL would survive kill -9 but could lose the last
+        # commits on power loss). The cost is one fsync per request, a few per second at most (one report and
+        # one metadata request per camera per window), which any disk absorbs.
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA journal_size_limit = 4194304")  # shrink the WAL after checkpoints
+        quick_check(db)
+        db.executescript(_SCHEMA.format(kinds=", ".join(f"'{kind}'" for kind in kinds)))
+        present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        for column, sql_type in _ATTACHMENT_COLUMNS:  # a spool written by an older edgewatch
+            if column not in present:
+                db.execute(f"ALTER TABLE requests ADD COLUMN {column} {sql_type}")
+        db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests").fetchone()
+
+    return prepare
+
+
 class Spool:
     """Thread-safe: the window timer writes, the uploader reads and deletes, Prometheus reads the gauges."""
 
@@ -90,22 +125,28 @@ class Spool:
         path: Path,
         max_bytes: int,
         max_age: float,
-        metrics: MonitoringMetrics | None = None,
+        metrics: SpoolMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        name: str = "monitoring",
+        kinds: tuple[str, ...] = MONITORING_KINDS,
         health: Health = NO_HEALTH,
+        part: str = "spool",
     ) -> None:
-        """Never fails for a bad file: a corrupt one is set aside and a fresh one made, an unusable one
-        (read-only, full disk) replaced by memory for this run; `health` is told either way."""
+        """`name` says whose spool it is in logs; `kinds` are the kinds of request it holds. Never fails for
+        a bad file: `health` hears about it as `part`."""
         self.path = path
+        self.name = name
+        self._kinds = kinds
         self._max_bytes = max_bytes
         self._max_age = max_age
         self._metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
         self._health = health
-        self._db, self.durable = open_state_db(
-            path, _connect, _prepare, part="spool", what="monitoring spool", health=health
-        )
+        self._part = part
+        self._prepare = _preparer(kinds)
+        self._db, self.durable = self._open()
         self._put_failing = False
         self._next_file_try = time.monotonic() + FILE_RETRY
         count, total, oldest = self._db.execute(
@@ -118,32 +159,45 @@ class Spool:
             metrics.spool_depth.set_function(lambda: self._depth)
             metrics.spool_oldest_age.set_function(self.oldest_age)
         if count:
-            log.info("monitoring spool %s holds %d unsent request(s) from earlier runs", path, count)
+            log.info("%s spool %s holds %d unsent request(s) from earlier runs", name, path, count)
         self.trim()
 
-    def put(self, kind: Kind, camera: str, body: dict[str, Any], created: float | None = None) -> int:
+    def put(
+        self,
+        kind: str,
+        camera: str,
+        body: dict[str, Any],
+        created: float | None = None,
+        attachment: bytes | None = None,
+    ) -> int:
         """Store one request durably; returns its id. Drops the oldest rows if this goes over a bound.
 
         SpoolError when it cannot be stored (full disk, I/O error): the request is counted as dropped and
         the spool reported degraded until a later request is stored again."""
+        if kind not in self._kinds:
+            raise ValueError(f"the {self.name} spool holds no {kind!r} requests")
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         created = self._clock() if created is None else created
-        size = len(text.encode())
-        insert = "INSERT INTO requests (kind, camera, created, size, body) VALUES (?, ?, ?, ?, ?)"
+        size = len(text.encode()) + len(attachment or b"")
+        insert = (
+            "INSERT INTO requests (kind, camera, created, size, body, attachment) VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        row = (kind, camera, created, size, text, attachment)
         with self._lock:
             self._back_to_file()
             try:
                 try:
-                    cursor = self._db.execute(insert, (kind, camera, created, size, text))
+                    cursor = self._db.execute(insert, row)
                 except sqlite3.DatabaseError as exc:
                     if not is_corrupt(exc):
                         raise
                     self._replace_corrupt(exc)  # the request itself can still be kept, in the fresh file
-                    cursor = self._db.execute(insert, (kind, camera, created, size, text))
+                    cursor = self._db.execute(insert, row)
             except sqlite3.Error as exc:
                 self._count_dropped(1)
                 self._put_failing = True
-                self._health.degrade("spool", f"{self.path}: cannot store reports ({exc}): they are dropped")
+                why = f"{self.path}: cannot store requests ({exc}): they are dropped"
+                self._health.degrade(self._part, why)
                 raise SpoolError(f"{self.path}: cannot store the {kind} of camera {camera}: {exc}") from None
             self._depth += 1
             self._bytes += size
@@ -151,39 +205,80 @@ class Spool:
                 self._oldest = created
             if self._put_failing:
                 self._put_failing = False
-                self._health.recover("spool")
+                self._health.recover(self._part)
         self.trim()
         return int(cursor.lastrowid or 0)
 
     def oldest(self) -> SpoolItem | None:
+        head = self.head(1)
+        return head[0] if head else None
+
+    def head(self, limit: int) -> list[SpoolItem]:
+        """The `limit` oldest requests, oldest first (attachments by size, not their bytes)."""
         with self._lock:
             try:
-                row = self._db.execute(
-                    "SELECT id, kind, camera, created, body FROM requests ORDER BY id LIMIT 1"
-                ).fetchone()
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM requests ORDER BY id LIMIT ?", (limit,)
+                ).fetchall()
             except sqlite3.DatabaseError as exc:
                 if not is_corrupt(exc):
                     raise
                 self._replace_corrupt(exc)
-                return None
-        return SpoolItem(*row) if row else None
+                return []
+        return [SpoolItem(*row) for row in rows]
 
-    def delete(self, item_id: int) -> None:
-        """Remove a request (sent, or refused for good). A row already dropped by trim() is a no-op."""
+    def attachment(self, item_id: int) -> bytes | None:
+        """The bytes still to upload for a request (None: none, uploaded already, or the row is gone)."""
+        with self._lock:
+            row = self._db.execute("SELECT attachment FROM requests WHERE id = ?", (item_id,)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def settle_attachment(self, item_id: int, ref: str | None) -> None:
+        """The attachment was uploaded as `ref` (None: it was refused): its bytes leave the spool."""
         with self._lock:
             try:
                 with self._transaction():
-                    row = self._db.execute("SELECT size FROM requests WHERE id = ?", (item_id,)).fetchone()
+                    row = self._db.execute(
+                        "SELECT COALESCE(LENGTH(attachment), 0) FROM requests WHERE id = ?", (item_id,)
+                    ).fetchone()
                     if row:
-                        self._db.execute("DELETE FROM requests WHERE id = ?", (item_id,))
+                        self._db.execute(
+                            "UPDATE requests SET attachment = NULL, attachment_ref = ?, size = size - ?"
+                            " WHERE id = ?",
+                            (ref, row[0], item_id),
+                        )
             except sqlite3.DatabaseError as exc:
                 if not is_corrupt(exc):
                     raise
                 self._replace_corrupt(exc)
                 return
             if row:
-                self._depth -= 1
                 self._bytes -= row[0]
+
+    def delete(self, item_id: int) -> None:
+        """Remove a request (sent, or refused for good). A row already dropped by trim() is a no-op."""
+        self.delete_many([item_id])
+
+    def delete_many(self, item_ids: list[int]) -> None:
+        """Remove several requests in one transaction (a batch that was accepted)."""
+        with self._lock:
+            marks = ", ".join("?" * len(item_ids))
+            try:
+                with self._transaction():
+                    count, size = self._db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM requests WHERE id IN ({marks})",
+                        item_ids,
+                    ).fetchone()
+                    if count:
+                        self._db.execute(f"DELETE FROM requests WHERE id IN ({marks})", item_ids)
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                self._replace_corrupt(exc)
+                return
+            if count:
+                self._depth -= count
+                self._bytes -= size
                 self._refresh_oldest()
 
     def trim(self) -> int:
@@ -205,47 +300,27 @@ class Spool:
                 if is_corrupt(exc):
                     self._replace_corrupt(exc)
                 else:
-                    log.warning("monitoring spool %s: cannot drop old requests now: %s", self.path, exc)
+                    log.warning("%s spool %s: cannot drop old requests now: %s", self.name, self.path, exc)
         for reason, dropped in (("older than max_spool_age", too_old), ("over max_spool_mb", too_big)):
             if dropped:
                 total = sum(dropped.values())
                 per_camera = ", ".join(f"{camera}: {n}" for camera, n in sorted(dropped.items()))
                 log.warning(
-                    "monitoring spool %s: dropped the %d oldest unsent request(s) %s (%s)",
-                    self.path, total, reason, per_camera,
+                    "%s spool %s: dropped the %d oldest unsent request(s) %s (%s)",
+                    self.name, self.path, total, reason, per_camera,
                 )
                 self._count_dropped(total)
         return sum(too_old.values()) + sum(too_big.values())
 
-    def _back_to_file(self) -> None:
-        """In memory (the file could not be used at start): once everything held has been sent, try the file
-        again every FILE_RETRY seconds; when it opens, go on with it (caller holds the lock). Rows in memory
-        are never moved: their ids are in use by the uploader."""
-        if self.durable or self._depth or time.monotonic() < self._next_file_try:
-            return
-        self._next_file_try = time.monotonic() + FILE_RETRY
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = _connect(self.path)
-        except (OSError, sqlite3.Error):
-            return
-        try:
-            _prepare(db)
-            count, total, oldest = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
-            ).fetchone()
-        except sqlite3.Error:
-            db.close()
-            return
-        self._db.close()
-        self._db, self.durable = db, True
-        self._depth, self._bytes, self._oldest = count, total, oldest
-        log.info("monitoring spool %s can be used again: requests are kept on disk from now on", self.path)
-        self._health.recover("spool")
+    def _open(self, damaged: BaseException | None = None) -> tuple[sqlite3.Connection, bool]:
+        return open_state_db(
+            self.path, _connect, self._prepare, part=self._part, what=f"{self.name} spool",
+            health=self._health, damaged=damaged,
+        )
 
     def _count_dropped(self, requests: int) -> None:
         if self._metrics is not None:
-            self._metrics.reports.labels("dropped").inc(requests)
+            self._metrics.spool_dropped(requests)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -264,13 +339,38 @@ class Spool:
         lost = self._depth
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-        log.error("monitoring spool %s: damaged while running (%s); %d request(s) lost", self.path, exc, lost)
-        self._db, self.durable = open_state_db(
-            self.path, _connect, _prepare, part="spool", what="monitoring spool", health=self._health,
-            damaged=exc,
+        log.error(
+            "%s spool %s: damaged while running (%s); %d request(s) lost", self.name, self.path, exc, lost
         )
+        self._db, self.durable = self._open(damaged=exc)
         self._count_dropped(lost)
         self._depth, self._bytes, self._oldest = 0, 0, None
+
+    def _back_to_file(self) -> None:
+        """In memory (the file could not be used at start): once everything held has been sent, try the file
+        again every FILE_RETRY seconds; when it opens, go on with it (caller holds the lock). Rows in memory
+        are never moved: their ids are in use by the uploader."""
+        if self.durable or self._depth or time.monotonic() < self._next_file_try:
+            return
+        self._next_file_try = time.monotonic() + FILE_RETRY
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = _connect(self.path)
+        except (OSError, sqlite3.Error):
+            return
+        try:
+            self._prepare(db)
+            count, total, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
+            ).fetchone()
+        except sqlite3.Error:
+            db.close()
+            return
+        self._db.close()
+        self._db, self.durable = db, True
+        self._depth, self._bytes, self._oldest = count, total, oldest
+        log.info("%s spool %s can be used again: requests are kept on disk from now on", self.name, self.path)
+        self._health.recover(self._part)
 
     def _drop(self, where: str, value: float) -> Counter[str]:
         """Delete the rows matching `where` (caller holds the lock); returns dropped rows per camera."""
@@ -318,12 +418,52 @@ def read_items(path: Path, limit: int | None = None) -> list[SpoolItem]:
         try:
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone():
                 return []  # the daemon is creating it right now
+            columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            selected = _COLUMNS if "attachment" in columns else "id, kind, camera, created, body"
             rows = db.execute(
-                "SELECT id, kind, camera, created, body FROM requests ORDER BY id DESC LIMIT ?",
+                f"SELECT {selected} FROM requests ORDER BY id DESC LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise SpoolError(f"{path}: cannot read the monitoring spool: {exc}") from None
+        raise SpoolError(f"{path}: cannot read the spool: {exc}") from None
     return [SpoolItem(*row) for row in reversed(rows)]
+
+
+def print_waiting(
+    path: Path,
+    *,
+    what: str,
+    noun: str,
+    limit: int | None,
+    as_json: bool,
+    json_row: Callable[[SpoolItem], dict[str, Any]],
+    text_line: Callable[[SpoolItem], str],
+    out: TextIO,
+) -> int:
+    """What `edgewatch reports` and `edgewatch vision-events` print: the newest `limit` requests waiting in
+    a spool, oldest first, one JSON object (`json_row`) or one line (time, camera, `text_line`) each, with
+    `what` naming them all ("Model Monitoring requests") and `noun` one ("request(s)"). Returns the exit
+    code."""
+    try:
+        items = read_items(path, limit)
+    except SpoolError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps([json_row(item) for item in items], indent=2, ensure_ascii=False), file=out)
+        return 0
+    if not items:
+        print(f"no {what} waiting in {path}", file=out)
+        return 0
+    width = max(len(item.camera) for item in items)
+    for item in items:
+        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
+        print(f"{created}  {item.camera or '-':<{width}}  {text_line(item)}", file=out)
+    print(f"{len(items)} {noun} shown, from {path}", file=out)
+    return 0
+
+
+def created_utc(item: SpoolItem) -> str:
+    return datetime.fromtimestamp(item.created, timezone.utc).isoformat()

@@ -18,6 +18,7 @@ from prometheus_client import generate_latest, start_http_server
 
 from daemon.health import Health
 from daemon.metrics import Metrics
+from daemon.reload.metrics import ReloadMetrics
 from daemon.web.server import ServerMetrics
 from tests.support.daemon import REPO, free_port, wait_until
 
@@ -46,6 +47,7 @@ def test_rules_use_only_metrics_edgewatch_exports():
     metrics.init_cameras(["cam-1"])
     Health(metrics.registry)  # the groups the service adds beside Metrics
     ServerMetrics(metrics.registry).init("exporter")
+    ReloadMetrics(metrics.registry)
     exported = set(re.findall(r"^(edgewatch_\w+?)(?:\{| )", generate_latest(metrics.registry).decode(), re.M))
     used = set(re.findall(r"\bedgewatch_\w+", RULES.read_text()))
     assert used and used <= exported, used - exported
@@ -164,6 +166,14 @@ SCENARIOS = {
         [
             alert("EdgewatchMqttDisconnected", "5m", None),
             alert("EdgewatchMqttDisconnected", "7m", {**TARGET_LABELS, "severity": "warning"}),
+        ],
+    ),
+    "config_reload_failed": (
+        [series("edgewatch_config_last_reload_successful", "1x4 0x10 1x10")],
+        [
+            alert("EdgewatchConfigReloadFailed", "1m", None),
+            alert("EdgewatchConfigReloadFailed", "2m30s", {**TARGET_LABELS, "severity": "warning"}),
+            alert("EdgewatchConfigReloadFailed", "5m", None),
         ],
     ),
     "scrape_failing": (

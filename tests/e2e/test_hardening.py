@@ -201,8 +201,8 @@ def test_a_disk_filling_while_running_counts_every_lost_window_and_recovers(
         30, message="lost windows counted as dropped",
     )
     body = wait_degraded(port, "spool")
-    assert "cannot store reports" in body["degraded"]["spool"]
-    daemon.wait_for_output(r"alert degraded firing: .*spool: .*cannot store reports", timeout=10)
+    assert "cannot store requests" in body["degraded"]["spool"]
+    daemon.wait_for_output(r"alert degraded firing: .*spool: .*cannot store requests", timeout=10)
     daemon.wait_for_output(r"Model Monitoring report of camera kitchen is lost: .*full", timeout=10)
 
     in_daemon_mounts("rm", f"{state}/filler")
