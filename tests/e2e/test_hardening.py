@@ -172,7 +172,7 @@ def test_an_unwritable_state_folder_runs_the_spool_and_history_in_memory(
     # the monitoring sink still aggregates and "spools" (in memory) every window
     daemon.wait_for_output(r"Model Monitoring report, camera kitchen \(not sent", timeout=30)
     assert healthz(port)[0] == 200
-    assert daemon.terminate() == 0
+    assert daemon.terminate() == 0, daemon.output()[-4000:]
     assert list(state.iterdir()) == []  # nothing written through the fault (the tmpfs went with the daemon)
     assert "Traceback" not in daemon.output()
 
@@ -498,7 +498,7 @@ def test_a_trickling_roboflow_answer_raises_upload_failing(tmp_path, start_daemo
         )
         daemon = start_daemon(text)
         # the attempt never completes: after timeout * 2 + 1 s in flight it counts as failing, 3 s on it fires
-        daemon.wait_for_output(r"alert upload_failing firing: Model Monitoring uploads failing for", 30)
+        daemon.wait_for_output(r"alert upload_failing firing: Roboflow uploads failing for", 30)
         assert sample(scrape(port), "edgewatch_alert_active", type="upload_failing", camera="") == 1
         assert "rf-key" not in daemon.output()
     finally:
