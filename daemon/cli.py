@@ -101,10 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgewatch: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     setup_logging(args.log_level, _secrets(config))
-    from daemon.security import config_warnings
-
-    for warning in config_warnings(config):
-        log.warning("%s: %s", config.source, warning)
     if args.command == "run":
         return _run(config, args.duration)
     if args.command == "check":
@@ -145,6 +141,10 @@ def _run(config: Config, duration: float | None) -> int:
     if duration is not None and duration <= 0:
         print("edgewatch: --duration must be a positive number of seconds", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from daemon.security import config_warnings
+
+    for warning in config_warnings(config):  # settings that work but expose something: said at every start
+        log.warning("%s: %s", config.source, warning)
     model = _load_model(config)
     if model is None:
         return EXIT_BAD_INPUT
