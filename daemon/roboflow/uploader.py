@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import Gauge, Histogram
+
 from daemon.backoff import backoff_delay
 from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.client import RoboflowClient
@@ -98,21 +100,21 @@ class _MonitoringRequest:
             metrics.reports.labels("retried").inc()
 
 
-class MonitoringCourier:
-    """Model Monitoring: each spooled row is one request, sent as it was written."""
+class Client(Protocol):
+    def redact(self, text: str) -> str: ...
 
-    label = "Model Monitoring"
+    def close(self) -> None: ...
 
-    def __init__(self, spool: Spool, client: RoboflowClient, metrics: MonitoringMetrics) -> None:
+
+class ClientCourier:
+    """What every courier does with its HTTP client and its destination's metrics; a subclass names the
+    next delivery."""
+
+    def __init__(self, spool: Spool, client: Client, upload_duration: Histogram, unauthorized: Gauge) -> None:
         self.spool = spool
         self.client = client
-        self.metrics = metrics
-
-    def next(self) -> Delivery | None:
-        item = self.spool.oldest()
-        if item is None:
-            return None
-        return _MonitoringRequest(self, item.id, item.kind, item.camera, item.body)
+        self._upload_duration = upload_duration
+        self._unauthorized = unauthorized
 
     def redact(self, text: str) -> str:
         return self.client.redact(text)
@@ -121,10 +123,26 @@ class MonitoringCourier:
         self.client.close()
 
     def observe(self, seconds: float) -> None:
-        self.metrics.upload_duration.observe(seconds)
+        self._upload_duration.observe(seconds)
 
     def set_unauthorized(self, refused: bool) -> None:
-        self.metrics.monitoring_unauthorized.set(int(refused))
+        self._unauthorized.set(int(refused))
+
+
+class MonitoringCourier(ClientCourier):
+    """Model Monitoring: each spooled row is one request, sent as it was written."""
+
+    label = "Model Monitoring"
+
+    def __init__(self, spool: Spool, client: RoboflowClient, metrics: MonitoringMetrics) -> None:
+        super().__init__(spool, client, metrics.upload_duration, metrics.monitoring_unauthorized)
+        self.metrics = metrics
+
+    def next(self) -> Delivery | None:
+        item = self.spool.oldest()
+        if item is None:
+            return None
+        return _MonitoringRequest(self, item.id, item.kind, item.camera, item.body)
 
 
 class Uploader:

@@ -37,7 +37,7 @@ from daemon.frames import FrameResult, class_counts
 from daemon.health import NO_HEALTH, Health
 from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, created_utc, print_waiting
 from daemon.roboflow.transport import Outcome, Response
-from daemon.roboflow.uploader import Delivery, Uploader, UploaderState
+from daemon.roboflow.uploader import ClientCourier, Delivery, Uploader, UploaderState
 from daemon.roboflow.ve_client import BATCH_MAX, VisionEventsClient
 from daemon.roboflow.ve_metrics import VisionEventsMetrics
 from daemon.sink import Sink
@@ -277,14 +277,13 @@ class _EventBatch:
             events.labels("retried").inc(count)
 
 
-class VisionEventsCourier:
+class VisionEventsCourier(ClientCourier):
     """Images first (each event's, in order), then the events in batches of up to 100."""
 
     label = "Vision Events"
 
     def __init__(self, spool: Spool, client: VisionEventsClient, metrics: VisionEventsMetrics) -> None:
-        self.spool = spool
-        self.client = client
+        super().__init__(spool, client, metrics.upload_duration, metrics.unauthorized)
         self.metrics = metrics
         self.singles: set[int] = set()  # rows of a refused batch, now sent one at a time
 
@@ -302,18 +301,6 @@ class VisionEventsCourier:
             if item.attachment_size:
                 return _ImageUpload(self, item)
         return _EventBatch(self, items, single=False)
-
-    def redact(self, text: str) -> str:
-        return self.client.redact(text)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def observe(self, seconds: float) -> None:
-        self.metrics.upload_duration.observe(seconds)
-
-    def set_unauthorized(self, refused: bool) -> None:
-        self.metrics.unauthorized.set(int(refused))
 
 
 # --- the sink ------------------------------------------------------------------------------------------
