@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.config import (
+    ApiConfig,
     CameraConfig,
     Config,
     DeviceConfig,
@@ -138,6 +139,7 @@ def bench_config(
     broker: tuple[str, int],
     max_batch: int,
     batch_timeout_ms: float,
+    api: ApiConfig | None = None,
 ) -> Config:
     model_config = model.model_copy(update={"max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms})
     return Config(
@@ -147,6 +149,7 @@ def bench_config(
         roboflow=RoboflowConfig(enabled=True, api_key="", spool=workdir / "spool.db", frequency=5),
         mqtt=MqttConfig(enabled=True, host=broker[0], port=broker[1]),
         metrics=MetricsConfig(host="127.0.0.1", port=0),
+        api=api or ApiConfig(),
     )
 
 
