@@ -11,8 +11,9 @@ Sections, in one process, one model, one set of thread settings:
    read as fast as inference takes them, and paced (realtime) at the highest fps that drops < 1 % of frames;
 4. memory: RSS after 1 minute of steady load and later (2 minutes, or 10 with --long);
 5. batching (benchmarks/scale.py): the demo network at a small input, 16 cameras, max_batch 8 against 1;
-6. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
-7. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
+6. latency: the overload case at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the defaults' basis);
+7. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
+8. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
 Every figure is printed with the load average: on a shared machine compare only within one run.
 
 Prints a table, the targets met or missed, and the command line. Not part of the test suite.
@@ -46,6 +47,7 @@ from benchmarks.scale import (
     STREAM_COUNTS,
     bench_batching,
     bench_cameras,
+    bench_latency_policy,
     bench_prologue_cost,
     bench_soak,
     load_average,
@@ -161,6 +163,7 @@ class Bench:
         seconds: float | None = None,
         rss_at: tuple[float, ...] = (),
         profile: Path | None = None,
+        online_timeout: float = 0.0,
     ) -> tuple[Measured, int]:
         """Measure one run; also returns how many frames are unaccounted for (offered - inferred - drops)."""
         self.runs += 1
@@ -172,7 +175,8 @@ class Bench:
         recorders = []
         on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
         measured, totals = run_pipeline(
-            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window
+            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window,
+            online_timeout,
         )
         for recorder in recorders:
             _, errors = recorder.communicate(timeout=60)
@@ -445,9 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
         "--sections",
-        default="raw,memory,overload,decode,rss,batching,cameras",
-        help="comma-separated subset of raw,memory,overload,decode,rss,batching,cameras (raw always runs; "
-        "--soak adds soak)",
+        default="raw,memory,overload,decode,rss,batching,latency,cameras",
+        help="comma-separated subset of raw,memory,overload,decode,rss,batching,latency,cameras (raw always "
+        "runs; --soak runs the soak alone)",
     )
     parser.add_argument(
         "--small-size",
@@ -532,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 ("rss", lambda: bench_memory(bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.long)),
                 ("batching", lambda: bench_batching(bench, args.small_size, raw_seconds)),
+                ("latency", lambda: bench_latency_policy(bench, 5.0 if quick else 15.0)),
                 (
                     "cameras",
                     lambda: bench_cameras(
@@ -582,4 +587,6 @@ def cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks import run  # run as benchmarks.run, the one copy that benchmarks.scale imports by name
+
+    raise SystemExit(run.main())

@@ -131,15 +131,14 @@ def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds:
     server.start()
     base = rss_mib()
     figures: list[tuple[int, float]] = []
-    saved = bench.warmup
-    bench.warmup = 15.0  # 64 RTSP connections open and probe their stream (about 10 frames at 2 fps)
     try:
         for count in counts:
             cameras = [
                 CameraConfig(id=f"rtsp-{i + 1}", url=server.url, fps=STREAM_FPS) for i in range(count)
             ]
-            m, _ = bench.pipeline(cameras, seconds=seconds, rss_at=(bench.warmup + seconds - 1,))
-            rss = m.rss_mb[-1][1]
+            # RTSP connections open and probe their stream (several frames at 2 fps) before the warm-up
+            m, _ = bench.pipeline(cameras, seconds=seconds, online_timeout=60)
+            rss = m.rss_end_mb
             figures.append((count, rss))
             batch_ms = m.run_seconds / m.batches * 1000 if m.batches else 0.0
             budget = 1000 / STREAM_FPS + 1.5 * batch_ms
@@ -161,7 +160,6 @@ def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds:
                 f"cameras N={count}: p95 latency {row.p95:.0f} ms <= {budget:.0f}",
             )
     finally:
-        bench.warmup = saved
         server.stop()
     (first_count, first), (last_count, last) = figures[0], figures[-1]
     if last_count > first_count:
@@ -201,7 +199,9 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None) -> None:
         m, _ = bench.pipeline(cameras, seconds=end - bench.warmup + 1, rss_at=samples)
     finally:
         bench.warmup, bench.api = saved_warmup, saved_api
-    print("  RSS (s, MiB): " + ", ".join(f"{at:.0f}: {rss:.1f}" for at, rss in m.rss_mb), flush=True)
+    print("  s: RSS MiB, Python blocks, threads, descriptors", flush=True)
+    for (at, rss), (blocks, threads, fds) in zip(m.rss_mb, m.process, strict=True):
+        print(f"  {at:5.0f}: {rss:7.1f} {blocks:9d} {threads:4d} {fds:4d}", flush=True)
     settled = [(at, rss) for at, rss in m.rss_mb if at >= settle]
     (start_at, start), (end_at, last) = settled[0], settled[-1]
     hours = (end_at - start_at) / 3600
@@ -220,3 +220,26 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None) -> None:
         f"soak: RSS growth after minute {start_at / 60:g} {per_hour:+.2%} per hour < 1% "
         f"({minutes:g} min run{'' if minutes >= 60 else ': shorter than the hour the target asks for'})",
     )
+
+
+def bench_latency_policy(bench: Bench, seconds: float) -> None:
+    """The overload case (4 paced cameras at 15 fps) at each max_batch and batch timeout: the p95 each gives
+    on this provider, for choosing the defaults."""
+    from benchmarks.run import OVERLOAD_CAMERAS, OVERLOAD_FPS, memory_cameras  # run imports this module
+
+    print(
+        f"latency policy: {OVERLOAD_CAMERAS} paced cameras at {OVERLOAD_FPS:g} fps, by max_batch and timeout",
+        flush=True,
+    )
+    cameras = memory_cameras(OVERLOAD_CAMERAS, "paced", OVERLOAD_FPS)
+    for max_batch in (1, 2, 4, 8):
+        for timeout_ms in (0.0, 10.0) if max_batch > 1 else (0.0,):
+            run = dataclasses.replace(bench, max_batch=max_batch, batch_timeout_ms=timeout_ms)
+            m, _ = run.pipeline(cameras, seconds)
+            run.row(
+                "latency policy",
+                f"max_batch {max_batch}, batch_timeout_ms {timeout_ms:g}",
+                m,
+                OVERLOAD_CAMERAS,
+                busy=False,
+            )
