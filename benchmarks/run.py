@@ -47,6 +47,7 @@ from benchmarks.scale import (
     STREAM_COUNTS,
     bench_batching,
     bench_cameras,
+    bench_frame_cost,
     bench_latency_policy,
     bench_prologue_cost,
     bench_soak,
@@ -503,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_raw(model, frames, raw_seconds, report)
     if not args.soak:
         bench_prologue_cost(model, frames, raw_seconds * 2, report)
+        bench_frame_cost(model, frames, report)
 
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmp:
         workdir = Path(tmp)

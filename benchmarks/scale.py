@@ -243,3 +243,34 @@ def bench_latency_policy(bench: Bench, seconds: float) -> None:
                 OVERLOAD_CAMERAS,
                 busy=False,
             )
+
+
+def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, batch: int = 4) -> None:
+    """CPU time per frame of the inference loop's own work around session.run, 640x480 frames in batches
+    of `batch`: letterboxing (with, for comparison, the numpy float conversion the prologue replaced) and
+    decoding into detections. CPU time of this process, not wall time: steadier on a shared machine."""
+    from benchmarks.run import Row  # run imports this module
+
+    images = (frames * batch)[:batch]
+    feed, transforms = model.prepare(images)
+    outputs = model.run(feed)
+
+    def float_conversion() -> None:
+        canvas, _ = model.prepare(images)
+        np.multiply(canvas[..., ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
+
+    cases = {
+        "letterbox + float conversion in numpy (before)": float_conversion,
+        "letterbox into the uint8 batch (now)": lambda: model.prepare(images),
+        "decode + detections": lambda: model.detections(outputs, images, transforms),
+    }
+    for case, work in cases.items():
+        work()
+        runs = 0
+        started = time.process_time()
+        while (spent := time.process_time() - started) < 1.0:
+            work()
+            runs += 1
+        ms = spent / runs / batch * 1000
+        report.rows.append(Row("frame cost", case, 0, batch, float("nan"), overhead_ms=ms))
+        print(f"  {case}: {ms:.3f} ms CPU per frame (load average {load_average()})", flush=True)
