@@ -32,9 +32,10 @@ from daemon.config import (
 from daemon.frames import FrameResult
 from daemon.model.session import Model
 from daemon.service import CameraFactory, Service
+from daemon.sink import Sink
 
 
-class LatencyRecorder:
+class LatencyRecorder(Sink):
     """A Sink that notes each frame's seconds from capture until it is called."""
 
     name = "bench-latency"
@@ -60,12 +61,6 @@ class LatencyRecorder:
         with self._lock:
             if self._armed:
                 self._latencies.append(latency)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -207,9 +202,8 @@ def run_pipeline(
     `online_timeout`: first wait up to this long for every camera's first frame (cameras that connect
     slowly, e.g. many RTSP streams probing at 2 fps); the warm-up starts after.
     """
-    service = Service(config, model, camera_factory=factory)
     recorder = LatencyRecorder()
-    service.dispatcher.sinks.append(recorder)
+    service = Service(config, model, camera_factory=factory, extra_sinks=[recorder])
     exit_code: list[int] = []
     runner = threading.Thread(target=lambda: exit_code.append(service.run()), name="bench-service")
     started = time.monotonic()

@@ -16,16 +16,19 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from daemon.config import CameraConfig
 from daemon.demo import DEMO_PHOTOS, pan_zoom_transform, photo_path, read_photo
-from daemon.metrics import Metrics
+from daemon.frames import CameraStatusListener
+from daemon.metrics.cameras import CameraMetrics
+from daemon.metrics.frames import FrameMetrics
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
+from daemon.service import CameraFactory
 
 TAKEN_WAIT = 0.5  # seconds an unpaced source waits for its frame to be taken before checking `stop`
 STALL_AFTER = 1.0  # seconds a `memory:stalled` camera delivers before it goes silent
@@ -61,13 +64,14 @@ class MemoryCamera(Camera):
         self,
         config: CameraConfig,
         board: FrameBoard,
-        metrics: Metrics,
+        frame_metrics: FrameMetrics,
+        camera_metrics: CameraMetrics,
         stop: threading.Event,
-        on_status: Callable[[str, bool], None],
-        frames: Sequence[np.ndarray],
+        listeners: Sequence[CameraStatusListener],
+        images: Sequence[np.ndarray],
     ) -> None:
-        super().__init__(config, board, metrics, stop, on_status)
-        self._frames = frames
+        super().__init__(config, board, frame_metrics, camera_metrics, stop, listeners)
+        self._frames = images
         self._mode = config.url.removeprefix("memory:")
 
     def run(self) -> None:
@@ -108,7 +112,7 @@ class MemoryCamera(Camera):
             self._halt.wait(max(0.0, started + tick * period - time.monotonic()))
 
 
-def camera_factory(scenes: Sequence[Sequence[np.ndarray]]) -> Callable[..., threading.Thread]:
+def camera_factory(scenes: Sequence[Sequence[np.ndarray]]) -> CameraFactory:
     """A `Service` camera factory: `memory:` URLs become `MemoryCamera`s, each showing the next of `scenes`
     in turn; other URLs real cameras."""
     made = 0
@@ -116,14 +120,16 @@ def camera_factory(scenes: Sequence[Sequence[np.ndarray]]) -> Callable[..., thre
     def make(
         config: CameraConfig,
         board: FrameBoard,
-        metrics: Metrics,
+        frame_metrics: FrameMetrics,
+        camera_metrics: CameraMetrics,
         stop: threading.Event,
-        on_status: Callable[[str, bool], None],
-    ) -> threading.Thread:
+        listeners: Sequence[CameraStatusListener],
+    ) -> Camera:
         nonlocal made
+        parts = (config, board, frame_metrics, camera_metrics, stop, listeners)
         if config.url.startswith("memory:"):
             made += 1
-            return MemoryCamera(config, board, metrics, stop, on_status, scenes[(made - 1) % len(scenes)])
-        return Camera(config, board, metrics, stop, on_status)
+            return MemoryCamera(*parts, scenes[(made - 1) % len(scenes)])
+        return Camera(*parts)
 
     return make

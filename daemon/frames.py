@@ -1,4 +1,4 @@
-"""The data that flows between stages: a captured frame, and one frame's inference result.
+"""The data that flows between stages: a captured frame, one frame's inference result, a camera's state.
 
 Detections are `sv.Detections` in the original frame's pixel coordinates (xyxy), with `data` holding
 `class_name`, `inference_id` and `detection_id` arrays, one entry per detection.
@@ -66,6 +66,24 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class CameraStatusListener(Protocol):
+    """Told when a camera goes online or offline, on that camera's thread: must not block."""
+
+    def on_camera_status(self, camera_id: str, online: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class CameraState:
+    """A snapshot for health, alerts and status lines; replaced whole, so it is read without a lock."""
+
+    online: bool = False
+    since_mono: float = 0.0  # time.monotonic() of the last online/offline transition (or of the start)
+    frames: int = 0  # frames handed to inference
+    read_errors: int = 0  # frames that could not be decoded
+    reconnects: int = 0
+    last_error: str = ""  # "" until something goes wrong; never holds credentials
 
 
 def class_counts(detections: sv.Detections) -> dict[str, int]:

@@ -1,32 +1,40 @@
-"""Wiring and lifecycle: build every stage from the config, start them, watch them, stop them in order.
+"""The composition root: build every part from the config, start them, watch them, stop them in order.
 
-Start: metrics endpoint, model (loaded and warmed up), sinks, dispatcher, inference worker, cameras, then
-READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker): cameras first, then the worker,
-then the dispatcher, which drains its queue and flushes and closes every sink (the monitoring sink spools
-every partial window), then the endpoint. A failed inference worker ends the process with exit code 1.
+Start: the metrics endpoint, the sinks, the dispatcher, the inference worker, the API, the cameras, the
+alert engine, then READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker), within the
+shutdown budget (SHUTDOWN_BUDGET seconds by default) in all: the alert engine and the cameras first, then
+the worker, the API, the dispatcher (which hands over what is queued); then every sink is flushed (the
+monitoring sink spools its partial windows) and closed, each within what is left of the budget, a hung one
+abandoned with a warning so that the others still close; the endpoint last. A failed inference worker ends
+the process with exit code 1.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
-from daemon.frames import Frame, Sink
+from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics import Metrics
+from daemon.metrics.cameras import CameraMetrics
+from daemon.metrics.frames import FrameMetrics
 from daemon.model.session import Model
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
 from daemon.roboflow.model_monitoring import MonitoringSink
-from daemon.sinks.detection_metrics import DetectionMetrics
+from daemon.sink import Sink
+from daemon.sinks.detection_series import DetectionSeries
 from daemon.sinks.history import History
 from daemon.sinks.mqtt import MqttPublisher
 from daemon.sinks.progress import ProgressReporter
@@ -35,101 +43,145 @@ from daemon.web.exporter import Exporter
 
 log = logging.getLogger("edgewatch")
 
-# How cameras are made: the real capture threads, or (benchmarks) sources with the same interface.
+# How cameras are made: the real capture threads, or (benchmarks, tests) sources with the same interface.
 CameraFactory = Callable[
-    [CameraConfig, FrameBoard, Metrics, threading.Event, Callable[[str, bool], None]], Camera
+    [CameraConfig, FrameBoard, FrameMetrics, CameraMetrics, threading.Event, Sequence[CameraStatusListener]],
+    Camera,
 ]
 
 HEALTH_STALL = 15.0  # seconds without an inference-loop turn before /healthz and the watchdog fail
-JOIN_TIMEOUT = 5.0
+SHUTDOWN_BUDGET = 45.0  # seconds for the whole stop; the unit's TimeoutStopSec (60) leaves room above it
+STAGE_JOIN = 5.0  # at most, for each of: the cameras, the inference worker, the dispatcher's drain
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """The sinks in dispatch order, and the ones other parts talk to directly."""
+
+    all: list[Sink]
+    mqtt: MqttPublisher | None
+    history: History | None
+    monitoring: MonitoringSink | None
+    confidence: ConfidenceTracker
+
+
+def build_sinks(
+    config: Config,
+    metrics: Metrics,
+    camera_states: Callable[[], Mapping[str, CameraState]],
+    dropped: Callable[[], Mapping[str, int]],
+    extra: Sequence[Sink] = (),
+) -> Sinks:
+    """The sinks the config asks for. Model Monitoring comes before the history, which records the reports
+    that the monitoring sink spools while it flushes; `extra` (benchmarks, tests) go last."""
+    camera_ids = [camera.id for camera in config.cameras]
+    state_dir = config.roboflow.spool.parent
+    mqtt = (
+        MqttPublisher(
+            config.mqtt,
+            config.device.id,
+            camera_ids,
+            metrics.mqtt,
+            discovery_state=state_dir / "homeassistant.json",
+        )
+        if metrics.mqtt is not None
+        else None
+    )
+    # The monitoring page's store lives beside the spool; without the API nobody reads it.
+    history = History(state_dir / "history.db") if config.api.enabled else None
+    monitoring = (
+        MonitoringSink(config, metrics.monitoring, listeners=[history] if history else [])
+        if config.roboflow.enabled
+        else None
+    )
+    confidence = ConfidenceTracker(config.alerts.confidence_window, config.alerts.confidence_baseline)
+    ordered: list[Sink | None] = [
+        DetectionSeries(metrics.detections),
+        ProgressReporter(camera_states, dropped),
+        confidence,
+        monitoring,
+        history,
+        mqtt,
+        *extra,
+    ]
+    return Sinks([sink for sink in ordered if sink is not None], mqtt, history, monitoring, confidence)
 
 
 class Service:
-    def __init__(self, config: Config, model: Model, camera_factory: CameraFactory = Camera) -> None:
+    def __init__(
+        self,
+        config: Config,
+        model: Model,
+        camera_factory: CameraFactory = Camera,
+        extra_sinks: Sequence[Sink] = (),
+        shutdown_budget: float = SHUTDOWN_BUDGET,
+    ) -> None:
         self.config = config
         self.model = model
-        self.metrics = Metrics()
+        self._shutdown_budget = shutdown_budget
         self.stop = threading.Event()
+        self.metrics = Metrics(mqtt=config.mqtt.enabled)
+        self.metrics.set_provider(model.provider)
+        self.metrics.init_cameras(camera.id for camera in config.cameras)
+        self.sinks = build_sinks(config, self.metrics, self._camera_states, self._dropped, extra_sinks)
+        self._build_pipeline(camera_factory)
+        self._build_alerts()
+        self._build_http()
+
+    # --- the parts -------------------------------------------------------------------------------------
+
+    def _build_pipeline(self, camera_factory: CameraFactory) -> None:
+        """Cameras -> board -> inference worker -> dispatcher -> sinks, each stage with its stop event."""
+        config, frames = self.config, self.metrics.frames
         self._capture_stop = threading.Event()
         self._worker_stop = threading.Event()
         self._dispatch_stop = threading.Event()
         camera_ids = [camera.id for camera in config.cameras]
-
-        self.metrics.set_provider(model.provider)
-        if not config.mqtt.enabled:  # no broker configured: no "disconnected" series to alert on
-            self.metrics.registry.unregister(self.metrics.mqtt_connected)
-            self.metrics.registry.unregister(self.metrics.mqtt_dropped)
-        self.metrics.init_cameras(camera_ids)
-        stale = {camera: self.metrics.frames_dropped.labels(camera, "stale") for camera in camera_ids}
+        stale = {camera: frames.frames_dropped.labels(camera, "stale") for camera in camera_ids}
 
         def count_stale(frame: Frame) -> None:
             stale[frame.camera_id].inc()
 
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
-        state_dir = config.roboflow.spool.parent
-        self.mqtt = (
-            MqttPublisher(
-                config.mqtt,
-                config.device.id,
-                camera_ids,
-                self.metrics,
-                discovery_state=state_dir / "homeassistant.json",
-            )
-            if config.mqtt.enabled
-            else None
-        )
-        # The monitoring page's store lives beside the spool; without the API nobody reads it.
-        self.history = History(state_dir / "history.db") if config.api.enabled else None
-        on_report = self.history.record_report if self.history else None
-        self.monitoring = (
-            MonitoringSink(config, self.metrics, on_report=on_report) if config.roboflow.enabled else None
-        )
-        self.progress = ProgressReporter(camera_ids, self.metrics)
-        self.confidence = ConfidenceTracker(
-            config.alerts.confidence_window, config.alerts.confidence_baseline
-        )
-        sinks: list[Sink] = [DetectionMetrics(self.metrics), self.progress, self.confidence]
-        api_sinks: list[Sink] = []
-        if self.monitoring:
-            sinks.append(self.monitoring)
-            api_sinks.append(self.monitoring)
-        if self.history:  # after monitoring: its last reports arrive while the monitoring sink flushes
-            sinks.append(self.history)
-            api_sinks.append(self.history)
-        if self.mqtt:
-            sinks.append(self.mqtt)
-        self.dispatcher = Dispatcher(sinks, self.metrics, self._dispatch_stop, api_sinks=tuple(api_sinks))
+        self.dispatcher = Dispatcher(self.sinks.all, frames, self.metrics.inference, self._dispatch_stop)
         self.worker = InferenceWorker(
-            model,
+            self.model,
             config.model.id,
             self.board,
             self.dispatcher.submit,
-            self.metrics,
+            frames,
+            self.metrics.inference,
             config.model.max_batch,
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
         )
+        status_listeners = [self.sinks.mqtt] if self.sinks.mqtt else []
         self.cameras = [
-            camera_factory(camera, self.board, self.metrics, self._capture_stop, self._on_camera_status)
+            camera_factory(
+                camera, self.board, frames, self.metrics.cameras, self._capture_stop, status_listeners
+            )
             for camera in config.cameras
         ]
+
+    def _build_alerts(self) -> None:
+        monitoring = self.sinks.monitoring
+        uploads = monitoring.uploader_state if monitoring else None
         self.alerts = AlertEngine(
-            config.alerts,
-            self.metrics,
-            listeners=[listener for listener in (self.mqtt, self.history) if listener is not None],
-            cameras=self._camera_states,
+            self.config.alerts,
+            self.metrics.alerts,
+            listeners=[listener for listener in (self.sinks.mqtt, self.sinks.history) if listener],
+            cameras=self._camera_snapshot,
             inference_progress=lambda: self.worker.last_progress,
-            upload_failing_since=(lambda: self.monitoring.uploader_state().failing_since)
-            if self.monitoring
-            else None,
-            monitoring_unauthorized=(lambda: self.monitoring.uploader_state().unauthorized)
-            if self.monitoring
-            else None,
-            confidence=self.confidence,
+            upload_failing_since=(lambda: uploads().failing_since) if uploads else None,
+            monitoring_unauthorized=(lambda: uploads().unauthorized) if uploads else None,
+            confidence=self.sinks.confidence,
         )
+
+    def _build_http(self) -> None:
+        config = self.config
         self.api = (
-            ApiServer(config, ModelInfo.of(model), self.board, self.history, self.metrics)
-            if config.api.enabled and self.history
+            ApiServer(config, ModelInfo.of(self.model), self.board, self.sinks.history, self.metrics.api)
+            if config.api.enabled and self.sinks.history
             else None
         )
         self.exporter = (
@@ -138,24 +190,34 @@ class Service:
             else None
         )
 
-    def _on_camera_status(self, camera_id: str, online: bool) -> None:
-        if self.mqtt:
-            self.mqtt.set_camera_status(camera_id, online)
+    # --- what the parts ask of each other --------------------------------------------------------------
 
-    def _camera_states(self) -> dict[str, tuple[bool, float]]:
+    def _camera_states(self) -> dict[str, CameraState]:
+        return {camera.config.id: camera.state for camera in self.cameras}
+
+    def _dropped(self) -> dict[str, int]:
+        """Frames of each camera not inferred since the start: stale, results queue full, undecodable."""
+        counts = collections.Counter(self.board.stale_counts())
+        counts.update(self.dispatcher.dropped_counts())
+        counts.update({camera.config.id: camera.state.read_errors for camera in self.cameras})
+        return dict(counts)
+
+    def _camera_snapshot(self) -> dict[str, tuple[bool, float]]:
         return {camera.config.id: (camera.state.online, camera.state.since_mono) for camera in self.cameras}
+
+    def _threads(self) -> dict[str, threading.Thread]:
+        """Every long-lived thread by name, but a camera that ended on purpose (a file played out)."""
+        threads: list[threading.Thread] = [self.worker, self.dispatcher, *self.alerts.threads()]
+        threads += [camera for camera in self.cameras if not camera.finished]
+        for sink in self.sinks.all:
+            threads += sink.threads()
+        for server in (self.api, self.exporter):
+            threads += server.threads() if server else []
+        return {thread.name: thread for thread in threads}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         stalled_for = time.monotonic() - self.worker.last_progress
-        threads = {
-            "inference": self.worker.is_alive(),
-            "dispatcher": self.dispatcher.is_alive(),
-            **{
-                f"camera:{camera.config.id}": camera.is_alive()
-                for camera in self.cameras
-                if not camera.finished
-            },
-        }
+        threads = {name: thread.is_alive() for name, thread in self._threads().items()}
         healthy = all(threads.values()) and stalled_for < HEALTH_STALL
         detail = {
             "inference_idle_seconds": round(stalled_for, 1),
@@ -171,6 +233,8 @@ class Service:
             state = camera.state
             parts.append(f"{camera.config.id} {'up' if state.online else 'down'} {state.frames} frames")
         return "; ".join(parts) or "no cameras"
+
+    # --- lifecycle -------------------------------------------------------------------------------------
 
     def run(self, duration: float | None = None) -> int:
         """Start, watch until stopped (signal, `duration` or a failed worker), stop; returns the exit code."""
@@ -198,9 +262,8 @@ class Service:
         if self.exporter:
             self.exporter.start()
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.exporter.port)
-        if self.mqtt:
-            self.mqtt.start()
-        self.progress.start()
+        for sink in self.sinks.all:
+            sink.start()
         self.dispatcher.start()
         self.worker.start()
         if self.api:
@@ -221,17 +284,27 @@ class Service:
     def shutdown(self) -> int:
         sdnotify.stopping()
         log.info("stopping")
-        self.alerts.close()
+        deadline = time.monotonic() + self._shutdown_budget
+
+        def left(cap: float = self._shutdown_budget) -> float:
+            return max(0.0, min(cap, deadline - time.monotonic()))
+
+        self.alerts.close(left(STAGE_JOIN))
         self._capture_stop.set()
+        camera_deadline = time.monotonic() + left(STAGE_JOIN)
         for camera in self.cameras:
-            camera.join(JOIN_TIMEOUT)
+            camera.join(max(0.0, camera_deadline - time.monotonic()))
         self._worker_stop.set()
         self.board.close()
-        self.worker.join(JOIN_TIMEOUT)
+        self.worker.join(left(STAGE_JOIN))
         if self.api:
             self.api.close()  # answers the requests still waiting with 503
         self._dispatch_stop.set()
-        self.dispatcher.join(JOIN_TIMEOUT * 2)
+        self.dispatcher.join(left(STAGE_JOIN))
+        for sink in self.sinks.all:
+            _guarded(sink.name, "flush", sink.flush, left())
+        for sink in self.sinks.all:
+            _guarded(sink.name, "close", lambda sink=sink: sink.close(left()), left())
         if self.exporter:
             self.exporter.close()
         stuck = [t.name for t in (*self.cameras, self.worker, self.dispatcher) if t.is_alive()]
@@ -250,3 +323,23 @@ class Service:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+
+
+def _guarded(name: str, verb: str, step: Callable[[], object], timeout: float) -> None:
+    """Run one sink's flush or close on a thread of its own, waiting at most `timeout` (plus a second
+    for the sink to honour its own timeout): a sink that hangs or fails is logged and left behind."""
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            step()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=work, name=f"{verb}-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if thread.is_alive():
+        log.warning("sink %s did not %s within %.0f s; going on without it", name, verb, timeout)
+    elif failed:
+        log.error("sink %s failed to %s: %s", name, verb, failed[0], exc_info=failed[0])

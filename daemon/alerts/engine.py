@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 from daemon.alerts.alert import Alert, AlertListener, AlertState, Severity
 from daemon.config import AlertsConfig
 from daemon.frames import FrameResult
-from daemon.metrics import Metrics
+from daemon.metrics.alerts import AlertMetrics
+from daemon.sink import Sink
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.alerts")
@@ -117,7 +118,7 @@ def confidence_drops(
 # the confidence provider
 
 
-class ConfidenceTracker:
+class ConfidenceTracker(Sink):
     """A Sink keeping, per (camera, class), confidence sums and counts in time buckets covering the last
     `window + baseline` seconds: bounded deques, a few additions per detection.
 
@@ -152,12 +153,6 @@ class ConfidenceTracker:
                     series[-1][2] += 1
                 else:
                     series.append([bucket, confidence, 1])
-
-    def flush(self) -> None:
-        """Nothing buffered."""
-
-    def close(self) -> None:
-        """Nothing to release."""
 
     def snapshot(self, now: float) -> dict[tuple[str, str], ConfidenceStats]:
         """Mean and sample count of the last `window` s and of the `baseline` s before it."""
@@ -200,7 +195,7 @@ class AlertEngine:
     def __init__(
         self,
         config: AlertsConfig,
-        metrics: Metrics,
+        metrics: AlertMetrics,
         *,
         listeners: Sequence[AlertListener] = (),
         cameras: Callable[[], CameraSnapshot],
@@ -243,6 +238,9 @@ class AlertEngine:
 
     def start(self) -> None:
         self._thread.start()
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()

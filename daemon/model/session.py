@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -417,26 +416,6 @@ class Model:
         if self._bound is not None:
             return self._bound(batch)
         return self._session.run(self._output_names, {self._input_name: batch})
-
-    def infer(
-        self, images: list[np.ndarray], params: list[DecodeParams | None] | None = None
-    ) -> tuple[list[sv.Detections], float]:
-        """Detections (original pixels) for each BGR image, and the seconds spent in session.run.
-
-        More images than `max_batch` are run in consecutive batches. `params` (one per image, None for the
-        config's thresholds) lets HTTP requests bring their own thresholds into a shared batch.
-        """
-        results: list[sv.Detections] = []
-        seconds = 0.0
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start : start + self.max_batch]
-            feed, transforms = self.prepare(chunk)
-            started = time.perf_counter()
-            outputs = self.run(feed)
-            seconds += time.perf_counter() - started
-            chunk_params = None if params is None else params[start : start + self.max_batch]
-            results += self.detections(outputs, chunk, transforms, chunk_params)
-        return results, seconds
 
     def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Letterbox at most `max_batch` images into the input buffer: (the batch to run, their transforms).

@@ -14,6 +14,7 @@ refuses them when the FIFO is full (the API answers 503).
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ class FrameBoard:
         self._heard: dict[str, float] = {}  # per live camera: when it went live or last put a frame
         self._waiting_since: dict[str, float] = {}  # per camera with a frame: its first frame since served
         self._on_stale = on_stale
+        self._stale: collections.Counter[str] = collections.Counter()  # frames replaced before inference
         # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
         # wakes only the worker and a batch taken wakes only the cameras it took from.
         lock = threading.Lock()
@@ -46,12 +48,19 @@ class FrameBoard:
     def camera_ids(self) -> list[str]:
         return list(self._slots)
 
+    def stale_counts(self) -> dict[str, int]:
+        """Frames of each camera replaced by a newer one before inference took them, since the start."""
+        with self._ready:
+            return dict(self._stale)
+
     def put(self, frame: Frame) -> None:
         with self._ready:
             stale = self._slots[frame.camera_id]
             self._slots[frame.camera_id] = frame
             if stale is None:
                 self._waiting_since[frame.camera_id] = frame.captured_mono
+            else:
+                self._stale[frame.camera_id] += 1
             self._heard[frame.camera_id] = frame.captured_mono
             self._ready.notify_all()
         if stale is not None:
@@ -132,7 +141,3 @@ class FrameBoard:
             for taken in self._taken.values():
                 taken.notify_all()
         return left
-
-    @property
-    def closed(self) -> bool:
-        return self._closed

@@ -16,13 +16,12 @@ import functools
 import logging
 import math
 import os
-import random
 import re
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,9 +30,11 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from daemon.backoff import backoff_delay
 from daemon.config import CameraConfig
-from daemon.frames import Frame
-from daemon.metrics import Metrics
+from daemon.frames import CameraState, CameraStatusListener, Frame
+from daemon.metrics.cameras import CameraMetrics
+from daemon.metrics.frames import FrameMetrics
 from daemon.pipeline.board import FrameBoard
 
 log = logging.getLogger("edgewatch.capture")
@@ -143,13 +144,6 @@ def cannot_open(source: Source) -> str:
     return "cannot open the source (wrong path or credentials?)"
 
 
-def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds before reopen number `attempt` (0 = first after a failure): 1 s doubling up to 30 s,
-    each shortened by up to a quarter at random so that cameras failing together do not retry in step."""
-    base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(attempt, 16))
-    return base * (rng or random).uniform(0.75, 1.0)
-
-
 def next_due(due: float, now: float, interval: float) -> float | None:
     """fps cap: for a frame read at `now` with the next slot at `due`, the slot after it, or None when the
     frame is not due. Slots stay on a fixed grid, so jitter in arrival does not lower the rate; a frame up
@@ -169,18 +163,6 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
-@dataclass(frozen=True)
-class CameraState:
-    """A snapshot for health, alerts and status lines; replaced whole, so it is read without a lock."""
-
-    online: bool = False
-    since_mono: float = 0.0  # time.monotonic() of the last online/offline transition (or of the start)
-    last_frame_mono: float | None = None
-    frames: int = 0  # frames handed to inference
-    reconnects: int = 0
-    last_error: str = ""  # "" until something goes wrong; never holds credentials
-
-
 class Camera(threading.Thread):
     """Reads one camera and puts its frames on the board; runs until `stop` is set.
 
@@ -191,7 +173,7 @@ class Camera(threading.Thread):
       is put once the board slot is empty): nothing is dropped and `fps` does not apply.
     - At the end of a file: with `loop` it starts again; without, the camera goes offline and the thread ends.
 
-    Online means open and delivering frames (the first frame after an open); `on_status` and
+    Online means open and delivering frames (the first frame after an open); the status listeners and
     `board.set_live` are called on every transition. No frame for `stall_timeout` seconds (FFmpeg's read
     timeout), an end of stream or an error means offline and a reopen after the backoff; each reopen
     counts in `edgewatch_camera_reconnects_total`. Stop is honoured within about a second, also during a
@@ -204,24 +186,25 @@ class Camera(threading.Thread):
         self,
         config: CameraConfig,
         board: FrameBoard,
-        metrics: Metrics,
+        frames: FrameMetrics,
+        cameras: CameraMetrics,
         stop: threading.Event,
-        on_status: Callable[[str, bool], None],
+        listeners: Sequence[CameraStatusListener] = (),
     ) -> None:
         super().__init__(name=f"camera-{config.id}", daemon=True)
         self.config = config
         self._board = board
         self._halt = stop
-        self._on_status = on_status
+        self._listeners = tuple(listeners)
         self._source = parse_source(config.url)
         self._url = redact_url(config.url)
         self._password = urlsplit(config.url).password if self._source.kind == "network" else None
         camera = config.id
-        self._captured = metrics.frames_captured.labels(camera)
-        self._read_errors = metrics.frames_dropped.labels(camera, "read_error")
-        self._up = metrics.camera_up.labels(camera)
-        self._reconnects = metrics.camera_reconnects.labels(camera)
-        self._last_frame = metrics.camera_last_frame.labels(camera)
+        self._captured = frames.frames_captured.labels(camera)
+        self._read_errors = frames.frames_dropped.labels(camera, "read_error")
+        self._up = cameras.camera_up.labels(camera)
+        self._reconnects = cameras.camera_reconnects.labels(camera)
+        self._last_frame = cameras.camera_last_frame.labels(camera)
         self._up.set(0)
         self._state = CameraState(since_mono=time.monotonic())
         self._frame_id = 0
@@ -259,7 +242,7 @@ class Camera(threading.Thread):
                 )
             if problem is None:  # stopped, or the file played out
                 break
-            delay = backoff_delay(self._attempt)
+            delay = backoff_delay(self._attempt, BACKOFF_FIRST, BACKOFF_MAX)
             self._attempt += 1
             self._fail(problem, delay)
             if self._halt.wait(delay):
@@ -353,7 +336,7 @@ class Camera(threading.Thread):
                 last_good = now
                 self._deliver(image)
             else:
-                self._read_errors.inc()
+                self._count_read_error()
                 if now - last_good >= stall:
                     return f"no decodable frame for {stall:g} s"
         return None
@@ -386,7 +369,7 @@ class Camera(threading.Thread):
             if ok and image is not None:
                 self._deliver(image)
             else:
-                self._read_errors.inc()
+                self._count_read_error()
 
     def _read_file_all(self, capture: cv2.VideoCapture) -> str | None:
         index = 0
@@ -396,7 +379,7 @@ class Camera(threading.Thread):
             index += 1
             ok, image = capture.retrieve()
             if not (ok and image is not None):
-                self._read_errors.inc()
+                self._count_read_error()
                 continue
             while not self._board.wait_taken(self.config.id, TAKEN_POLL):
                 if self._halt.is_set():
@@ -429,9 +412,7 @@ class Camera(threading.Thread):
         self._board.put(Frame(self.config.id, self._frame_id, captured_at, captured_mono, as_bgr(image)))
         self._captured.inc()
         self._last_frame.set(captured_at)
-        self._state = dataclasses.replace(
-            self._state, last_frame_mono=captured_mono, frames=self._state.frames + 1
-        )
+        self._state = dataclasses.replace(self._state, frames=self._state.frames + 1)
         if not self._state.online:
             self._attempt = 0
             self._set_online(True)
@@ -446,10 +427,11 @@ class Camera(threading.Thread):
             log.info("camera %s offline: %s", self.config.id, reason)
         else:
             log.warning("camera %s offline: %s", self.config.id, reason)
-        try:
-            self._on_status(self.config.id, online)
-        except Exception:
-            log.exception("camera %s: status callback failed", self.config.id)
+        for listener in self._listeners:
+            try:
+                listener.on_camera_status(self.config.id, online)
+            except Exception:
+                log.exception("camera %s: status listener %s failed", self.config.id, type(listener).__name__)
 
     def _fail(self, problem: str, retry_in: float) -> None:
         self._set_error(problem)
@@ -464,6 +446,10 @@ class Camera(threading.Thread):
 
     def _set_error(self, problem: str) -> None:
         self._state = dataclasses.replace(self._state, last_error=problem)
+
+    def _count_read_error(self) -> None:
+        self._read_errors.inc()
+        self._state = dataclasses.replace(self._state, read_errors=self._state.read_errors + 1)
 
     def _count_reconnect(self) -> None:
         self._reconnects.inc()

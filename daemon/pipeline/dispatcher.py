@@ -2,19 +2,25 @@
 
 Results arrive through a bounded queue so a slow sink never stalls inference: when the queue is full the
 result is dropped and counted (`reason="dispatch_full"`). Frame latency (capture -> every sink done) is
-measured here. Results of HTTP API requests (`source == "api"`) go only to the sinks that aggregate per
-stream (Model Monitoring, history): per-camera sinks (metrics, MQTT) label by configured cameras only.
+measured here. Each sink gets the results whose `source` it `accepts`: per-camera sinks (metrics, MQTT)
+take configured cameras only; the sinks that aggregate per stream (Model Monitoring, history) also take
+HTTP API requests. At stop the dispatcher hands over what is queued and ends; the service then flushes
+and closes the sinks.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 
-from daemon.frames import FrameResult, Sink
-from daemon.metrics import Metrics
+from daemon.frames import FrameResult
+from daemon.metrics.frames import FrameMetrics
+from daemon.metrics.inference import InferenceMetrics
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.dispatcher")
 
@@ -24,18 +30,22 @@ QUEUE_SIZE = 64
 class Dispatcher(threading.Thread):
     def __init__(
         self,
-        sinks: list[Sink],
-        metrics: Metrics,
+        sinks: Sequence[Sink],
+        frames: FrameMetrics,
+        metrics: InferenceMetrics,
         stop: threading.Event,
-        api_sinks: tuple[Sink, ...] = (),
         queue_size: int = QUEUE_SIZE,
     ) -> None:
         super().__init__(name="dispatcher", daemon=True)
-        self.sinks = sinks
-        self._api_sinks = [sink for sink in sinks if sink in api_sinks]
+        self._by_source = {
+            source: [sink for sink in sinks if source in sink.accepts] for source in ("camera", "api")
+        }
+        self._frames = frames
         self._metrics = metrics
         self._halt = stop
         self._queue: queue.Queue[FrameResult] = queue.Queue(maxsize=queue_size)
+        self._full: collections.Counter[str] = collections.Counter()  # results dropped, per camera
+        self._full_lock = threading.Lock()
         self._latency: dict[str, object] = {}
         self._failing: set[str] = set()  # sinks whose last call raised: logged once per failing streak
 
@@ -44,9 +54,16 @@ class Dispatcher(threading.Thread):
         try:
             self._queue.put_nowait(result)
         except queue.Full:
-            self._metrics.frames_dropped.labels(result.camera_id, "dispatch_full").inc()
+            self._frames.frames_dropped.labels(result.camera_id, "dispatch_full").inc()
+            with self._full_lock:
+                self._full[result.camera_id] += 1
             return False
         return True
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Results of each camera dropped because the queue was full, since the start."""
+        with self._full_lock:
+            return dict(self._full)
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -55,11 +72,14 @@ class Dispatcher(threading.Thread):
             except queue.Empty:
                 continue
             self._dispatch(result)
-        self._drain()
+        while True:  # stopped: hand over what is queued
+            try:
+                self._dispatch(self._queue.get_nowait())
+            except queue.Empty:
+                break
 
     def _dispatch(self, result: FrameResult) -> None:
-        is_camera = result.source == "camera"
-        for sink in self.sinks if is_camera else self._api_sinks:
+        for sink in self._by_source[result.source]:
             try:
                 sink.handle(result)
             except Exception:
@@ -69,23 +89,9 @@ class Dispatcher(threading.Thread):
             else:
                 self._failing.discard(sink.name)
         self._metrics.dispatcher_queue_depth.set(self._queue.qsize())
-        if not is_camera:
+        if result.source != "camera":
             return
         latency = self._latency.get(result.camera_id)
         if latency is None:
-            latency = self._latency[result.camera_id] = self._metrics.frame_latency.labels(result.camera_id)
+            latency = self._latency[result.camera_id] = self._frames.frame_latency.labels(result.camera_id)
         latency.observe(time.monotonic() - result.captured_mono)  # type: ignore[attr-defined]
-
-    def _drain(self) -> None:
-        """After stop: hand over what is queued, then flush and close every sink."""
-        while True:
-            try:
-                self._dispatch(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        for sink in self.sinks:
-            for step in (sink.flush, sink.close):
-                try:
-                    step()
-                except Exception:
-                    log.exception("sink %s failed to %s", sink.name, step.__name__)

@@ -19,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 from daemon.frames import Frame, FrameResult
-from daemon.metrics import Metrics
+from daemon.metrics.frames import FrameMetrics
+from daemon.metrics.inference import InferenceMetrics
 from daemon.model.session import Model
 from daemon.pipeline.board import FrameBoard
 
@@ -35,7 +36,8 @@ class InferenceWorker(threading.Thread):
         model_id: str,
         board: FrameBoard,
         submit: Callable[[FrameResult], bool],
-        metrics: Metrics,
+        frames: FrameMetrics,
+        metrics: InferenceMetrics,
         max_batch: int,
         batch_timeout: float,
         stop: threading.Event,
@@ -49,7 +51,7 @@ class InferenceWorker(threading.Thread):
         self._max_batch = max(1, min(max_batch, model.max_batch))
         self._batch_timeout = batch_timeout
         self._halt = stop
-        self._inferred = {camera: metrics.frames_inferred.labels(camera) for camera in board.camera_ids}
+        self._inferred = {camera: frames.frames_inferred.labels(camera) for camera in board.camera_ids}
         self._pending: list[FrameResult] = []  # the last batch's results, for the dispatcher
         self.last_progress = time.monotonic()
         self.error: BaseException | None = None
@@ -99,7 +101,6 @@ class InferenceWorker(threading.Thread):
         done = time.monotonic()
         for frame, found in zip(frames, detections, strict=True):
             inference_id = str(uuid.uuid4())
-            found.data["inference_id"] = np.full(len(found), inference_id, dtype=object)
             found.data["detection_id"] = np.array(
                 [str(uuid.uuid4()) for _ in range(len(found))], dtype=object
             )

@@ -77,7 +77,3 @@ class Aggregator:
         with self._lock:
             best, self._best = self._best, {}
         return list(best.values())
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._best)

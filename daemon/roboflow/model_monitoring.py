@@ -12,19 +12,20 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from daemon.config import Config
 from daemon.frames import FrameResult
-from daemon.metrics import Metrics
+from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
 from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
 from daemon.roboflow.uploader import Uploader, UploaderState
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.monitoring")
 
@@ -41,21 +42,29 @@ def summary(predictions: list[Prediction] | list[dict[str, Any]]) -> str:
     return ", ".join(f"{entry['class_name']} {entry['confidence']:.2f}" for entry in entries)
 
 
-class MonitoringSink:
-    """The Sink of daemon/frames.py. `handle` runs on the dispatcher thread and does no I/O."""
+class ReportListener(Protocol):
+    """Told of every report once it is spooled, with the custom metadata sent beside it (the window timer's
+    or the dispatcher's thread): must not block."""
+
+    def on_report(self, body: dict[str, Any], metadata: dict[str, str]) -> None: ...
+
+
+class MonitoringSink(Sink):
+    """Results of cameras and API streams in, reports into the spool; `handle` does no I/O."""
 
     name = "monitoring"
+    accepts = frozenset({"camera", "api"})
 
     def __init__(
         self,
         config: Config,
-        metrics: Metrics,
+        metrics: MonitoringMetrics,
         *,
         unauthorized_retry: float = 600.0,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         close_grace: float = 5.0,
-        on_report: Callable[[dict[str, Any], dict[str, str]], None] | None = None,
+        listeners: Sequence[ReportListener] = (),
     ) -> None:
         settings = config.roboflow
         self._device_id = config.device.id
@@ -65,7 +74,7 @@ class MonitoringSink:
         self._synchronous = not settings.fire_and_forget
         self._sync_timeout = settings.timeout * 2 + 1  # the workspace lookup, then the request
         self._close_grace = close_grace
-        self._on_report = on_report  # the local history: every spooled report with its custom metadata
+        self._listeners = tuple(listeners)  # the page's history: every spooled report with its metadata
         self._host = host_facts()
         self.spool = Spool(
             settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
@@ -91,8 +100,14 @@ class MonitoringSink:
         self._stop = threading.Event()
         self._closed = False
         self._timer = threading.Thread(target=self._run_timer, name="monitoring-windows", daemon=True)
+
+    def start(self) -> None:
         self.uploader.start()
         self._timer.start()
+
+    def threads(self) -> list[threading.Thread]:
+        """The sink's long-lived threads, for /healthz and the watchdog."""
+        return [self._timer, *self.uploader.threads()]
 
     def handle(self, result: FrameResult) -> None:
         stream = self._streams.get(result.camera_id)
@@ -115,17 +130,22 @@ class MonitoringSink:
         for camera, stream in streams:
             self._close_window(camera, stream.aggregator)
 
-    def close(self) -> None:
-        """Flush, give the uploader a short grace to send, stop. Unsent requests wait for the next start."""
+    def close(self, timeout: float) -> None:
+        """Flush, give the uploader a short grace to send, stop, all within `timeout` seconds. Unsent
+        requests wait in the spool for the next start."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + timeout
         with self._changed:
             self._stop.set()
             self._changed.notify_all()
-        self._timer.join()
+        if self._timer.is_alive():
+            self._timer.join(max(0.0, deadline - time.monotonic()))
         self.flush()
-        self.uploader.stop(grace=self._close_grace)
+        if not self.uploader.close(self._close_grace, max(0.0, deadline - time.monotonic())):
+            log.warning("the Model Monitoring uploader did not stop in time; its request stays spooled")
+            return  # the spool stays open for the uploader thread; the process exit closes it
         depth = self.spool.depth
         if depth:
             log.info("%d Model Monitoring request(s) left in %s for the next start", depth, self.spool.path)
@@ -166,11 +186,11 @@ class MonitoringSink:
             self.spool.put("report", camera, report, created),
             self.spool.put("metadata", camera, metadata, created),
         ]
-        if self._on_report is not None:
+        for listener in self._listeners:
             try:
-                self._on_report(report, {"camera": camera, **self._metadata.get(camera, {})})
-            except Exception:  # the history is a convenience: the report is spooled, go on
-                log.exception("the monitoring history could not record the report of camera %s", camera)
+                listener.on_report(report, {"camera": camera, **self._metadata.get(camera, {})})
+            except Exception:  # the report is spooled, go on
+                log.exception("%s could not take the report of camera %s", type(listener).__name__, camera)
         if not self.sending:
             log.info(
                 "Model Monitoring report, camera %s (not sent, no API key): %s",

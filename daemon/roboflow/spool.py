@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.metrics import Metrics
+from daemon.metrics.monitoring import MonitoringMetrics
 
 log = logging.getLogger("edgewatch.spool")
 
@@ -69,7 +69,7 @@ class Spool:
         path: Path,
         max_bytes: int,
         max_age: float,
-        metrics: Metrics | None = None,
+        metrics: MonitoringMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
@@ -194,11 +194,6 @@ class Spool:
     @property
     def depth(self) -> int:
         return self._depth
-
-    @property
-    def size(self) -> int:
-        """Bytes of request bodies held."""
-        return self._bytes
 
     def oldest_age(self) -> float:
         oldest = self._oldest

@@ -8,14 +8,14 @@ sending, keeps the spool and tries the key again rarely; a request Roboflow call
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from daemon.metrics import Metrics
+from daemon.backoff import backoff_delay
+from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.client import Outcome, Response, RoboflowClient
 from daemon.roboflow.spool import Spool, SpoolItem
 
@@ -34,18 +34,12 @@ class UploaderState:
     depth: int  # requests waiting in the spool
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(attempt-1))."""
-    ceiling = min(cap, base * 2 ** min(attempt - 1, 32))
-    return ceiling * (0.5 + random.random() / 2)
-
-
 class Uploader:
     def __init__(
         self,
         spool: Spool,
         client: RoboflowClient | None,
-        metrics: Metrics,
+        metrics: MonitoringMetrics,
         *,
         unauthorized_retry: float = 600.0,
         backoff_base: float = 1.0,
@@ -74,6 +68,10 @@ class Uploader:
         if self._client is not None:
             self._thread.start()
 
+    def threads(self) -> list[threading.Thread]:
+        """The sending thread, when there is one (with an API key)."""
+        return [self._thread] if self._client is not None else []
+
     def wake(self) -> None:
         """Something was spooled."""
         with self._changed:
@@ -98,12 +96,14 @@ class Uploader:
                 self._changed.wait(remaining)
             return {item_id: self._attempts[item_id] for item_id in wanted if item_id in self._attempts}
 
-    def stop(self, grace: float = 0.0) -> None:
+    def close(self, grace: float = 0.0, timeout: float | None = None) -> bool:
         """Stop the thread. With `grace`, first let it send what it can for up to that many seconds:
-        it stops early once the spool is empty or Roboflow asked it to wait. Unsent requests stay spooled."""
+        it stops early once the spool is empty or Roboflow asked it to wait. Unsent requests stay spooled.
+        Waits at most `timeout` seconds in all (None: until a request in flight ends); True once stopped."""
         if not self._thread.is_alive():
-            return
-        deadline = time.monotonic() + grace
+            return True
+        started = time.monotonic()
+        deadline = started + (grace if timeout is None else min(grace, timeout))
         with self._changed:
             while not (self._phase == "paused" or (self._phase == "idle" and not self._pending)):
                 remaining = deadline - time.monotonic()
@@ -113,7 +113,8 @@ class Uploader:
             self._stop.set()
             self._changed.notify_all()
         # a request in flight finishes or times out (the client's timeout) before the thread sees the stop
-        self._thread.join()
+        self._thread.join(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         client = self._client
@@ -207,7 +208,7 @@ class Uploader:
         if response.retry_after is not None:
             delay = response.retry_after
         else:
-            delay = backoff_delay(failures, self._backoff_base, self._backoff_max)
+            delay = backoff_delay(failures - 1, self._backoff_base, self._backoff_max)
         log.warning(
             "Roboflow upload of a %s failed (%s); %d request(s) spooled, next attempt in %.1f s",
             what, response.detail, self._spool.depth, delay,

@@ -30,6 +30,7 @@ import numpy as np
 
 from daemon.alerts.alert import Alert
 from daemon.frames import FrameResult, roboflow_predictions
+from daemon.sink import Sink
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.history")
@@ -120,11 +121,12 @@ def _ratio(total: float | None, count: int | None, digits: int) -> float | None:
     return round(total / count, digits) if count and total is not None else None
 
 
-class History:
-    """A Sink (handle/flush/close) plus what the monitoring sink and the alert engine tell it, and the
-    queries the monitoring page asks. Thread-safe."""
+class History(Sink):
+    """A sink of camera and API results, a listener of Model Monitoring reports and alerts, and the store
+    the monitoring page queries. Thread-safe; its upkeep thread runs from `start()` to `close()`."""
 
     name = "history"
+    accepts = frozenset({"camera", "api"})
 
     def __init__(
         self,
@@ -156,7 +158,12 @@ class History:
             self._db.close()
             raise HistoryError(f"{path}: cannot use the monitoring history: {exc}") from None
         self._thread = threading.Thread(target=self._run, name="history", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -217,12 +224,13 @@ class History:
                 [(minute, stream, name, *entry) for (minute, stream, name), entry in classes.items()],
             )
 
-    def close(self) -> None:
+    def close(self, timeout: float) -> None:
         if self._closed:
             return
         self._closed = True
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         self.flush()
         with self._db_lock:
             self._db.close()
@@ -230,7 +238,7 @@ class History:
 
     # --- what the monitoring sink and the alert engine report ------------------------------------------
 
-    def record_report(self, body: dict[str, Any], metadata: dict[str, str]) -> None:
+    def on_report(self, body: dict[str, Any], metadata: dict[str, str]) -> None:
         """A Model Monitoring report was spooled: keep each inference it names as a sample.
 
         `body` is the report as sent (`source_info` = the stream, `inference_results` one per class) and

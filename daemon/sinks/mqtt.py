@@ -36,7 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from daemon.alerts.alert import Alert
 from daemon.config import ConfigError, MqttConfig
 from daemon.frames import FrameResult, class_counts, roboflow_predictions
-from daemon.metrics import Metrics
+from daemon.metrics.mqtt import MqttMetrics
+from daemon.sink import Sink
 from daemon.sinks.homeassistant import HomeAssistantDiscovery
 from daemon.timefmt import iso_utc
 
@@ -104,10 +105,10 @@ def _has_room(in_flight: collections.deque[mqtt.MQTTMessageInfo], limit: int) ->
     return len(in_flight) < limit
 
 
-class MqttPublisher:
+class MqttPublisher(Sink):
     """The MQTT side of edgewatch; also a Sink (detections and counts of every inferred frame).
 
-    Threads: `handle` runs on the dispatcher thread, `set_camera_status` on capture threads,
+    Threads: `handle` runs on the dispatcher thread, `on_camera_status` on capture threads,
     `on_alert` on the alert thread; paho's network thread runs the callbacks. `_lock` guards the
     retained-state table and the connection flags, and is never held while calling into paho (paho holds
     its own locks while running our callbacks, which take `_lock`).
@@ -120,7 +121,7 @@ class MqttPublisher:
         config: MqttConfig,
         device_id: str,
         camera_ids: Iterable[str],
-        metrics: Metrics,
+        metrics: MqttMetrics,
         *,
         discovery_state: Path | None = None,
     ) -> None:
@@ -213,6 +214,9 @@ class MqttPublisher:
         self._client.loop_stop()
         self._metrics.mqtt_connected.set(0)
 
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
+
     # Sink
 
     def handle(self, result: FrameResult) -> None:
@@ -238,12 +242,9 @@ class MqttPublisher:
         else:
             self._metrics.mqtt_dropped.inc()
 
-    def flush(self) -> None:
-        """Nothing is held back per frame: detections go out at once, retained state as it changes."""
-
     # inputs from other stages
 
-    def set_camera_status(self, camera_id: str, online: bool) -> None:
+    def on_camera_status(self, camera_id: str, online: bool) -> None:
         """Record a camera's reachability; published (retained) by the publishing thread. Never blocks."""
         self._set_retained({self.topics.status(camera_id): ONLINE if online else OFFLINE})
 

@@ -5,88 +5,85 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter as Tally
+from collections.abc import Callable, Mapping
 
-from daemon.frames import FrameResult, class_counts
-from daemon.metrics import DROP_REASONS, Metrics
+from daemon.frames import CameraState, FrameResult, class_counts
+from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.progress")
 
 
-class ProgressReporter:
-    """A sink (counts per class since the last line) plus the thread that prints the lines."""
+class ProgressReporter(Sink):
+    """Counts each camera's results and classes; its own thread prints a line per camera every `interval`.
+
+    Frames in and online come from the cameras' state, drops (all reasons) from the pipeline's own counts."""
 
     name = "progress"
 
-    def __init__(self, camera_ids: list[str], metrics: Metrics, interval: float = 5.0) -> None:
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._cameras = list(camera_ids)
-        self._metrics = metrics
+    def __init__(
+        self,
+        cameras: Callable[[], Mapping[str, CameraState]],
+        dropped: Callable[[], Mapping[str, int]],
+        interval: float = 5.0,
+    ) -> None:
+        self._camera_states = cameras
+        self._dropped = dropped
         self._interval = interval
         self._lock = threading.Lock()
-        self._classes: dict[str, Tally[str]] = {camera: Tally() for camera in camera_ids}
-        self._latency_sum: dict[str, float] = dict.fromkeys(camera_ids, 0.0)
-        self._latency_n: dict[str, int] = dict.fromkeys(camera_ids, 0)
-        self._previous: dict[str, tuple[float, float, float]] = {}
+        self._inferred: Tally[str] = Tally()  # since the start
+        self._classes: dict[str, Tally[str]] = {}
+        self._latency: dict[str, list[float]] = {}  # camera -> [sum, n] since the last line
+        self._previous: dict[str, tuple[int, int, int]] = {}  # camera -> (in, inferred, dropped) so far
         self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
 
     def handle(self, result: FrameResult) -> None:
         counts = class_counts(result.detections)
+        camera = result.camera_id
         with self._lock:
-            self._classes.setdefault(result.camera_id, Tally()).update(counts)
-            self._latency_sum[result.camera_id] = self._latency_sum.get(result.camera_id, 0.0) + (
-                result.done_mono - result.captured_mono
-            )
-            self._latency_n[result.camera_id] = self._latency_n.get(result.camera_id, 0) + 1
+            self._inferred[camera] += 1
+            self._classes.setdefault(camera, Tally()).update(counts)
+            latency = self._latency.setdefault(camera, [0.0, 0])
+            latency[0] += result.done_mono - result.captured_mono
+            latency[1] += 1
 
     def start(self) -> None:
         self._thread.start()
+
+    def close(self, timeout: float) -> None:
+        self._halt.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
 
     def _loop(self) -> None:
         while not self._halt.wait(self._interval):
             self.report()
 
     def report(self) -> None:
+        states = self._camera_states()
+        dropped_so_far = self._dropped()
         with self._lock:
-            classes, self._classes = self._classes, {camera: Tally() for camera in self._cameras}
-            latency_sum, self._latency_sum = self._latency_sum, dict.fromkeys(self._cameras, 0.0)
-            latency_n, self._latency_n = self._latency_n, dict.fromkeys(self._cameras, 0)
-        for camera in self._cameras:
-            totals = (
-                self._value("edgewatch_frames_captured_total", camera),
-                self._value("edgewatch_frames_inferred_total", camera),
-                sum(self._value("edgewatch_frames_dropped_total", camera, reason) for reason in DROP_REASONS),
-            )
-            before = self._previous.get(camera, (0.0, 0.0, 0.0))
-            self._previous[camera] = totals
-            captured, inferred, dropped = (now - then for now, then in zip(totals, before, strict=True))
-            seen = (
-                ", ".join(f"{name} x{count}" for name, count in classes.get(camera, Tally()).most_common())
-                or "nothing"
-            )
-            latency = (
-                latency_sum.get(camera, 0.0) / latency_n[camera] * 1000 if latency_n.get(camera) else 0.0
-            )
-            up = "up" if self._value("edgewatch_camera_up", camera) else "DOWN"
+            inferred_so_far = dict(self._inferred)
+            classes, self._classes = self._classes, {}
+            latencies, self._latency = self._latency, {}
+        for camera, state in states.items():
+            inferred = inferred_so_far.get(camera, 0)
+            dropped = dropped_so_far.get(camera, 0)
+            before = self._previous.get(camera, (0, 0, 0))
+            self._previous[camera] = (state.frames, inferred, dropped)
+            total, count = latencies.get(camera, (0.0, 0))
+            seen = ", ".join(f"{name} x{n}" for name, n in classes.get(camera, Tally()).most_common())
             log.info(
                 "%s (%s): %d frames in, %d inferred (%.1f/s), %d dropped, latency %.0f ms; detected: %s",
                 camera,
-                up,
-                captured,
-                inferred,
-                inferred / self._interval,
-                dropped,
-                latency,
-                seen,
+                "up" if state.online else "DOWN",
+                state.frames - before[0],
+                inferred - before[1],
+                (inferred - before[1]) / self._interval,
+                dropped - before[2],
+                total / count * 1000 if count else 0.0,
+                seen or "nothing",
             )
-
-    def _value(self, name: str, camera: str, reason: str | None = None) -> float:
-        labels = {"camera": camera} if reason is None else {"camera": camera, "reason": reason}
-        return self._metrics.registry.get_sample_value(name, labels) or 0.0
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._halt.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)

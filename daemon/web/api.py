@@ -47,7 +47,7 @@ from PIL import Image
 from daemon import __version__
 from daemon.config import Config
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
-from daemon.metrics import Metrics
+from daemon.metrics.api import ApiMetrics
 from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import RANGES, History
 
@@ -280,16 +280,16 @@ class _Pending:
 
 
 @dataclass
-class Response:
+class Reply:
     status: int
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
+    return Reply(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def endpoint_label(path: str) -> str:
@@ -347,7 +347,7 @@ class ApiServer:
         model: ModelInfo,
         board: FrameBoard,
         history: History | None,
-        metrics: Metrics | None = None,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         settings = config.api
         self.config = config
@@ -393,12 +393,6 @@ class ApiServer:
     def port(self) -> int:
         return int(self._httpd.server_address[1])
 
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for their inference results now."""
-        with self._lock:
-            return len(self._pending)
-
     def start(self) -> None:
         self._thread.start()
         log.info(
@@ -407,6 +401,9 @@ class ApiServer:
             self.port,
             "API keys required" if self._digests else "no API keys set",
         )
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
 
     def close(self) -> None:
         """Stop serving. Requests still waiting for inference are answered 503 now: call this once the
@@ -442,7 +439,7 @@ class ApiServer:
             candidates.append(body["api_key"])
         return key_matches(candidates, self._digests)
 
-    def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Response:
+    def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Reply:
         if path in ("/", "/monitoring", "/monitoring/"):
             return self._static_file("index.html")
         if path.startswith("/static/"):
@@ -457,7 +454,7 @@ class ApiServer:
             return json_response(self._monitoring(path.removeprefix("/api/"), query))
         raise ApiError(404, f"no such endpoint: GET {path}")
 
-    def post(self, path: str, query: Mapping[str, str], headers: Mapping[str, str], raw: bytes) -> Response:
+    def post(self, path: str, query: Mapping[str, str], headers: Mapping[str, str], raw: bytes) -> Reply:
         known = path in ("/infer/object_detection", "/model/add", "/model/remove", "/model/clear")
         try:
             body = json.loads(raw) if raw.strip() else {}
@@ -506,7 +503,7 @@ class ApiServer:
                 self._streams.add(stream)
         return stream
 
-    def _infer(self, body: Mapping[str, Any]) -> Response:
+    def _infer(self, body: Mapping[str, Any]) -> Reply:
         self._check_model(body.get("model_id"))
         params = decode_params(body, self._defaults, self._class_ids)
         stream = self._stream(body)
@@ -516,6 +513,7 @@ class ApiServer:
         pending = _Pending(len(images))
         with self._lock:
             self._pending.add(pending)
+            self._count_waiting()
         try:
             for index, image in enumerate(images):
                 frame = Frame(
@@ -536,15 +534,20 @@ class ApiServer:
         finally:
             with self._lock:
                 self._pending.discard(pending)
+                self._count_waiting()
         responses = [roboflow_response(result) for result in pending.results if result is not None]
         return json_response(responses[0] if single else responses)
 
-    def _static_file(self, name: str) -> Response:
+    def _count_waiting(self) -> None:
+        if self._metrics is not None:
+            self._metrics.api_requests_waiting.set(len(self._pending))
+
+    def _static_file(self, name: str) -> Reply:
         content = self._static.get(name)
         if content is None:
             raise ApiError(404, f"no such file: {name}")
         headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY}
-        return Response(200, content, STATIC_TYPES[Path(name).suffix], headers)
+        return Reply(200, content, STATIC_TYPES[Path(name).suffix], headers)
 
     def _monitoring(self, name: str, query: Mapping[str, str]) -> Any:
         history = self._history
@@ -684,7 +687,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Reply) -> None:
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)

@@ -54,6 +54,9 @@ class Exporter:
     def start(self) -> None:
         self._thread.start()
 
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -47,7 +47,7 @@ class Harness:
         self.alerts: list[dict[str, Any]] = []
         self.engine = AlertEngine(
             CONFIG,
-            self.metrics,
+            self.metrics.alerts,
             listeners=[self],
             cameras=lambda: dict(device.cameras),
             inference_progress=lambda: device.progress,
@@ -229,7 +229,7 @@ def test_engine_thread_ticks_and_closes_promptly(mosquitto, mqtt_subscriber, mqt
     since = time.monotonic()
     engine = AlertEngine(
         AlertsConfig(camera_down_after=0.2),
-        metrics,
+        metrics.alerts,
         listeners=[publisher],
         cameras=lambda: {"cam-1": (False, since)},
         inference_progress=lambda: None,

@@ -26,6 +26,7 @@ from inference_sdk import InferenceConfiguration, InferenceHTTPClient
 from inference_sdk.http.errors import HTTPCallErrorError
 
 from daemon.demo import photo_path, write_demo_clip
+from daemon.metrics import Metrics
 from daemon.model.session import Model
 from daemon.pipeline.board import FrameBoard
 from daemon.web.api import ApiServer, ModelInfo
@@ -301,7 +302,8 @@ def test_overload_gets_503_with_retry_after_and_a_stop_answers_waiting_requests(
     """No inference worker runs here: requests queue on the board until it is full."""
     config = edge_config(tmp_path, demo_model, {}, "http://127.0.0.1:9", max_pending=2)
     board = FrameBoard([], on_stale=lambda frame: None, max_requests=2)
-    api = ApiServer(config, ModelInfo.of(model), board, history=None)
+    metrics = Metrics()
+    api = ApiServer(config, ModelInfo.of(model), board, history=None, metrics=metrics.api)
     api.start()
     url = f"http://127.0.0.1:{api.port}/infer/object_detection"
     body = {"model_id": MODEL_ID, "image": b64((PHOTOS / "coffee.png").read_bytes())}
@@ -313,7 +315,8 @@ def test_overload_gets_503_with_retry_after_and_a_stop_answers_waiting_requests(
     try:
         for thread in waiting:
             thread.start()
-        wait_until(lambda: api.waiting == 2, 10, message="two requests waiting for inference")
+        waiting_now = lambda: metrics.registry.get_sample_value("edgewatch_api_requests_waiting")  # noqa: E731
+        wait_until(lambda: waiting_now() == 2, 10, message="two requests waiting for inference")
         busy = requests.post(url, json=body, timeout=10)
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
         assert "busy" in busy.json()["message"]

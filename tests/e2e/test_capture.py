@@ -14,13 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
+from daemon.backoff import backoff_delay
 from daemon.config import CameraConfig
 from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
     Camera,
-    backoff_delay,
     gstreamer_available,
     next_due,
     probe_source,
@@ -49,7 +51,8 @@ class Rig:
         self.frames: dict[str, list[Frame]] = {camera: [] for camera in ids}
         self.stale = 0
         self.cameras = {
-            c.id: Camera(c, self.board, self.metrics, self.stop, self._on_status) for c in configs
+            c.id: Camera(c, self.board, self.metrics.frames, self.metrics.cameras, self.stop, [self])
+            for c in configs
         }
         self._consumer = threading.Thread(target=self._consume, daemon=True) if consume else None
         self._hold = hold  # cameras not started on enter
@@ -57,7 +60,7 @@ class Rig:
     def _count_stale(self, _frame: Frame) -> None:
         self.stale += 1
 
-    def _on_status(self, camera: str, online: bool) -> None:
+    def on_camera_status(self, camera: str, online: bool) -> None:
         self.status.append((camera, online))
 
     def _consume(self) -> None:
@@ -382,7 +385,7 @@ def test_fps_cap_schedule() -> None:
 def test_backoff_doubles_to_30_s_with_jitter() -> None:
     rng = random.Random(7)
     for attempt, base in enumerate([1, 2, 4, 8, 16, 30, 30, 30]):
-        delays = [backoff_delay(attempt, rng) for _ in range(50)]
+        delays = [backoff_delay(attempt, BACKOFF_FIRST, BACKOFF_MAX, rng) for _ in range(50)]
         assert all(0.75 * base <= delay <= base for delay in delays)
         assert max(delays) - min(delays) > 0.1 * base  # jittered, so cameras do not retry in step
-    assert backoff_delay(10_000, rng) <= 30
+    assert backoff_delay(10_000, BACKOFF_FIRST, BACKOFF_MAX, rng) <= 30

@@ -229,18 +229,18 @@ def venv_without_runtime(tmp_path: Path, broken_cv2: bool = False) -> Path:
     return env / "bin" / "python"
 
 
+def run_in(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(python), "-m", "daemon", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_without_opencv_or_onnxruntime_each_command_says_what_to_install(tmp_path, demo_model) -> None:
     python = venv_without_runtime(tmp_path)
     config = tmp_path / "config.toml"
     config.write_text(daemon_config(demo_model, camera_block("kitchen", tmp_path / "a.mp4"), tmp_path))
     for command in (["run", "--duration", "1"], ["check"]):
-        done = subprocess.run(
-            [str(python), "-m", "daemon", *command, "-c", str(config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_in(python, *command, "-c", str(config))
         assert done.returncode == 2, done.stderr
         assert done.stdout == ""
         assert done.stderr.splitlines() == [
@@ -249,13 +249,7 @@ def test_without_opencv_or_onnxruntime_each_command_says_what_to_install(tmp_pat
             "or on a Jetson JetPack's own OpenCV and onnxruntime-gpu builds"
         ]
     # listing the spool needs neither: it works, and says nothing about them
-    done = subprocess.run(
-        [str(python), "-m", "daemon", "reports", "-c", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_in(python, "reports", "-c", str(config))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "0 request(s)" in done.stdout or "no " in done.stdout.lower()
@@ -265,13 +259,7 @@ def test_a_runtime_that_fails_to_import_is_named_with_its_error(tmp_path, demo_m
     python = venv_without_runtime(tmp_path, broken_cv2=True)
     config = tmp_path / "config.toml"
     config.write_text(daemon_config(demo_model, camera_block("kitchen", tmp_path / "a.mp4"), tmp_path))
-    done = subprocess.run(
-        [str(python), "-m", "daemon", "check", "-c", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_in(python, "check", "-c", str(config))
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(

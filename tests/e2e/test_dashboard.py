@@ -92,7 +92,7 @@ def test_rollups_give_totals_averages_and_the_change_against_the_previous_period
         with pytest.raises(ValueError, match="unknown range"):
             history.summary("fortnight")
     finally:
-        history.close()
+        history.close(10)
 
 
 def test_reports_become_samples_with_their_metadata_and_the_whole_frame(tmp_path: Path) -> None:
@@ -100,11 +100,11 @@ def test_reports_become_samples_with_their_metadata_and_the_whole_frame(tmp_path
     try:
         frame = frame_result("kitchen", 7, [person(0.9), person(0.4, x=90), car(0.8)], captured_at=NOW - 5)
         history.handle(frame)
-        history.record_report(
+        history.on_report(
             report("kitchen", [("person", 0.9, frame.inference_id), ("car", 0.8, frame.inference_id)]),
             {"camera": "kitchen", "line": "1"},
         )
-        history.record_report(
+        history.on_report(
             report("street", [("car", 0.6, "id-of-a-frame-long-gone")], at=NOW - 1), {"camera": "street"}
         )
 
@@ -131,7 +131,7 @@ def test_reports_become_samples_with_their_metadata_and_the_whole_frame(tmp_path
         assert history.samples(camera="street", class_name="person") == []
         assert history.sample_classes() == ["car", "person"]
     finally:
-        history.close()
+        history.close(10)
 
 
 def test_alerts_active_and_recent(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_alerts_active_and_recent(tmp_path: Path) -> None:
     cameras = {"street": (False, 0.0), "kitchen": (True, 0.0)}
     engine = AlertEngine(
         AlertsConfig(camera_down_after=30),
-        Metrics(),
+        Metrics().alerts,
         listeners=[history],
         cameras=lambda: cameras,
         inference_progress=lambda: 100.0,
@@ -159,7 +159,7 @@ def test_alerts_active_and_recent(tmp_path: Path) -> None:
             ("firing", "street"),
         ]
     finally:
-        history.close()
+        history.close(10)
 
 
 def test_retention_merges_old_minutes_drops_old_data_and_survives_a_restart(tmp_path: Path) -> None:
@@ -172,8 +172,8 @@ def test_retention_merges_old_minutes_drops_old_data_and_survives_a_restart(tmp_
         )
     old = frame_result("kitchen", 99, [car(0.7)], captured_at=NOW - 31 * 86400)
     history.handle(old)
-    history.record_report(report("kitchen", [("car", 0.7, old.inference_id)], at=old.captured_at), {})
-    history.close()
+    history.on_report(report("kitchen", [("car", 0.7, old.inference_id)], at=old.captured_at), {})
+    history.close(10)
 
     week_then = {"inferences": 30, "detections": 30, "avg_confidence": 0.6, "avg_inference_time": 0.02}
     history = History(path, retention_days=30, clock=lambda: clock["now"])  # opening runs the upkeep
@@ -185,7 +185,7 @@ def test_retention_merges_old_minutes_drops_old_data_and_survives_a_restart(tmp_
         )  # past retention
         assert history.sample(old.inference_id) is None
     finally:
-        history.close()
+        history.close(10)
 
 
 def test_the_store_keeps_to_its_size_bound_dropping_the_oldest_samples(tmp_path: Path) -> None:
@@ -197,11 +197,11 @@ def test_the_store_keeps_to_its_size_bound_dropping_the_oldest_samples(tmp_path:
             "kitchen", index, [person(0.5 + i / 100, x=i) for i in range(20)], captured_at=NOW - 4000 + index
         )
         history.handle(frame)
-        history.record_report(
+        history.on_report(
             report("kitchen", [("person", 0.69, frame.inference_id)]), {"camera": "kitchen"}
         )
         ids.append(frame.inference_id)
-    history.close()
+    history.close(10)
     assert path.stat().st_size > 0.25 * 1024 * 1024  # over the bound before the upkeep
 
     history = History(path, max_mb=0.25, clock=lambda: NOW)
@@ -210,7 +210,7 @@ def test_the_store_keeps_to_its_size_bound_dropping_the_oldest_samples(tmp_path:
         assert history.sample(ids[-1]) is not None and history.sample(ids[0]) is None
         assert history.summary("day")["current"]["inferences"] == 400  # rollups go only after every sample
     finally:
-        history.close()
+        history.close(10)
 
 
 # --- the page ------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_the_page_shows_the_edge_and_filters_by_camera(
     try:
         engine = AlertEngine(
             config.alerts,
-            edge.metrics,
+            edge.metrics.alerts,
             listeners=[edge.history],
             cameras=lambda: {"street": (False, time.monotonic() - 120)},
             inference_progress=time.monotonic,

@@ -65,7 +65,7 @@ def test_availability_online_while_connected_offline_after_clean_close(
     status = retained(mosquitto, mqtt_subscriber, STATUS)  # a camera is offline until capture says otherwise
     assert status is not None and status.payload == b"offline"
 
-    publisher.set_camera_status("cam-1", True)  # both just before the stop: still delivered, before offline
+    publisher.on_camera_status("cam-1", True)  # both just before the stop: still delivered, before offline
     publisher.on_alert(Alert("test", "", "last words", "warning", "firing", 1_700_000_000.0))
     started = time.monotonic()
     publisher.close()
@@ -88,7 +88,7 @@ from daemon.config import MqttConfig
 from daemon.metrics import Metrics
 from daemon.sinks.mqtt import MqttPublisher
 config = MqttConfig(host=sys.argv[1], port=int(sys.argv[2]))
-publisher = MqttPublisher(config, "edge-01", ["cam-1"], Metrics())
+publisher = MqttPublisher(config, "edge-01", ["cam-1"], Metrics().mqtt)
 publisher.start()
 sys.stdin.read()
 """
@@ -118,7 +118,7 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
     live.wait_payload(STATUS, b"offline")
     live.wait_payload("edgewatch/edge-01/cam-2/status", b"offline")
 
-    publisher.set_camera_status("cam-1", True)
+    publisher.on_camera_status("cam-1", True)
     live.wait_payload(STATUS, b"online")
 
     first = frame_result("cam-1", 7, [person(0.9), car(0.8), person(0.7, x=400)])
@@ -178,7 +178,7 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
     live.wait_for(lambda: len(live.on(DETECTIONS)) == 4, what="4 detection messages")
     assert json.loads(live.on(DETECTIONS)[-1].payload)["predictions"] == []
 
-    publisher.set_camera_status("cam-1", False)
+    publisher.on_camera_status("cam-1", False)
     live.wait_payload(STATUS, b"offline")
     publisher.on_alert(Alert("camera_down", "cam-1", "m", "critical", "firing", 1_700_000_000.0))
     alert = live.wait_for(lambda: live.on(ALERTS), what="alert")[0]
@@ -195,7 +195,7 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
 def test_broker_restart_reconnects_and_republishes_retained_state(mosquitto, mqtt_subscriber, mqtt_publisher):
     metrics = Metrics()
     publisher = mqtt_publisher(mosquitto, metrics=metrics)
-    publisher.set_camera_status("cam-1", True)
+    publisher.on_camera_status("cam-1", True)
     publisher.handle(frame_result("cam-1", 1, [person()]))
     live = mqtt_subscriber(mosquitto)
     live.wait_payload(COUNTS, b'{"person":1}')
@@ -222,7 +222,7 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
     live = mqtt_subscriber(mosquitto)
     publisher = mqtt_publisher(relay, metrics=metrics, max_queued=3)
     live.wait_payload(STATUS, b"offline")
-    publisher.set_camera_status("cam-1", True)
+    publisher.on_camera_status("cam-1", True)
     live.wait_payload(STATUS, b"online")
 
     relay.cut()
@@ -233,9 +233,9 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
         publisher.handle(frame_result("cam-1", frame_id, [person()]))
     for number in range(5):
         publisher.on_alert(Alert("test", "", str(number), "warning", "firing", 1_700_000_000.0))
-    publisher.set_camera_status("cam-1", False)
-    publisher.set_camera_status("cam-1", True)
-    publisher.set_camera_status("cam-1", False)
+    publisher.on_camera_status("cam-1", False)
+    publisher.on_camera_status("cam-1", True)
+    publisher.on_camera_status("cam-1", False)
     assert time.monotonic() - started < 1  # nothing waited for the broker
     assert dropped(metrics) == 10 + 2  # every detection; the alerts beyond max_queued
 
@@ -263,7 +263,7 @@ def test_broker_down_at_start_does_not_block_and_connects_later(
     metrics = Metrics()
     started = time.monotonic()
     publisher = mqtt_publisher(broker, metrics=metrics)
-    publisher.set_camera_status("cam-1", True)
+    publisher.on_camera_status("cam-1", True)
     publisher.handle(frame_result("cam-1", 1, [car()]))
     assert time.monotonic() - started < 1
     assert connected(metrics) == 0
@@ -340,5 +340,5 @@ def test_tls_with_password_connects_and_never_logs_the_password(
 def test_unreadable_ca_file_is_a_config_error(tmp_path):
     config = MqttConfig(tls=True, ca_file=tmp_path / "missing.pem", password="s3cret-value", username="u")
     with pytest.raises(ConfigError, match=r"mqtt\.ca_file") as raised:
-        MqttPublisher(config, "edge-01", ["cam-1"], Metrics())
+        MqttPublisher(config, "edge-01", ["cam-1"], Metrics().mqtt)
     assert "s3cret-value" not in str(raised.value)

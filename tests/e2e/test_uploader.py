@@ -80,13 +80,14 @@ def sinks():
     made: list[MonitoringSink] = []
 
     def make(config: Config, metrics: Metrics, **kwargs: Any) -> MonitoringSink:
-        sink = MonitoringSink(config, metrics, **kwargs)
+        sink = MonitoringSink(config, metrics.monitoring, **kwargs)
+        sink.start()
         made.append(sink)
         return sink
 
     yield make
     for sink in made:
-        sink.close()
+        sink.close(30)
 
 
 def test_report_and_metadata_bodies_field_by_field(tmp_path: Path, server: RoboflowServer, sinks) -> None:
@@ -282,7 +283,7 @@ def test_without_a_key_reports_are_spooled_and_logged_not_sent(
     sink.handle(frame("dock", ("cup", 0.73), ("person", 0.41)))
     sink.flush()
     assert sink.spool.depth == 2
-    sink.close()
+    sink.close(30)
     assert server.requests == []
     assert "Model Monitoring report, camera dock (not sent, no API key): cup 0.73, person 0.41" in [
         r.getMessage() for r in caplog.records
@@ -308,9 +309,10 @@ def test_the_window_timer_reports_each_stream_every_frequency(
 def test_close_flushes_the_partial_window_and_sends_it_within_the_grace(
     tmp_path: Path, server: RoboflowServer
 ) -> None:
-    sink = MonitoringSink(make_config(tmp_path, server), Metrics())
+    sink = MonitoringSink(make_config(tmp_path, server), Metrics().monitoring)
+    sink.start()
     sink.handle(frame("gate", ("car", 0.6)))
-    sink.close()
+    sink.close(30)
     assert [b["source_info"] for b in server.accepted("report")] == ["gate"]
     assert len(server.accepted("metadata")) == 1
     assert read_items(tmp_path / "state" / "spool.db") == []
@@ -320,13 +322,14 @@ def test_close_is_prompt_during_an_outage_and_keeps_what_is_unsent(
     tmp_path: Path, server: RoboflowServer
 ) -> None:
     server.fail("report", 503, times=None)
-    sink = MonitoringSink(make_config(tmp_path, server), Metrics(), backoff_base=60, close_grace=5)
+    sink = MonitoringSink(make_config(tmp_path, server), Metrics().monitoring, backoff_base=60, close_grace=5)
+    sink.start()
     sink.handle(frame("gate", ("car", 0.6)))
     sink.flush()
     server.wait_for(lambda: server.recorded("report"), message="the first attempt")
     sink.handle(frame("gate", ("car", 0.7)))
     started = time.monotonic()
-    sink.close()
+    sink.close(30)
     assert time.monotonic() - started < 2  # in a backoff, the grace is not waited out
     kept = read_items(tmp_path / "state" / "spool.db")
     assert [(i.kind, i.camera) for i in kept] == [("report", "gate"), ("metadata", "gate")] * 2

@@ -74,7 +74,7 @@ class Edge:
     def __init__(self, config: Config, model: Model) -> None:
         self.service = Service(config, model, camera_factory=PhotoCamera)
         self.metrics = self.service.metrics
-        self.history = self.service.history
+        self.history = self.service.sinks.history
         self.api = self.service.api
         self.worker = self.service.worker
         self.dispatcher = self.service.dispatcher

@@ -425,7 +425,7 @@ def mqtt_publisher():
     ) -> MqttPublisher:
         config = MqttConfig(host=target.host, port=target.port, **fields)
         metrics = metrics or Metrics()
-        publisher = MqttPublisher(config, device, cameras, metrics, discovery_state=discovery_state)
+        publisher = MqttPublisher(config, device, cameras, metrics.mqtt, discovery_state=discovery_state)
         publisher.start()
         publishers.append(publisher)
         return publisher

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from daemon.config import ModelConfig
 from daemon.model.session import Model, ModelError
+from tests.support.inference import infer
 
 PHOTOS = Path(skimage.data.__file__).parent
 INPUT_H, INPUT_W = 64, 96
@@ -117,7 +118,7 @@ def test_fixed_batch_one_model_runs_frames_one_by_one(tmp_path: Path) -> None:
     model.warm_up()
 
     assert model.fixed_batch and model.max_batch == 1
-    detections, seconds = model.infer(THREE_IMAGES)
+    detections, seconds = infer(model, THREE_IMAGES)
 
     assert_one_by_one_results(detections)
     assert seconds > 0
@@ -130,10 +131,10 @@ def test_dynamic_batch_runs_in_batches_of_max_batch(tmp_path: Path) -> None:
     model.warm_up()
 
     assert not model.fixed_batch and model.max_batch == 2
-    detections, _ = model.infer(THREE_IMAGES)
+    detections, _ = infer(model, THREE_IMAGES)
 
     assert_one_by_one_results(detections)
-    assert model.infer([]) == ([], 0.0)
+    assert infer(model, []) == ([], 0.0)
 
 
 P = 0.8
@@ -169,7 +170,7 @@ def test_each_layout_gives_detections_in_frame_pixels(tmp_path: Path, layout: st
     model = Model.load(config(path))
 
     # 240x128 frame: scale 0.4, 96x51 inside the 96x64 input, 6 px of padding at the top
-    (found,), _ = model.infer([gray(128, 240, 0)])
+    (found,), _ = infer(model, [gray(128, 240, 0)])
 
     assert model.layout == layout and model.class_names == ["cat", "dog"]
     assert model.input_size == (INPUT_H, INPUT_W)
@@ -190,7 +191,7 @@ def test_labels_file_overrides_metadata_names(tmp_path: Path) -> None:
     labels.write_text("person\nbicycle\n\n")
 
     model = Model.load(config(path, labels=labels))
-    (found,), _ = model.infer([gray(64, 96, 0)])
+    (found,), _ = infer(model, [gray(64, 96, 0)])
 
     assert model.class_names == ["person", "bicycle"]
     assert found.data["class_name"].tolist() == ["bicycle"]
@@ -205,7 +206,7 @@ def test_input_size_from_metadata_when_the_graph_leaves_it_open(tmp_path: Path) 
     )
 
     model = Model.load(config(path))
-    (found,), _ = model.infer([gray(128, 240, 0)])
+    (found,), _ = infer(model, [gray(128, 240, 0)])
 
     assert model.input_size == (64, 96)
     np.testing.assert_allclose(found.xyxy, [[70, 40, 170, 90]], atol=1e-3)
@@ -225,7 +226,7 @@ def test_layout_from_config_skips_detection(tmp_path: Path) -> None:
     assert "unsupported model outputs" in load_error(config(path))
 
     model = Model.load(config(path, layout="yolov8"))
-    (found,), _ = model.infer([gray(64, 96, 0)])
+    (found,), _ = infer(model, [gray(64, 96, 0)])
 
     assert model.layout == "yolov8"
     np.testing.assert_allclose(found.xyxy, [[28, 22, 68, 42]], atol=1e-3)
@@ -343,7 +344,7 @@ def assert_inside(found: sv.Detections, image: np.ndarray) -> None:
 def test_demo_model_finds_objects_in_photos(demo: Model, name: str, expected: str) -> None:
     image = photo(name)
 
-    (found,), seconds = demo.infer([image])
+    (found,), seconds = infer(demo, [image])
 
     assert demo.layout == "yolov8" and demo.provider == "cpu" and len(demo.class_names) == 80
     assert expected in found.data["class_name"].tolist()
@@ -357,9 +358,9 @@ def test_demo_model_finds_objects_in_photos(demo: Model, name: str, expected: st
 
 def test_demo_model_batch_matches_single_runs(demo: Model) -> None:
     images = [photo("coffee.png"), photo("motorcycle_left.png")]
-    singles = [demo.infer([image])[0][0] for image in images]
+    singles = [infer(demo, [image])[0][0] for image in images]
 
-    batched, _ = demo.infer(images)
+    batched, _ = infer(demo, images)
 
     for single, together in zip(singles, batched, strict=True):
         assert together.data["class_name"].tolist() == single.data["class_name"].tolist()

@@ -31,6 +31,7 @@ from daemon.model.session import (
 )
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.inference import InferenceWorker
+from tests.support.inference import infer
 
 
 def photo(name: str) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_pinning_declines_without_a_gpu() -> None:
 
 def test_model_prepare_run_detections_is_infer(model: Model) -> None:
     images = [photo("coffee.png"), photo("motorcycle_left.png")]
-    expected, _ = model.infer(images)
+    expected, _ = infer(model, images)
 
     feed, transforms = model.prepare(images)
     found = model.detections(model.run(feed), images, transforms)
@@ -125,13 +126,23 @@ class Collected:
             return list(self.results)
 
 
-def start_worker(
+def make_worker(
     model: Model, cameras: list[str]
 ) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
     board = FrameBoard(cameras, lambda _: None)
     collected = Collected()
     stop = threading.Event()
-    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    metrics = Metrics()
+    worker = InferenceWorker(
+        model, "coco/3", board, collected.submit, metrics.frames, metrics.inference, 4, 0.01, stop
+    )
+    return board, collected, stop, worker
+
+
+def start_worker(
+    model: Model, cameras: list[str]
+) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
+    board, collected, stop, worker = make_worker(model, cameras)
     worker.start()
     return board, collected, stop, worker
 
@@ -150,10 +161,7 @@ def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(model: 
 
 def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
     cameras = [f"cam-{i}" for i in range(6)]
-    board = FrameBoard(cameras, lambda _: None)
-    collected = Collected()
-    stop = threading.Event()
-    worker = InferenceWorker(model, "coco/3", board, collected.submit, Metrics(), 4, 0.01, stop)
+    board, collected, stop, worker = make_worker(model, cameras)
     image = photo("coffee.png")
     for number, camera in enumerate(cameras, 1):
         board.put(Frame(camera, number, time.time(), time.monotonic(), image))

@@ -27,6 +27,11 @@ def metric(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
+def held_bytes(path: Path) -> int:
+    """Bytes of request bodies in the spool file, as its bound counts them."""
+    return sum(len(item.body.encode()) for item in read_items(path))
+
+
 def test_requests_come_back_oldest_first_byte_for_byte(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "spool.db"  # parents are created
     spool = Spool(path, max_bytes=10**6, max_age=3600)
@@ -62,7 +67,7 @@ def test_over_max_bytes_the_oldest_are_dropped_counted_and_logged(
 ) -> None:
     metrics = Metrics()
     metrics.init_cameras(["cam-a", "cam-b"])
-    spool = Spool(tmp_path / "spool.db", max_bytes=1000, max_age=3600, metrics=metrics)
+    spool = Spool(tmp_path / "spool.db", max_bytes=1000, max_age=3600, metrics=metrics.monitoring)
     ids = []
     with caplog.at_level(logging.WARNING, logger="edgewatch.spool"):
         for n in range(10):
@@ -71,7 +76,7 @@ def test_over_max_bytes_the_oldest_are_dropped_counted_and_logged(
     kept = 1000 // body_size
     remaining = [item.id for item in read_items(spool.path)]
     assert remaining == ids[-kept:]  # the newest ones that fit
-    assert spool.size <= 1000 and spool.depth == kept
+    assert held_bytes(spool.path) <= 1000 and spool.depth == kept
     assert metric(metrics, "edgewatch_monitoring_reports_total", result="dropped") == 10 - kept
     assert metric(metrics, "edgewatch_spool_depth") == kept
     dropped_lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
@@ -81,7 +86,9 @@ def test_over_max_bytes_the_oldest_are_dropped_counted_and_logged(
 def test_older_than_max_age_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     now = [1_000_000.0]
     metrics = Metrics()
-    spool = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=60, metrics=metrics, clock=lambda: now[0])
+    spool = Spool(
+        tmp_path / "spool.db", max_bytes=10**6, max_age=60, metrics=metrics.monitoring, clock=lambda: now[0]
+    )
     old = spool.put("report", "cam-a", sample(1))
     now[0] += 30
     assert metric(metrics, "edgewatch_spool_oldest_age_seconds") == 30
@@ -100,11 +107,11 @@ def test_reopening_restores_depth_and_size(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=3600)
     for n in range(5):
         spool.put("report", "cam-a", sample(n, 10))
-    size = spool.size
+    size = held_bytes(spool.path)
     spool.close()
     metrics = Metrics()
-    again = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=3600, metrics=metrics)
-    assert (again.depth, again.size) == (5, size)
+    again = Spool(tmp_path / "spool.db", max_bytes=10**6, max_age=3600, metrics=metrics.monitoring)
+    assert again.depth == 5 and held_bytes(again.path) == size
     assert metric(metrics, "edgewatch_spool_depth") == 5
 
 
@@ -200,4 +207,4 @@ def test_one_writer_and_one_deleter_at_once(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(60)
     assert taken == written  # each exactly once, in order
-    assert spool.depth == 0 and spool.size == 0
+    assert spool.depth == 0 and held_bytes(spool.path) == 0

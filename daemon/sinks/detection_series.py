@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from daemon.frames import FrameResult, class_counts
-from daemon.metrics import Metrics
+from daemon.metrics.detections import DetectionMetrics
+from daemon.sink import Sink
 
 
-class DetectionMetrics:
+class DetectionSeries(Sink):
     name = "metrics"
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: DetectionMetrics) -> None:
         self._metrics = metrics
 
     def handle(self, result: FrameResult) -> None:
@@ -22,9 +23,3 @@ class DetectionMetrics:
         histogram = self._metrics.detection_confidence.labels(camera)
         for confidence in detections.confidence.tolist():
             histogram.observe(confidence)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

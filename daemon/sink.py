@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ class Sink(ABC):
       block on network or disk I/O (hand slow work to the sink's own bounded queue and thread);
     - `flush()` after the dispatcher has drained: push out partial state (e.g. a reporting window);
     - `close(timeout)`: stop threads and release files within `timeout` seconds, whatever happens.
+    `threads()` names the sink's long-lived threads, which /healthz and the watchdog watch.
     """
 
     name: ClassVar[str]
@@ -33,3 +35,6 @@ class Sink(ABC):
 
     def close(self, timeout: float) -> None:
         return None
+
+    def threads(self) -> list[threading.Thread]:
+        return []
