@@ -471,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MINUTES",
         help="run only the soak: 8 file cameras at 5 fps, every sink on, for MINUTES (the target: 60)",
     )
+    parser.add_argument(
+        "--soak-trace",
+        action="store_true",
+        help="soak: also trace Python allocations (tracemalloc, slower) and print where they grew",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table and the checks to this file")
     parser.add_argument(
         "--profile",
@@ -545,7 +550,12 @@ def main(argv: list[str] | None = None) -> int:
                         bench, CLIPS, tuple(int(n) for n in args.cameras.split(",")), 10.0 if quick else 20.0
                     ),
                 ),
-                ("soak", lambda: bench_soak(bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.soak)),
+                (
+                    "soak",
+                    lambda: bench_soak(
+                        bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.soak, args.soak_trace
+                    ),
+                ),
             ]
             for name, step in steps:
                 if name in sections and not (quick and name == "rss"):

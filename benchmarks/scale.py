@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -187,7 +189,34 @@ def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds:
         )
 
 
-def bench_soak(bench: Bench, clip: Path, minutes: float | None) -> None:
+def start_snapshots(at: tuple[float, ...]) -> tuple[list[tracemalloc.Snapshot], list[threading.Timer]]:
+    """tracemalloc started now, and a snapshot taken at each of `at` seconds from now (filled in as taken)."""
+    tracemalloc.start(10)
+    snapshots: list[tracemalloc.Snapshot] = []
+    timers = [threading.Timer(delay, lambda: snapshots.append(tracemalloc.take_snapshot())) for delay in at]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
+    return snapshots, timers
+
+
+def print_growth(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, title: str, top: int = 12
+) -> None:
+    """Where Python memory grew between two snapshots, by allocating line."""
+    stats = after.compare_to(before, "lineno")
+    total = sum(stat.size_diff for stat in stats) / 2**20
+    print(f"  tracemalloc, {title}: {total:+.2f} MiB of Python objects; largest growth by line:", flush=True)
+    for stat in sorted(stats, key=lambda stat: -stat.size_diff)[:top]:
+        frame = stat.traceback[0]
+        print(
+            f"    {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  "
+            f"{frame.filename}:{frame.lineno}",
+            flush=True,
+        )
+
+
+def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = False) -> None:
     """8 file cameras at 5 fps, every sink on, RSS each minute (each 30 s in a run under 20 minutes)."""
     from tests.support.daemon import free_port
 
@@ -208,10 +237,20 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None) -> None:
     saved_warmup, saved_api = bench.warmup, bench.api
     bench.warmup = 5.0
     bench.api = ApiConfig(enabled=True, port=free_port())
+    moments = (60.0, settle, end - 5)
+    snapshots, timers = start_snapshots(moments) if trace else ([], [])
     try:
         m, _ = bench.pipeline(cameras, seconds=end - bench.warmup + 1, rss_at=samples)
     finally:
         bench.warmup, bench.api = saved_warmup, saved_api
+        for timer in timers:
+            timer.cancel()
+        if trace:
+            tracemalloc.stop()
+    if len(snapshots) == len(moments):
+        first, settled_at, last_at = (f"minute {at / 60:g}" for at in moments)
+        print_growth(snapshots[0], snapshots[1], f"{first} -> {settled_at}")
+        print_growth(snapshots[1], snapshots[2], f"{settled_at} -> {last_at}")
     print("  s: RSS MiB, Python blocks, threads, descriptors", flush=True)
     for (at, rss), (blocks, threads, fds) in zip(m.rss_mb, m.process, strict=True):
         print(f"  {at:5.0f}: {rss:7.1f} {blocks:9d} {threads:4d} {fds:4d}", flush=True)
