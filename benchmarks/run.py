@@ -492,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         [Path(sys.executable).name, "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])]
     )
     started = datetime.now(timezone.utc)
+    revision = commit()  # the code that runs: taken now, not after a run that may outlast a commit
     load_before = load_average()
 
     from tests.support.mosquitto import Mosquitto  # the test suite's broker wrapper (Debian mosquitto)
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
 
     print()
-    print(f"edgewatch benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {commit()}")
+    print(f"edgewatch benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {revision}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()}), "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}, provider {model.provider}, "
