@@ -23,7 +23,8 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY daemon ./daemon
 RUN python3 -m venv /opt/edgewatch/venv \
-    && /opt/edgewatch/venv/bin/pip install --no-cache-dir --constraint constraints.txt ".[gpu]"
+    && /opt/edgewatch/venv/bin/pip install --no-cache-dir --constraint constraints.txt ".[gpu]" \
+    && /opt/edgewatch/venv/bin/pip install --no-cache-dir --no-deps --constraint constraints.txt trackers
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

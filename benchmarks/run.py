@@ -10,10 +10,12 @@ Sections, in one process, one model, one set of thread settings:
 3. pipeline with decode: N file cameras (the real capture code) playing H.264 clips at 640x480, 720p, 1080p,
    read as fast as inference takes them, and paced (realtime) at the highest fps that drops < 1 % of frames;
 4. memory: RSS after 1 minute of steady load and later (2 minutes, or 10 with --long);
-5. batching (benchmarks/scale.py): the demo network at a small input, 16 cameras, max_batch 8 against 1;
-6. latency: the overload case at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the defaults' basis);
-7. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
-8. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
+5. events: the N=4 unpaced run without and with tracking, two zones and a line per camera, and the events
+   sink's own work per frame at 10 detections (benchmarks/events.py);
+6. batching (benchmarks/scale.py): the demo network at a small input, 16 cameras, max_batch 8 against 1;
+7. latency: the overload case at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the defaults' basis);
+8. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
+9. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
 Every figure is printed with the load average: on a shared machine compare only within one run.
 
 Prints a table, the targets met or missed, and the command line. Not part of the test suite.
@@ -42,6 +44,7 @@ import onnxruntime as ort
 
 from benchmarks import profile as sampler
 from benchmarks.clips import CLIP_FPS, CLIP_SIZES, make_clips
+from benchmarks.events import dispatcher_work, event_cameras
 from benchmarks.pipeline import Measured, bench_config, rss_mib, run_pipeline
 from benchmarks.scale import (
     STREAM_COUNTS,
@@ -290,6 +293,45 @@ def bench_overload(bench: Bench, seconds: float) -> None:
     )
 
 
+def bench_events(bench: Bench, pairs: int) -> None:
+    """What tracking, two zones and a line per camera cost: the full pipeline's ratio without and with them
+    (alternating, `pairs` times, so that a shared machine's changing load falls on both alike; the median of
+    the pairs' differences is checked), and the events sink's own work per frame at 10 detections."""
+    print(
+        f"events: {OVERLOAD_CAMERAS} unpaced cameras without, then with tracking + 2 zones + 1 line each",
+        flush=True,
+    )
+    falls = []
+    for _ in range(pairs):
+        plain, _ = bench.pipeline(memory_cameras(OVERLOAD_CAMERAS, "unpaced"))
+        base = bench.row("events", f"N={OVERLOAD_CAMERAS} unpaced, no events", plain, OVERLOAD_CAMERAS)
+        tracked, _ = bench.pipeline(event_cameras(OVERLOAD_CAMERAS, "unpaced"))
+        row = bench.row(
+            "events", f"N={OVERLOAD_CAMERAS} unpaced, tracking + 2 zones + 1 line", tracked, OVERLOAD_CAMERAS
+        )
+        assert base.ratio is not None and row.ratio is not None
+        falls.append(base.ratio - row.ratio)
+    fall = float(np.median(falls))
+    bench.report.check(
+        fall <= 0.02,
+        f"events: full-pipeline ratio falls by {fall:.3f} (median of {pairs} pairs: "
+        f"{', '.join(f'{value:.3f}' for value in falls)}) <= 0.02",
+    )
+    workdir = bench.workdir / "dispatcher-work"
+    workdir.mkdir()
+    wall, cpu = dispatcher_work(workdir, objects=10)
+    note = (
+        f"CPU mean {cpu.mean() * 1000:.3f} ms, p99 {np.percentile(cpu, 99) * 1000:.3f}; wall mean "
+        f"{wall.mean() * 1000:.3f} ms, p99 {np.percentile(wall, 99) * 1000:.3f}"
+    )
+    bench.report.rows.append(Row("events", "events sink per frame, 10 detections", 1, 1, 0.0, note=note))
+    print(f"  events sink per frame at 10 detections: {note}", flush=True)
+    bench.report.check(
+        cpu.mean() * 1000 < 0.3,
+        f"events: dispatcher work per frame at 10 detections {cpu.mean() * 1000:.3f} ms CPU < 0.3",
+    )
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -450,9 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
         "--sections",
-        default="raw,memory,overload,decode,rss,batching,latency,cameras",
-        help="comma-separated subset of raw,memory,overload,decode,rss,batching,latency,cameras (raw always "
-        "runs; --soak runs the soak alone)",
+        default="raw,memory,overload,events,decode,rss,batching,latency,cameras",
+        help="comma-separated subset of raw,memory,overload,events,decode,rss,batching,latency,cameras (raw "
+        "always runs; --soak runs the soak alone)",
     )
     parser.add_argument(
         "--small-size",
@@ -533,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             steps: list[tuple[str, Callable[[], None]]] = [
                 ("memory", lambda: bench_unpaced(bench, (1, 4) if quick else (1, 2, 4, 8))),
                 ("overload", lambda: bench_overload(bench, 3.0 if quick else 15.0)),
+                ("events", lambda: bench_events(bench, 1 if quick else 3)),
                 (
                     "decode",
                     lambda: bench_decode(

@@ -1,4 +1,6 @@
-"""`edgewatch run | check | reports`: the command line. Bad input gets one clear line, never a traceback."""
+"""`edgewatch run | check | reload | reports`: the command line.
+
+Bad input gets one clear line, never a traceback."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 import warnings
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, find_config, load_config
+from daemon.config import Config, ConfigError, find_config, load_config, unknown_event_classes
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -41,15 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config("run", "run until SIGTERM/SIGINT (or --duration)")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
     with_config("check", "validate the config, load the model, try each source once")
+    reload = with_config("reload", "check the config, have the daemon reload it, wait for the outcome")
+    reload.add_argument("--pid", type=int, help="the daemon's pid (default: from its reload status file)")
+    reload.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
+                        help="how long to wait for the outcome (a new TensorRT model may take minutes)")
     reports = with_config("reports", "list the Model Monitoring requests waiting in the spool")
     reports.add_argument("--json", action="store_true", help="print the exact request bodies")
     reports.add_argument("--limit", type=int, default=50, help="show at most this many (newest last)")
+    vision = with_config("vision-events", "list the Vision Events waiting in their spool, as sent")
+    vision.add_argument("--json", action="store_true", help="print each event's exact body")
+    vision.add_argument("--limit", type=int, default=50, help="show at most this many (newest last)")
     return parser
 
 
 def _secrets(config: Config) -> list[str]:
     return [
         config.roboflow.api_key.get_secret_value(),
+        config.vision_events.api_key.get_secret_value(),
         config.mqtt.password.get_secret_value(),
         *(key.get_secret_value() for key in config.api.keys),
     ]
@@ -95,11 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         return _run(config, args.duration)
     if args.command == "check":
         return _check(config)
+    if args.command == "reload":
+        from daemon.reload.command import request_reload, status_path
+
+        return request_reload(status_path(config.roboflow.spool.parent), args.pid, args.timeout)
     # `reports` needs neither OpenCV nor ONNX Runtime; supervision warns when OpenCV is absent
     warnings.filterwarnings("ignore", message=r"OpenCV .* is not installed", module="supervision")
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly
+    if args.command == "vision-events":
+        from daemon.roboflow.vision_events import list_vision_events
+
+        return list_vision_events(config, as_json=args.json, limit=args.limit)
     from daemon.roboflow.model_monitoring import list_reports
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `edgewatch reports | head` ends quietly
     return list_reports(config, as_json=args.json, limit=args.limit)
 
 
@@ -111,6 +129,10 @@ def _load_model(config: Config):
         model.warm_up()
     except ModelError as exc:
         print(f"edgewatch: {config.source}: model.path: {exc}", file=sys.stderr)
+        return None
+    problems = unknown_event_classes(config, list(model.class_names))
+    if problems:
+        print("\n".join(f"edgewatch: {problem}" for problem in problems), file=sys.stderr)
         return None
     return model
 
@@ -132,7 +154,8 @@ def _run(config: Config, duration: float | None) -> int:
         print(f"edgewatch: {config.source}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (SpoolError, HistoryError) as exc:
-        print(f"edgewatch: {config.source}: roboflow.spool: {exc}", file=sys.stderr)
+        key = "vision_events.spool" if "Vision Events" in str(exc) else "roboflow.spool"
+        print(f"edgewatch: {config.source}: {key}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # e.g. the metrics port is taken, the spool folder is not writable
         print(f"edgewatch: cannot start: {exc}", file=sys.stderr)

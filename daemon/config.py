@@ -64,6 +64,67 @@ class ModelConfig(_Section):
     cache_dir: Path = Path("/var/lib/edgewatch/trt")  # TensorRT engine and timing caches
 
 
+
+# --- events: tracking, zones and lines (per camera) ------------------------------------------------------
+
+RelativeCoordinate = Annotated[float, Field(ge=0, le=1, description="relative to the frame: 0..1")]
+RelativePoint = tuple[RelativeCoordinate, RelativeCoordinate]
+EventName = Annotated[str, Field(pattern=CAMERA_ID, max_length=64)]
+
+
+class ZoneConfig(_Section):
+    name: EventName = Field(description="MQTT topic segment and metric label; unique per camera")
+    polygon: list[RelativePoint] = Field(description="corners (x, y), relative to the frame")
+    classes: list[str] = Field(default=[], description="classes counted in the zone; empty: every class")
+    loiter_after: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="seconds inside before a `loiter` event; unset: none"
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _is_polygon(cls, value: list[RelativePoint]) -> list[RelativePoint]:
+        if len(value) < 3:
+            raise ValueError(f"a polygon needs at least 3 points (got {len(value)})")
+        return value
+
+
+class LineConfig(_Section):
+    name: EventName = Field(description="MQTT topic segment and metric label; unique per camera")
+    start: RelativePoint = Field(description="(x, y) relative to the frame")
+    end: RelativePoint = Field(description="(x, y) relative to the frame")
+    classes: list[str] = Field(default=[], description="classes counted; empty: every class")
+
+    @model_validator(mode="after")
+    def _has_length(self) -> LineConfig:
+        if self.start == self.end:
+            raise ValueError(f"line {self.name!r}: start and end are the same point (a line of zero length)")
+        return self
+
+
+def unknown_event_classes(config: Config, class_names: list[str]) -> list[str]:
+    """One line per zone or line class the model does not know (checked once the model is loaded)."""
+    known = set(class_names)
+    problems = []
+    for index, camera in enumerate(config.cameras):
+        for kind, items in (("zones", camera.zones), ("lines", camera.lines)):
+            for position, item in enumerate(items):
+                for name in item.classes:
+                    if name not in known:
+                        problems.append(
+                            f"{config.source}: cameras[{index}].{kind}[{position}].classes: "
+                            f"the model has no class {name!r}"
+                        )
+    return problems
+
+
+def _unique_names(kind: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{kind} name {name!r} is used twice on this camera; names must be unique")
+        seen.add(name)
+
+
 class CameraConfig(_Section):
     id: Annotated[str, Field(pattern=CAMERA_ID)]
     url: Annotated[str, Field(min_length=1)]
@@ -72,6 +133,20 @@ class CameraConfig(_Section):
     realtime: bool = True
     metadata: dict[str, str] = {}
     stall_timeout: Annotated[float, Field(gt=0)] = 10
+    track: bool = Field(default=False, description="track objects (on by itself with zones or lines)")
+    zones: list[ZoneConfig] = []
+    lines: list[LineConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_zone_and_line_names(self) -> CameraConfig:
+        _unique_names("zone", [zone.name for zone in self.zones])
+        _unique_names("line", [line.name for line in self.lines])
+        return self
+
+    @property
+    def tracked(self) -> bool:
+        """Whether this camera's objects are tracked: asked for, or needed by its zones and lines."""
+        return self.track or bool(self.zones or self.lines)
 
     @field_validator("metadata")
     @classmethod
@@ -92,6 +167,66 @@ class RoboflowConfig(_Section):
     max_spool_age: Annotated[float, Field(gt=0)] = 7 * 24 * 3600  # seconds
     fire_and_forget: bool = True
     timeout: Annotated[float, Field(gt=0)] = 10  # seconds per HTTP request
+
+
+# --- Vision Events ([vision_events]) ---------------------------------------------------------------------
+
+VisionEventSource = Literal["alerts", "zones", "lines", "counts"]
+# Roboflow's limits on customMetadata
+METADATA_MAX_KEYS = 100
+METADATA_KEY = re.compile(r"[a-zA-Z0-9_ -]{1,100}")
+METADATA_MAX_VALUE = 1000
+
+
+class VisionEventsConfig(_Section):
+    """Roboflow Vision Events: edge alerts, zone and line events and per-camera counts, with images."""
+
+    enabled: bool = False
+    api_key: SecretStr = SecretStr("")  # empty: roboflow.api_key
+    api_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.roboflow.com"
+    use_case: Annotated[str, Field(max_length=256)] = ""  # useCaseId
+    send: list[VisionEventSource] = ["alerts", "zones", "lines"]
+    images: bool = True  # attach each event's best snapshot
+    coalesce: Annotated[float, Field(ge=0, le=60)] = 2.0  # seconds a burst of one kind is gathered into one
+    counts_interval: Annotated[float, Field(ge=1)] = 60  # seconds between inventory_count events per camera
+    spool: Path | None = None  # default: vision-events.db beside roboflow.spool
+    max_spool_mb: Annotated[float, Field(gt=0)] = 500
+    max_spool_age: Annotated[float, Field(gt=0)] = 7 * 24 * 3600  # seconds
+    timeout: Annotated[float, Field(gt=0)] = 10  # seconds per HTTP request, first byte to last
+
+    @model_validator(mode="after")
+    def _use_case_when_enabled(self) -> VisionEventsConfig:
+        if self.enabled and not self.use_case:
+            raise ValueError("use_case is required when enabled (the useCaseId events are filed under)")
+        return self
+
+    def with_defaults(self, roboflow: RoboflowConfig) -> VisionEventsConfig:
+        """The API key and the spool's folder default to [roboflow]'s."""
+        key = self.api_key if self.api_key.get_secret_value() else roboflow.api_key
+        return self.model_copy(
+            update={"api_key": key, "spool": self.spool or roboflow.spool.parent / "vision-events.db"}
+        )
+
+
+def vision_metadata_problems(cameras: list[CameraConfig]) -> list[str]:
+    """Each camera's metadata becomes customMetadata: `cameras[i].metadata...: problem` per breach."""
+    problems = []
+    for index, camera in enumerate(cameras):
+        where = f"cameras[{index}].metadata"
+        if len(camera.metadata) > METADATA_MAX_KEYS:
+            problems.append(f"{where}: Vision Events take at most {METADATA_MAX_KEYS} fields")
+        for key, value in camera.metadata.items():
+            if not METADATA_KEY.fullmatch(key):
+                problems.append(
+                    f"{where}.{key}: a Vision Events metadata name is 1 to 100 letters, digits, '_', '-' or"
+                    " spaces"
+                )
+            if len(value) > METADATA_MAX_VALUE:
+                problems.append(
+                    f"{where}.{key}: a Vision Events metadata value is at most {METADATA_MAX_VALUE}"
+                    f" characters (got {len(value)})"
+                )
+    return problems
 
 
 class MqttConfig(_Section):
@@ -135,6 +270,19 @@ class ApiConfig(_Section):
     max_pending: Annotated[int, Field(ge=1)] = 16
 
 
+class EventsConfig(_Section):
+    lost_after: Annotated[float, Field(gt=0)] = Field(
+        default=3.0, description="seconds an object may go unseen before its track ends (`end` event)"
+    )
+    max_tracks: Annotated[int, Field(ge=1, le=10000)] = Field(
+        default=200, description="open tracks per camera; objects beyond it are not tracked (counted)"
+    )
+    snapshots: bool = Field(default=True, description="write each tracked object's best snapshot")
+    snapshot_dir: Path | None = Field(default=None, description="default: snapshots/ beside the spool")
+    max_snapshot_mb: Annotated[float, Field(gt=0)] = 200
+    max_snapshot_age: Annotated[float, Field(gt=0)] = 7 * 24 * 3600  # seconds
+
+
 class Config(_Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     model: ModelConfig
@@ -144,6 +292,8 @@ class Config(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    vision_events: VisionEventsConfig = Field(default_factory=VisionEventsConfig)
     source: Path | None = None  # the file this was loaded from; set by load_config
 
     @model_validator(mode="after")
@@ -251,14 +401,32 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cameras = [
         camera.model_copy(update={"url": _resolve_file_url(base, camera.url)}) for camera in config.cameras
     ]
+    roboflow = roboflow.model_copy(update=updates)
+    events = config.events
+    if events.snapshot_dir is not None:
+        events = events.model_copy(update={"snapshot_dir": _resolve(base, events.snapshot_dir)})
     return config.model_copy(
         update={
+            "events": events,
             "model": model,
             "cameras": cameras,
-            "roboflow": roboflow.model_copy(update=updates),
+            "roboflow": roboflow,
+            "vision_events": _resolve_vision_events(path, base, config, roboflow),
             "source": path,
         }
     )
+
+
+def _resolve_vision_events(
+    path: Path, base: Path, config: Config, roboflow: RoboflowConfig
+) -> VisionEventsConfig:
+    """The key and spool defaults from [roboflow]; the cameras' metadata checked against Roboflow's limits."""
+    settings = config.vision_events
+    if settings.enabled and (problems := vision_metadata_problems(config.cameras)):
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
+    if settings.spool:
+        settings = settings.model_copy(update={"spool": _resolve(base, settings.spool)})
+    return settings.with_defaults(roboflow)
 
 
 def _resolve_file_url(base: Path, url: str) -> str:

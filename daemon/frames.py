@@ -54,6 +54,9 @@ class FrameResult:
     batch_size: int
     done_mono: float = field(default_factory=time.monotonic)  # when the worker finished the frame
     source: Source = "camera"
+    # The frame itself, shared with the capture (not a copy; never drawn on). Sinks that keep results for
+    # longer than `handle` must not keep this: only the events sink holds frames, and boundedly.
+    image: np.ndarray | None = None
 
 
 class Sink(Protocol):

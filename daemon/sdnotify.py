@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def _address() -> str | None:
@@ -35,6 +36,12 @@ def notify(state: str) -> bool:
 
 def ready() -> bool:
     return notify("READY=1")
+
+
+def reloading() -> bool:
+    """A reload starts; systemd waits for the next READY=1 (MONOTONIC_USEC= ties it to the request)."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
 
 def stopping() -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 from daemon import __version__, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
+from daemon.events.sink import EventsSink, build_events_sink
 from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
@@ -32,7 +33,13 @@ from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
 from daemon.pipeline.inference import InferenceWorker
+from daemon.reload.command import status_path
+from daemon.reload.live import LiveConfig
+from daemon.reload.metrics import ReloadMetrics
+from daemon.reload.reloader import Reloader
+from daemon.reload.switch import MqttSwitch
 from daemon.roboflow.model_monitoring import MonitoringSink
+from daemon.roboflow.vision_events import VisionEventsSink, build_vision_events, failing_since
 from daemon.sink import Sink
 from daemon.sinks.detection_series import DetectionSeries
 from daemon.sinks.history import History
@@ -49,6 +56,7 @@ CameraFactory = Callable[
     Camera,
 ]
 
+RELOAD_WAIT = 300.0  # seconds `POST /api/reload` waits for the outcome (a TensorRT model may build)
 HEALTH_STALL = 15.0  # seconds without an inference-loop turn before /healthz and the watchdog fail
 SHUTDOWN_BUDGET = 45.0  # seconds for the whole stop; the unit's TimeoutStopSec (60) leaves room above it
 STAGE_JOIN = 5.0  # at most, for each of: the cameras, the inference worker, the dispatcher's drain
@@ -59,9 +67,11 @@ class Sinks:
     """The sinks in dispatch order, and the ones other parts talk to directly."""
 
     all: list[Sink]
-    mqtt: MqttPublisher | None
+    events: EventsSink
+    mqtt: MqttSwitch | None
     history: History | None
     monitoring: MonitoringSink | None
+    vision_events: VisionEventsSink | None
     confidence: ConfidenceTracker
 
 
@@ -77,12 +87,14 @@ def build_sinks(
     camera_ids = [camera.id for camera in config.cameras]
     state_dir = config.roboflow.spool.parent
     mqtt = (
-        MqttPublisher(
-            config.mqtt,
-            config.device.id,
-            camera_ids,
-            metrics.mqtt,
-            discovery_state=state_dir / "homeassistant.json",
+        MqttSwitch(  # a reload may replace its publisher (another broker)
+            MqttPublisher(
+                config.mqtt,
+                config.device.id,
+                camera_ids,
+                metrics.mqtt,
+                discovery_state=state_dir / "homeassistant.json",
+            )
         )
         if metrics.mqtt is not None
         else None
@@ -95,16 +107,27 @@ def build_sinks(
         else None
     )
     confidence = ConfidenceTracker(config.alerts.confidence_window, config.alerts.confidence_baseline)
+    # events first: it sets the detections' track ids, which the later sinks (MQTT) pass on
+    events = build_events_sink(
+        config, metrics.registry, state_dir, listeners=[mqtt, history], counts_listeners=[mqtt]
+    )
+    # Vision Events: alerts, zone/line events with their snapshots and counts to Roboflow, own spool
+    vision_events = build_vision_events(config, metrics.registry, events.read_snapshot)
+    if vision_events:
+        events.add_listener(vision_events)
     ordered: list[Sink | None] = [
+        events,
         DetectionSeries(metrics.detections),
         ProgressReporter(camera_states, dropped),
         confidence,
         monitoring,
         history,
         mqtt,
+        vision_events,
         *extra,
     ]
-    return Sinks([sink for sink in ordered if sink is not None], mqtt, history, monitoring, confidence)
+    sinks = [sink for sink in ordered if sink is not None]
+    return Sinks(sinks, events, mqtt, history, monitoring, vision_events, confidence)
 
 
 class Service:
@@ -127,20 +150,19 @@ class Service:
         self._build_pipeline(camera_factory)
         self._build_alerts()
         self._build_http()
+        self.reloader = self._build_reloader()
 
     # --- the parts -------------------------------------------------------------------------------------
 
     def _build_pipeline(self, camera_factory: CameraFactory) -> None:
         """Cameras -> board -> inference worker -> dispatcher -> sinks, each stage with its stop event."""
         config, frames = self.config, self.metrics.frames
-        self._capture_stop = threading.Event()
         self._worker_stop = threading.Event()
         self._dispatch_stop = threading.Event()
         camera_ids = [camera.id for camera in config.cameras]
-        stale = {camera: frames.frames_dropped.labels(camera, "stale") for camera in camera_ids}
 
-        def count_stale(frame: Frame) -> None:
-            stale[frame.camera_id].inc()
+        def count_stale(frame: Frame) -> None:  # looked up each time: cameras come and go with reloads
+            frames.frames_dropped.labels(frame.camera_id, "stale").inc()
 
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
         self.dispatcher = Dispatcher(self.sinks.all, frames, self.metrics.inference, self._dispatch_stop)
@@ -155,32 +177,38 @@ class Service:
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
         )
-        status_listeners = [self.sinks.mqtt] if self.sinks.mqtt else []
-        self.cameras = [
-            camera_factory(
-                camera, self.board, frames, self.metrics.cameras, self._capture_stop, status_listeners
-            )
-            for camera in config.cameras
-        ]
+        self._camera_factory = camera_factory
+        self._camera_stops: dict[str, threading.Event] = {}  # one per camera: a reload stops one alone
+        self.cameras = [self._make_camera(camera) for camera in config.cameras]
 
     def _build_alerts(self) -> None:
-        monitoring = self.sinks.monitoring
-        uploads = monitoring.uploader_state if monitoring else None
+        sinks = self.sinks
+        # both Roboflow destinations (Model Monitoring, Vision Events) raise the same upload alerts
+        uploads = [sink.uploader_state for sink in (sinks.monitoring, sinks.vision_events) if sink]
         self.alerts = AlertEngine(
             self.config.alerts,
             self.metrics.alerts,
-            listeners=[listener for listener in (self.sinks.mqtt, self.sinks.history) if listener],
+            listeners=[listener for listener in (sinks.mqtt, sinks.history, sinks.vision_events) if listener],
             cameras=self._camera_snapshot,
             inference_progress=lambda: self.worker.last_progress,
-            upload_failing_since=(lambda: uploads().failing_since) if uploads else None,
-            monitoring_unauthorized=(lambda: uploads().unauthorized) if uploads else None,
-            confidence=self.sinks.confidence,
+            upload_failing_since=(lambda: failing_since(uploads)) if uploads else None,
+            monitoring_unauthorized=(lambda: any(state().unauthorized for state in uploads))
+            if uploads
+            else None,
+            confidence=sinks.confidence,
         )
 
     def _build_http(self) -> None:
         config = self.config
         self.api = (
-            ApiServer(config, ModelInfo.of(self.model), self.board, self.sinks.history, self.metrics.api)
+            ApiServer(
+                config,
+                ModelInfo.of(self.model),
+                self.board,
+                self.sinks.history,
+                self.metrics.api,
+                self.sinks.events,
+            )
             if config.api.enabled and self.sinks.history
             else None
         )
@@ -271,6 +299,8 @@ class Service:
         for camera in self.cameras:
             camera.start()
         self.alerts.start()
+        if self.reloader:
+            self.reloader.start()
         sdnotify.ready()
         log.info(
             "edgewatch %s running: device %s, %d camera(s), model %s on %s",
@@ -289,8 +319,11 @@ class Service:
         def left(cap: float = self._shutdown_budget) -> float:
             return max(0.0, min(cap, deadline - time.monotonic()))
 
+        if self.reloader:
+            self.reloader.close(left())  # a reload in progress ends first: it may be starting cameras
         self.alerts.close(left(STAGE_JOIN))
-        self._capture_stop.set()
+        for stop in self._camera_stops.values():
+            stop.set()
         camera_deadline = time.monotonic() + left(STAGE_JOIN)
         for camera in self.cameras:
             camera.join(max(0.0, camera_deadline - time.monotonic()))
@@ -323,6 +356,77 @@ class Service:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        if self.reloader:
+            reloader = self.reloader
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
+
+    # --- live reconfiguration: what a config reload (daemon/reload) changes -----------------------------
+
+    def _build_reloader(self) -> Reloader | None:
+        """SIGHUP, `edgewatch reload` and `POST /api/reload` reread the file this config came from."""
+        if self.config.source is None:
+            return None
+        listeners = [listener for listener in (self.sinks.mqtt, self.sinks.history) if listener]
+        reloader = Reloader(
+            self.config.source,
+            LiveConfig(self),
+            ReloadMetrics(self.metrics.registry),
+            listeners=lambda: listeners,
+            status_file=status_path(self.config.roboflow.spool.parent),
+        )
+        if self.api:
+            self.api.reload_handler = lambda: self.reload(RELOAD_WAIT)
+        return reloader
+
+    def reload(self, timeout: float) -> dict[str, Any] | None:
+        """Reload the config now (queued behind one in progress); the outcome, or None if shutting down."""
+        ticket = self.reloader.request() if self.reloader else None
+        outcome = self.reloader.wait(ticket, timeout) if self.reloader and ticket is not None else None
+        return outcome.as_dict() if outcome else None
+
+    def _make_camera(self, camera: CameraConfig) -> Camera:
+        stop = self._camera_stops[camera.id] = threading.Event()
+        listeners: list[CameraStatusListener] = [self.sinks.events]
+        if self.sinks.mqtt:
+            listeners.append(self.sinks.mqtt)
+        return self._camera_factory(
+            camera, self.board, self.metrics.frames, self.metrics.cameras, stop, listeners
+        )
+
+    def camera_statuses(self) -> dict[str, bool]:
+        return {camera.config.id: camera.state.online for camera in self.cameras}
+
+    def add_camera(self, camera: CameraConfig) -> None:
+        self.board.add_camera(camera.id)
+        self.metrics.init_cameras([camera.id])
+        if self.sinks.mqtt:
+            self.sinks.mqtt.add_camera(camera.id)
+        thread = self._make_camera(camera)
+        self.cameras = [*self.cameras, thread]  # replaced whole: health and alerts read it unlocked
+        thread.start()
+        log.info("camera %s added", camera.id)
+
+    def stop_camera(self, camera_id: str) -> None:
+        thread = next(camera for camera in self.cameras if camera.config.id == camera_id)
+        self._camera_stops.pop(camera_id).set()
+        thread.join(STAGE_JOIN)
+        if thread.is_alive():
+            log.warning("camera %s: its capture thread did not stop within %.0f s", camera_id, STAGE_JOIN)
+        self.cameras = [camera for camera in self.cameras if camera is not thread]
+
+    def restart_camera(self, camera: CameraConfig) -> None:
+        """A changed camera (url, fps...): it alone stops and starts again with its new config."""
+        self.stop_camera(camera.id)
+        thread = self._make_camera(camera)
+        self.cameras = [*self.cameras, thread]
+        thread.start()
+        log.info("camera %s restarted with its new settings", camera.id)
+
+    def replace_camera_config(self, camera: CameraConfig) -> None:
+        """A change that applies to the running camera (metadata)."""
+        for thread in self.cameras:
+            if thread.config.id == camera.id:
+                thread.config = camera
 
 
 def _guarded(name: str, verb: str, step: Callable[[], object], timeout: float) -> None:

@@ -93,6 +93,9 @@ fi
 step "installing edgewatch ($flavour) and its dependencies"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     --constraint "$work/constraints.txt" "$requirement"
+# the tracker asks for opencv-python, which would clash with the headless build or JetPack's OpenCV
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --constraint "$work/constraints.txt" trackers
 if [ "$flavour" = jetson ] && ! "$venv/bin/python" -c 'import onnxruntime, cv2' 2>/dev/null; then
     echo "warning: onnxruntime or cv2 is missing: install NVIDIA's onnxruntime-gpu wheel for this JetPack" >&2
     echo "         and JetPack's OpenCV with GStreamer: apt-get install libopencv-python" >&2

@@ -16,8 +16,10 @@ pytest_plugins: list[str] = [
     "tests.support.edge",
     "tests.support.media",
     "tests.support.mosquitto",
+    "tests.support.proxy",
     "tests.support.roboflow_server",
     "tests.support.rtsp",
+    "tests.support.vision_events_server",
 ]
 
 GROUPS = ("unit", "e2e", "deploy")

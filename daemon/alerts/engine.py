@@ -46,7 +46,7 @@ SEVERITY: dict[str, Severity] = {
 RESOLVED = {
     CAMERA_DOWN: "camera {camera} is delivering frames again",
     CONFIDENCE_DROP: "confidence on camera {camera} is back near its baseline",
-    UPLOAD_FAILING: "Model Monitoring uploads succeed again",
+    UPLOAD_FAILING: "Roboflow uploads succeed again",
     MONITORING_UNAUTHORIZED: "Roboflow accepts the API key again",
     INFERENCE_STALLED: "inference is making progress again",
 }
@@ -88,13 +88,13 @@ def inference_stalled(
 def upload_failing(failing_since: float | None, now: float, after: float) -> dict[str, str]:
     if failing_since is None or now - failing_since < after:
         return {}
-    return {"": f"Model Monitoring uploads failing for {now - failing_since:.0f}s; reports wait in the spool"}
+    return {"": f"Roboflow uploads failing for {now - failing_since:.0f}s; what is unsent waits in the spool"}
 
 
 def monitoring_unauthorized(unauthorized: bool) -> dict[str, str]:
     if not unauthorized:
         return {}
-    return {"": "Roboflow refuses the API key (401/403): uploads stopped, reports kept in the spool"}
+    return {"": "Roboflow refuses the API key (401/403): uploads stopped, what is unsent kept in the spool"}
 
 
 def confidence_drops(
@@ -129,12 +129,22 @@ class ConfidenceTracker(Sink):
     name = "confidence"
 
     def __init__(self, window: float, baseline: float) -> None:
-        self._width = max(1.0, window / 10)
-        self._window_buckets = math.ceil(window / self._width)
-        self._baseline_buckets = math.ceil(baseline / self._width)
-        self._maxlen = self._window_buckets + self._baseline_buckets + 1
-        self._series: dict[tuple[str, str], deque[list[float]]] = {}  # [bucket, sum, count]
         self._lock = threading.Lock()
+        self.set_windows(window, baseline)
+
+    def set_windows(self, window: float, baseline: float) -> None:
+        """(Re)size the window and baseline; the history so far is dropped (its buckets no longer fit)."""
+        with self._lock:
+            self._width = max(1.0, window / 10)
+            self._window_buckets = math.ceil(window / self._width)
+            self._baseline_buckets = math.ceil(baseline / self._width)
+            self._maxlen = self._window_buckets + self._baseline_buckets + 1
+            self._series: dict[tuple[str, str], deque[list[float]]] = {}  # [bucket, sum, count]
+
+    def forget_camera(self, camera_id: str) -> None:
+        with self._lock:
+            for key in [key for key in self._series if key[0] == camera_id]:
+                del self._series[key]
 
     def handle(self, result: FrameResult) -> None:
         detections = result.detections
@@ -238,6 +248,23 @@ class AlertEngine:
 
     def start(self) -> None:
         self._thread.start()
+
+    def set_config(self, config: AlertsConfig) -> None:
+        """New thresholds (a config reload), from the next evaluation on."""
+        old, self._config = self._config, config
+        self._resolve_ratio = config.confidence_drop_ratio + (1 - config.confidence_drop_ratio) / 2
+        windows = (config.confidence_window, config.confidence_baseline)
+        if self._confidence is not None and windows != (old.confidence_window, old.confidence_baseline):
+            self._confidence.set_windows(config.confidence_window, config.confidence_baseline)
+
+    def forget_camera(self, camera_id: str) -> None:
+        """A camera removed from the config: its firing alerts resolve now, saying so."""
+        with self._lock:
+            keys = [key for key in self._firing if key[1] == camera_id]
+            for key in keys:
+                del self._firing[key]
+        for key in keys:
+            self._emit(key, "resolved", f"camera {camera_id} was removed from the config")
 
     def threads(self) -> list[threading.Thread]:
         return [self._thread]

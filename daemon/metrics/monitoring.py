@@ -43,3 +43,6 @@ class MonitoringMetrics:
             "1 while Roboflow refuses the API key (401/403).",
             registry=registry,
         )
+
+    def spool_dropped(self, count: int) -> None:
+        self.reports.labels("dropped").inc(count)

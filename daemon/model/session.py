@@ -398,6 +398,11 @@ class Model:
         )
         return model
 
+    def set_thresholds(self, config: ModelConfig) -> None:
+        """New default confidence, IoU and detection cap (a config reload); used from the next batch on."""
+        self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
+        self._config = config
+
     def warm_up(self) -> None:
         """Run a zero batch, so the first frames don't pay for lazy initialisation (TensorRT engine builds).
 

@@ -39,14 +39,35 @@ class FrameBoard:
         self._stale: collections.Counter[str] = collections.Counter()  # frames replaced before inference
         # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
         # wakes only the worker and a batch taken wakes only the cameras it took from.
-        lock = threading.Lock()
-        self._ready = threading.Condition(lock)
-        self._taken = {camera: threading.Condition(lock) for camera in self._slots}
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._taken = {camera: threading.Condition(self._lock) for camera in self._slots}
         self._closed = False
 
     @property
     def camera_ids(self) -> list[str]:
         return list(self._slots)
+
+    def add_camera(self, camera_id: str) -> None:
+        """A slot for a camera added while running (a config reload); no-op if it has one."""
+        with self._ready:
+            if camera_id not in self._slots:
+                self._slots[camera_id] = None
+                self._taken[camera_id] = threading.Condition(self._lock)
+
+    def remove_camera(self, camera_id: str) -> Frame | None:
+        """Drop a removed camera's slot (call once its thread has stopped); returns the frame it held."""
+        with self._ready:
+            frame = self._slots.pop(camera_id, None)
+            self._stale.pop(camera_id, None)
+            self._live.discard(camera_id)
+            self._heard.pop(camera_id, None)
+            self._waiting_since.pop(camera_id, None)
+            taken = self._taken.pop(camera_id, None)
+            if taken is not None:
+                taken.notify_all()
+            self._ready.notify_all()
+        return frame
 
     def stale_counts(self) -> dict[str, int]:
         """Frames of each camera replaced by a newer one before inference took them, since the start."""
@@ -55,6 +76,8 @@ class FrameBoard:
 
     def put(self, frame: Frame) -> None:
         with self._ready:
+            if frame.camera_id not in self._slots:  # a removed camera's last frame, after its removal
+                return
             stale = self._slots[frame.camera_id]
             self._slots[frame.camera_id] = frame
             if stale is None:
@@ -77,7 +100,7 @@ class FrameBoard:
 
     def set_live(self, camera_id: str, live: bool) -> None:
         with self._ready:
-            if live:
+            if live and camera_id in self._slots:
                 self._live.add(camera_id)
                 self._heard[camera_id] = time.monotonic()
             else:
@@ -86,9 +109,11 @@ class FrameBoard:
 
     def wait_taken(self, camera_id: str, timeout: float) -> bool:
         """Block until the camera's slot is empty (for sources read as fast as inference takes them)."""
-        taken = self._taken[camera_id]
+        taken = self._taken.get(camera_id)
+        if taken is None:
+            return True
         with taken:
-            return taken.wait_for(lambda: self._closed or self._slots[camera_id] is None, timeout=timeout)
+            return taken.wait_for(lambda: self._closed or self._slots.get(camera_id) is None, timeout=timeout)
 
     def take_batch(self, max_batch: int, fill_timeout: float, wait: float) -> list[Frame]:
         """Wait up to `wait` s for a first frame, then up to `fill_timeout` s for the batch to fill.

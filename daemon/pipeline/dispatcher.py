@@ -48,17 +48,29 @@ class Dispatcher(threading.Thread):
         self._full_lock = threading.Lock()
         self._latency: dict[str, object] = {}
         self._failing: set[str] = set()  # sinks whose last call raised: logged once per failing streak
+        self._handed = threading.Condition()  # guards the two counts below, for `barrier`
+        self._queued = 0  # results accepted by `submit`
+        self._done = 0  # results handed to every sink
 
     def submit(self, result: FrameResult) -> bool:
         """Never blocks. False (and counted as dropped) when the sinks are too far behind."""
-        try:
-            self._queue.put_nowait(result)
-        except queue.Full:
-            self._frames.frames_dropped.labels(result.camera_id, "dispatch_full").inc()
-            with self._full_lock:
-                self._full[result.camera_id] += 1
-            return False
+        with self._handed:
+            try:
+                self._queue.put_nowait(result)
+            except queue.Full:
+                self._frames.frames_dropped.labels(result.camera_id, "dispatch_full").inc()
+                with self._full_lock:
+                    self._full[result.camera_id] += 1
+                return False
+            self._queued += 1
         return True
+
+    def barrier(self, timeout: float) -> bool:
+        """Wait until every result submitted before this call has been handed to the sinks (a config
+        reload removing a camera waits for its last results). False on timeout."""
+        with self._handed:
+            target = self._queued
+            return self._handed.wait_for(lambda: self._done >= target, timeout=timeout)
 
     def dropped_counts(self) -> dict[str, int]:
         """Results of each camera dropped because the queue was full, since the start."""
@@ -72,6 +84,9 @@ class Dispatcher(threading.Thread):
             except queue.Empty:
                 continue
             self._dispatch(result)
+            with self._handed:
+                self._done += 1
+                self._handed.notify_all()
         while True:  # stopped: hand over what is queued
             try:
                 self._dispatch(self._queue.get_nowait())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 import uuid
@@ -27,6 +28,16 @@ from daemon.pipeline.board import FrameBoard
 log = logging.getLogger("edgewatch.inference")
 
 IDLE_WAIT = 0.5  # seconds; how long one wait for a first frame lasts before the stop flag is checked again
+
+
+class _Control:
+    """An action to run on the worker thread between two batches, and whether it ran."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action = action
+        self.done = threading.Event()
+        self.cancelled = False
+        self.lock = threading.Lock()
 
 
 class InferenceWorker(threading.Thread):
@@ -48,10 +59,12 @@ class InferenceWorker(threading.Thread):
         self._board = board
         self._submit = submit
         self._metrics = metrics
+        self._frames = frames
         self._max_batch = max(1, min(max_batch, model.max_batch))
         self._batch_timeout = batch_timeout
         self._halt = stop
         self._inferred = {camera: frames.frames_inferred.labels(camera) for camera in board.camera_ids}
+        self._controls: queue.Queue[_Control] = queue.Queue(maxsize=8)  # reloads are serialised: 1 at a time
         self._pending: list[FrameResult] = []  # the last batch's results, for the dispatcher
         self.last_progress = time.monotonic()
         self.error: BaseException | None = None
@@ -60,6 +73,7 @@ class InferenceWorker(threading.Thread):
         try:
             while not self._halt.is_set():
                 self.last_progress = time.monotonic()
+                self._run_controls()
                 # with results waiting for the dispatcher, frames already there go straight on (their results
                 # are handed over while the model runs); with none there, the results go first, then we wait
                 frames = self._board.take_batch(self._max_batch, 0, 0) if self._pending else []
@@ -79,6 +93,66 @@ class InferenceWorker(threading.Thread):
         except BaseException as exc:  # the process must end: systemd restarts it
             self.error = exc
             log.critical("inference worker failed: %s", exc, exc_info=True)
+
+    # live reconfiguration (called from the reload thread)
+
+    def between_batches(self, action: Callable[[], None], timeout: float) -> bool:
+        """Run `action` on this thread between two batches, once every result of the batches before it has
+        been handed to the dispatcher; wait for it at most `timeout` s. False (and `action` never runs) if
+        the worker did not get there in time or has stopped."""
+        if not self.is_alive():
+            return False
+        control = _Control(action)
+        try:
+            self._controls.put_nowait(control)
+        except queue.Full:
+            return False
+        if control.done.wait(timeout):
+            return True
+        with control.lock:
+            control.cancelled = not control.done.is_set()
+        return not control.cancelled
+
+    def swap_model(self, model: Model, model_id: str, max_batch: int, timeout: float) -> float | None:
+        """Use `model` (loaded and warmed up by the caller) from the next batch on, its results labelled
+        `model_id`. Returns how long inference paused for it (seconds), or None if the swap did not happen."""
+        paused: list[float] = []
+
+        def swap() -> None:
+            started = time.perf_counter()
+            self._model, self._model_id = model, model_id
+            self._max_batch = max(1, min(max_batch, model.max_batch))
+            paused.append(time.perf_counter() - started)
+
+        return paused[0] if self.between_batches(swap, timeout) else None
+
+    def set_batch_timeout(self, seconds: float) -> None:
+        self._batch_timeout = seconds
+
+    def forget_camera(self, camera_id: str) -> None:
+        """A removed camera: its counter goes (call between batches, before its series are removed)."""
+        self._inferred.pop(camera_id, None)
+
+    def _run_controls(self) -> None:
+        while True:
+            try:
+                control = self._controls.get_nowait()
+            except queue.Empty:
+                return
+            with control.lock:
+                if control.cancelled:
+                    continue
+                self._hand_over()
+                try:
+                    control.action()
+                finally:
+                    control.done.set()
+
+    def _count_inferred(self, camera_id: str) -> None:
+        counter = self._inferred.get(camera_id)
+        if counter is None:  # a camera added while running
+            counter = self._inferred[camera_id] = self._frames.frames_inferred.labels(camera_id)
+        counter.inc()
 
     def _hand_over(self) -> None:
         for result in self._pending:
@@ -119,9 +193,10 @@ class InferenceWorker(threading.Thread):
                 batch_size=len(frames),
                 done_mono=done,
                 source="camera" if frame.reply is None else "api",
+                image=frame.image,
             )
             if frame.reply is None:
-                self._inferred[frame.camera_id].inc()
+                self._count_inferred(frame.camera_id)
             else:
                 frame.reply(result)
             self._pending.append(result)

@@ -7,7 +7,6 @@ the uploader is woken to send them. Without an API key the reports are still spo
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -17,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, TextIO
 
-from daemon.config import Config
+from daemon.config import Config, ConfigError, RoboflowConfig
 from daemon.frames import FrameResult
 from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
-from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, read_items
-from daemon.roboflow.uploader import Uploader, UploaderState
+from daemon.roboflow.spool import Spool, SpoolItem, created_utc, print_waiting
+from daemon.roboflow.uploader import MonitoringCourier, Uploader, UploaderState
 from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.monitoring")
@@ -34,6 +33,7 @@ log = logging.getLogger("edgewatch.monitoring")
 class _Stream:
     aggregator: Aggregator = field(default_factory=Aggregator)
     deadline: float = 0.0  # time.monotonic() at which the current window closes
+    model_id: str = ""  # the model of the current window's results
 
 
 def summary(predictions: list[Prediction] | list[dict[str, Any]]) -> str:
@@ -79,23 +79,21 @@ class MonitoringSink(Sink):
         self.spool = Spool(
             settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
         )
-        key = settings.api_key.get_secret_value()
-        client = (
-            RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
-            if key
-            else None
-        )
-        self.sending = client is not None
-        self.uploader = Uploader(
-            self.spool, client, metrics,
-            unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
-        )
+        self._metrics = metrics
+        self._uploader_options = {
+            "unauthorized_retry": unauthorized_retry,
+            "backoff_base": backoff_base,
+            "backoff_max": backoff_max,
+        }
+        self._settings = settings
+        self.uploader = self._make_uploader(settings)
         if not self.sending:
             log.info(
                 "no Roboflow API key: Model Monitoring reports are kept in %s and logged, not sent",
                 settings.spool,
             )
         self._streams: dict[str, _Stream] = {}
+        self._retired: list[tuple[str, Aggregator]] = []  # windows cut by a model swap, to close at once
         self._changed = threading.Condition()  # guards _streams' membership and deadlines
         self._stop = threading.Event()
         self._closed = False
@@ -117,7 +115,18 @@ class MonitoringSink(Sink):
                     result.camera_id, _Stream(deadline=time.monotonic() + self._frequency)
                 )
                 self._changed.notify_all()
+        if stream.model_id != result.model_id:
+            self._new_model(result.camera_id, stream, result.model_id)
         stream.aggregator.add(result.detections, result.inference_id, result.model_id)
+
+    def _new_model(self, camera: str, stream: _Stream, model_id: str) -> None:
+        """The model was swapped: the window so far is reported apart (under the old model id), now."""
+        if stream.model_id:  # an empty window closes without a report
+            with self._changed:
+                self._retired.append((camera, stream.aggregator))
+                stream.aggregator = Aggregator()
+                self._changed.notify_all()
+        stream.model_id = model_id
 
     def uploader_state(self) -> UploaderState:
         """For the alert engine: is the key refused, since when do uploads fail, how much is waiting."""
@@ -127,6 +136,9 @@ class MonitoringSink(Sink):
         """Close every stream's window now: what was seen so far goes to the spool."""
         with self._changed:
             streams = list(self._streams.items())
+            retired, self._retired = self._retired, []
+        for camera, aggregator in retired:
+            self._close_window(camera, aggregator)
         for camera, stream in streams:
             self._close_window(camera, stream.aggregator)
 
@@ -157,7 +169,7 @@ class MonitoringSink(Sink):
                 while not self._stop.is_set():
                     now = time.monotonic()
                     due = [(camera, s) for camera, s in self._streams.items() if s.deadline <= now]
-                    if due:
+                    if due or self._retired:
                         break
                     next_deadline = min((s.deadline for s in self._streams.values()), default=None)
                     self._changed.wait(None if next_deadline is None else next_deadline - now)
@@ -166,11 +178,63 @@ class MonitoringSink(Sink):
                 for _, stream in due:  # keep each stream on its own grid, skipping windows missed
                     missed = int((now - stream.deadline) // self._frequency)
                     stream.deadline += self._frequency * (missed + 1)
-            for camera, stream in due:
+                retired, self._retired = self._retired, []
+            closing = [*retired, *((camera, stream.aggregator) for camera, stream in due)]
+            for camera, aggregator in closing:
                 try:
-                    self._close_window(camera, stream.aggregator)
+                    self._close_window(camera, aggregator)
                 except Exception:  # a spool write failed: the window is lost, the timer must live on
                     log.exception("cannot spool the Model Monitoring report of camera %s", camera)
+
+    # live reconfiguration (a config reload)
+
+    def remove_camera(self, camera_id: str) -> None:
+        """A camera left the config (all its results handled): its partial window goes to the spool now."""
+        with self._changed:
+            stream = self._streams.pop(camera_id, None)
+            retired = [aggregator for camera, aggregator in self._retired if camera == camera_id]
+            self._retired = [(camera, a) for camera, a in self._retired if camera != camera_id]
+            self._changed.notify_all()
+        for aggregator in [*retired, *([stream.aggregator] if stream else [])]:
+            self._close_window(camera_id, aggregator)
+
+    def set_cameras(self, config: Config) -> None:
+        """The cameras' custom metadata, for the windows that close from now on."""
+        self._metadata = {camera.id: dict(camera.metadata) for camera in config.cameras}
+
+    def set_settings(self, settings: RoboflowConfig) -> None:
+        """New frequency (from each stream's next window), key, workspace, URL or timeout: a new uploader
+        takes over the same spool (the old one finishes or times out its request in flight first)."""
+        self._frequency = float(settings.frequency)
+        self._synchronous = not settings.fire_and_forget
+        self._sync_timeout = settings.timeout * 2 + 1
+        old = self._settings
+        self._settings = settings
+        if (old.api_key, old.api_url, old.workspace, old.timeout) == (
+            settings.api_key, settings.api_url, settings.workspace, settings.timeout
+        ):
+            return
+        self.uploader.close()  # a request in flight ends (at most the client's timeout), then it stops
+        self.uploader = self._make_uploader(settings)
+        self.uploader.start()
+        self.uploader.wake()
+
+    def _make_uploader(self, settings: RoboflowConfig) -> Uploader:
+        key = settings.api_key.get_secret_value()
+        try:
+            client = (
+                RoboflowClient(settings.api_url, key, workspace=settings.workspace, timeout=settings.timeout)
+                if key
+                else None
+            )
+        except ValueError as exc:  # a proxy variable that is not a proxy URL
+            raise ConfigError(f"roboflow: {exc}") from None
+        self.sending = client is not None
+        return Uploader(
+            self.spool,
+            MonitoringCourier(self.spool, client, self._metrics) if client else None,
+            **self._uploader_options,
+        )
 
     def _close_window(self, camera: str, aggregator: Aggregator) -> None:
         predictions = aggregator.flush()
@@ -224,32 +288,16 @@ def list_reports(config: Config, *, as_json: bool = False, limit: int | None = N
     Text: created time, camera, kind, classes (or metadata fields). JSON: a list of the exact bodies.
     Returns the exit code.
     """
-    out = out or sys.stdout
-    path = config.roboflow.spool
-    try:
-        items = read_items(path, limit)
-    except SpoolError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    if as_json:
-        rows = [
-            {
-                "id": item.id,
-                "kind": item.kind,
-                "camera": item.camera,
-                "created": datetime.fromtimestamp(item.created, timezone.utc).isoformat(),
-                "body": item.json(),
-            }
-            for item in items
-        ]
-        print(json.dumps(rows, indent=2, ensure_ascii=False), file=out)
-        return 0
-    if not items:
-        print(f"no Model Monitoring requests waiting in {path}", file=out)
-        return 0
-    width = max(len(item.camera) for item in items)
-    for item in items:
-        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
-        print(f"{created}  {item.camera:<{width}}  {item.kind:<8}  {_describe(item)}", file=out)
-    print(f"{len(items)} request(s) shown, from {path}", file=out)
-    return 0
+    return print_waiting(
+        config.roboflow.spool,
+        what="Model Monitoring requests",
+        noun="request(s)",
+        limit=limit,
+        as_json=as_json,
+        json_row=lambda item: {
+            "id": item.id, "kind": item.kind, "camera": item.camera, "created": created_utc(item),
+            "body": item.json(),
+        },
+        text_line=lambda item: f"{item.kind:<8}  {_describe(item)}",
+        out=out or sys.stdout,
+    )

@@ -1,8 +1,11 @@
-"""The on-disk queue of Model Monitoring requests (SQLite): written before any send, deleted after a 2xx.
+"""The on-disk queue of requests to Roboflow (SQLite): written before any send, deleted after a 2xx.
 
-One row per HTTP request (`kind` report or metadata) holding the exact JSON body that will be sent, so a
-request survives crashes, reboots and long outages. The spool is bounded by the size of the bodies it holds
-and by their age; when over, the oldest rows go, and every dropped row is counted and logged.
+One row per request (Model Monitoring: `kind` report or metadata; Vision Events: `kind` event) holding the
+exact JSON body that will be sent, so a request survives crashes, reboots and long outages. A row may carry
+an attachment (a Vision Event's image) that is uploaded first: its bytes until then, the reference the
+server gave it afterwards (`attachment_ref`), so a retry never uploads it twice. The spool is bounded by the
+bytes it holds (bodies and attachments) and by their age; when over, the oldest rows go, and every dropped
+row is counted and logged.
 """
 
 from __future__ import annotations
@@ -10,31 +13,47 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol, TextIO
 
-from daemon.metrics.monitoring import MonitoringMetrics
+from prometheus_client import Gauge
 
 log = logging.getLogger("edgewatch.spool")
 
-Kind = Literal["report", "metadata"]
+MONITORING_KINDS = ("report", "metadata")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: id order is send order
-    kind TEXT NOT NULL CHECK (kind IN ('report', 'metadata')),
+    kind TEXT NOT NULL CHECK (kind IN ({kinds})),
     camera TEXT NOT NULL,
-    created REAL NOT NULL,                 -- unix time the window closed
-    size INTEGER NOT NULL,                 -- bytes of body, what max_spool_mb bounds
-    body TEXT NOT NULL                     -- the JSON sent, byte for byte
+    created REAL NOT NULL,                 -- unix time the window closed / the event happened
+    size INTEGER NOT NULL,                 -- bytes of body and attachment, what max_spool_mb bounds
+    body TEXT NOT NULL,                    -- the JSON sent, byte for byte
+    attachment BLOB,                       -- bytes to upload before the body; NULL once uploaded
+    attachment_ref TEXT                    -- what the server called the uploaded attachment
 );
 CREATE INDEX IF NOT EXISTS requests_created ON requests (created);
 """
+_ATTACHMENT_COLUMNS = (("attachment", "BLOB"), ("attachment_ref", "TEXT"))
+_COLUMNS = "id, kind, camera, created, body, COALESCE(LENGTH(attachment), 0), attachment_ref"
+
+
+class SpoolMetrics(Protocol):
+    """A destination's metric group, as far as its spool is concerned."""
+
+    spool_depth: Gauge
+    spool_oldest_age: Gauge
+
+    def spool_dropped(self, count: int) -> None:
+        """`count` requests left the spool unsent, over a bound."""
 
 
 class SpoolError(Exception):
@@ -44,10 +63,12 @@ class SpoolError(Exception):
 @dataclass(frozen=True, slots=True)
 class SpoolItem:
     id: int
-    kind: Kind
+    kind: str
     camera: str
     created: float
     body: str
+    attachment_size: int = 0  # bytes waiting to be uploaded (0: none, or uploaded already)
+    attachment_ref: str | None = None  # the uploaded attachment's reference
 
     def json(self) -> dict[str, Any]:
         return json.loads(self.body)
@@ -69,10 +90,16 @@ class Spool:
         path: Path,
         max_bytes: int,
         max_age: float,
-        metrics: MonitoringMetrics | None = None,
+        metrics: SpoolMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        name: str = "monitoring",
+        kinds: tuple[str, ...] = MONITORING_KINDS,
     ) -> None:
+        """`name` says whose spool it is in logs; `kinds` are the kinds of request it holds."""
         self.path = path
+        self.name = name
+        self._kinds = kinds
         self._max_bytes = max_bytes
         self._max_age = max_age
         self._metrics = metrics
@@ -88,12 +115,16 @@ class Spool:
             # most (one report and one metadata request per camera per window), which any disk absorbs.
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA journal_size_limit = 4194304")  # shrink the WAL after checkpoints
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA.format(kinds=", ".join(f"'{kind}'" for kind in kinds)))
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+            for column, sql_type in _ATTACHMENT_COLUMNS:  # a spool written by an older edgewatch
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE requests ADD COLUMN {column} {sql_type}")
             count, total, oldest = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM requests"
             ).fetchone()
         except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"{path}: cannot open the monitoring spool: {exc}") from None
+            raise SpoolError(f"{path}: cannot open the {name} spool: {exc}") from None
         self._depth: int = count
         self._bytes: int = total
         self._oldest: float | None = oldest
@@ -101,18 +132,28 @@ class Spool:
             metrics.spool_depth.set_function(lambda: self._depth)
             metrics.spool_oldest_age.set_function(self.oldest_age)
         if count:
-            log.info("monitoring spool %s holds %d unsent request(s) from earlier runs", path, count)
+            log.info("%s spool %s holds %d unsent request(s) from earlier runs", name, path, count)
         self.trim()
 
-    def put(self, kind: Kind, camera: str, body: dict[str, Any], created: float | None = None) -> int:
+    def put(
+        self,
+        kind: str,
+        camera: str,
+        body: dict[str, Any],
+        created: float | None = None,
+        attachment: bytes | None = None,
+    ) -> int:
         """Store one request durably; returns its id. Drops the oldest rows if this goes over a bound."""
+        if kind not in self._kinds:
+            raise ValueError(f"the {self.name} spool holds no {kind!r} requests")
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         created = self._clock() if created is None else created
-        size = len(text.encode())
+        size = len(text.encode()) + len(attachment or b"")
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO requests (kind, camera, created, size, body) VALUES (?, ?, ?, ?, ?)",
-                (kind, camera, created, size, text),
+                "INSERT INTO requests (kind, camera, created, size, body, attachment)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, camera, created, size, text, attachment),
             )
             self._depth += 1
             self._bytes += size
@@ -122,25 +163,62 @@ class Spool:
         return int(cursor.lastrowid or 0)
 
     def oldest(self) -> SpoolItem | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, kind, camera, created, body FROM requests ORDER BY id LIMIT 1"
-            ).fetchone()
-        return SpoolItem(*row) if row else None
+        head = self.head(1)
+        return head[0] if head else None
 
-    def delete(self, item_id: int) -> None:
-        """Remove a request (sent, or refused for good). A row already dropped by trim() is a no-op."""
+    def head(self, limit: int) -> list[SpoolItem]:
+        """The `limit` oldest requests, oldest first (attachments by size, not their bytes)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM requests ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [SpoolItem(*row) for row in rows]
+
+    def attachment(self, item_id: int) -> bytes | None:
+        """The bytes still to upload for a request (None: none, uploaded already, or the row is gone)."""
+        with self._lock:
+            row = self._db.execute("SELECT attachment FROM requests WHERE id = ?", (item_id,)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def settle_attachment(self, item_id: int, ref: str | None) -> None:
+        """The attachment was uploaded as `ref` (None: it was refused): its bytes leave the spool."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT size FROM requests WHERE id = ?", (item_id,)).fetchone()
+                row = self._db.execute(
+                    "SELECT COALESCE(LENGTH(attachment), 0) FROM requests WHERE id = ?", (item_id,)
+                ).fetchone()
                 if row:
-                    self._db.execute("DELETE FROM requests WHERE id = ?", (item_id,))
+                    self._db.execute(
+                        "UPDATE requests SET attachment = NULL, attachment_ref = ?, size = size - ?"
+                        " WHERE id = ?",
+                        (ref, row[0], item_id),
+                    )
             finally:
                 self._db.execute("COMMIT")
             if row:
-                self._depth -= 1
                 self._bytes -= row[0]
+
+    def delete(self, item_id: int) -> None:
+        """Remove a request (sent, or refused for good). A row already dropped by trim() is a no-op."""
+        self.delete_many([item_id])
+
+    def delete_many(self, item_ids: list[int]) -> None:
+        """Remove several requests in one transaction (a batch that was accepted)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                marks = ", ".join("?" * len(item_ids))
+                count, size = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM requests WHERE id IN ({marks})", item_ids
+                ).fetchone()
+                if count:
+                    self._db.execute(f"DELETE FROM requests WHERE id IN ({marks})", item_ids)
+            finally:
+                self._db.execute("COMMIT")
+            if count:
+                self._depth -= count
+                self._bytes -= size
                 self._refresh_oldest()
 
     def trim(self) -> int:
@@ -160,11 +238,11 @@ class Spool:
                 total = sum(dropped.values())
                 per_camera = ", ".join(f"{camera}: {n}" for camera, n in sorted(dropped.items()))
                 log.warning(
-                    "monitoring spool %s: dropped the %d oldest unsent request(s) %s (%s)",
-                    self.path, total, reason, per_camera,
+                    "%s spool %s: dropped the %d oldest unsent request(s) %s (%s)",
+                    self.name, self.path, total, reason, per_camera,
                 )
                 if self._metrics is not None:
-                    self._metrics.reports.labels("dropped").inc(total)
+                    self._metrics.spool_dropped(total)
         return sum(too_old.values()) + sum(too_big.values())
 
     def _drop(self, where: str, value: float) -> Counter[str]:
@@ -216,12 +294,52 @@ def read_items(path: Path, limit: int | None = None) -> list[SpoolItem]:
         try:
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone():
                 return []  # the daemon is creating it right now
+            columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            selected = _COLUMNS if "attachment" in columns else "id, kind, camera, created, body"
             rows = db.execute(
-                "SELECT id, kind, camera, created, body FROM requests ORDER BY id DESC LIMIT ?",
+                f"SELECT {selected} FROM requests ORDER BY id DESC LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise SpoolError(f"{path}: cannot read the monitoring spool: {exc}") from None
+        raise SpoolError(f"{path}: cannot read the spool: {exc}") from None
     return [SpoolItem(*row) for row in reversed(rows)]
+
+
+def print_waiting(
+    path: Path,
+    *,
+    what: str,
+    noun: str,
+    limit: int | None,
+    as_json: bool,
+    json_row: Callable[[SpoolItem], dict[str, Any]],
+    text_line: Callable[[SpoolItem], str],
+    out: TextIO,
+) -> int:
+    """What `edgewatch reports` and `edgewatch vision-events` print: the newest `limit` requests waiting in
+    a spool, oldest first, one JSON object (`json_row`) or one line (time, camera, `text_line`) each, with
+    `what` naming them all ("Model Monitoring requests") and `noun` one ("request(s)"). Returns the exit
+    code."""
+    try:
+        items = read_items(path, limit)
+    except SpoolError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps([json_row(item) for item in items], indent=2, ensure_ascii=False), file=out)
+        return 0
+    if not items:
+        print(f"no {what} waiting in {path}", file=out)
+        return 0
+    width = max(len(item.camera) for item in items)
+    for item in items:
+        created = datetime.fromtimestamp(item.created).astimezone().isoformat(timespec="seconds")
+        print(f"{created}  {item.camera or '-':<{width}}  {text_line(item)}", file=out)
+    print(f"{len(items)} {noun} shown, from {path}", file=out)
+    return 0
+
+
+def created_utc(item: SpoolItem) -> str:
+    return datetime.fromtimestamp(item.created, timezone.utc).isoformat()

@@ -1,8 +1,11 @@
-"""The uploader thread: sends spooled Model Monitoring requests to Roboflow, oldest first, until accepted.
+"""The uploader thread: sends what a spool holds to Roboflow, oldest first, until accepted.
 
-It holds the head of the spool until Roboflow takes it (so each camera's reports arrive in order): a
-retryable failure backs off exponentially with jitter (or as long as Retry-After says); a refused key stops
-sending, keeps the spool and tries the key again rarely; a request Roboflow calls bad is dropped.
+What is sent comes from a `Courier` (Model Monitoring: one request per spooled row; Vision Events: an image
+upload, or a batch of events): it names the next `Delivery` at the head of its spool, and each delivery
+knows how to send itself and what its answer means for the spool and the counters. This thread adds what
+every destination shares: it holds the head until Roboflow takes it (so each camera's data arrives in
+order); a retryable failure backs off exponentially with jitter (or as long as Retry-After says); a refused
+key stops sending, keeps the spool, and tries the key again rarely; what Roboflow calls bad is dropped.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from daemon.backoff import backoff_delay
 from daemon.metrics.monitoring import MonitoringMetrics
-from daemon.roboflow.client import Outcome, Response, RoboflowClient
-from daemon.roboflow.spool import Spool, SpoolItem
+from daemon.roboflow.client import RoboflowClient
+from daemon.roboflow.spool import Spool
+from daemon.roboflow.transport import Outcome, Response
 
 log = logging.getLogger("edgewatch.uploader")
 
@@ -34,21 +39,105 @@ class UploaderState:
     depth: int  # requests waiting in the spool
 
 
+class Delivery(Protocol):
+    """One request to Roboflow made from the head of a spool."""
+
+    ids: tuple[int, ...]  # the spool rows it covers
+    what: str  # for logs: "report for camera dock", "batch of 12 events"
+
+    def send(self) -> Response: ...
+
+    def settle(self, response: Response) -> None:
+        """Update the spool and the counters for this answer (any outcome)."""
+
+
+class Courier(Protocol):
+    """One destination: its spool, and the next delivery to try."""
+
+    label: str  # "Model Monitoring", "Vision Events"
+    spool: Spool
+
+    def next(self) -> Delivery | None: ...
+
+    def redact(self, text: str) -> str: ...
+
+    def close(self) -> None: ...
+
+    def observe(self, seconds: float) -> None:
+        """One request took this long."""
+
+    def set_unauthorized(self, refused: bool) -> None: ...
+
+
+class _MonitoringRequest:
+    def __init__(self, courier: MonitoringCourier, item_id: int, kind: str, camera: str, body: str) -> None:
+        self._courier = courier
+        self.ids = (item_id,)
+        self.what = f"{kind} for camera {camera}"
+        self._kind = kind
+        self._body = body
+
+    def send(self) -> Response:
+        return self._courier.client.send(self._kind, self._body)
+
+    def settle(self, response: Response) -> None:
+        metrics = self._courier.metrics
+        if response.outcome is Outcome.ACCEPTED:
+            self._courier.spool.delete(self.ids[0])
+            metrics.reports.labels("sent").inc()
+            metrics.last_upload.set(time.time())
+        elif response.outcome is Outcome.REJECTED:
+            self._courier.spool.delete(self.ids[0])
+            metrics.reports.labels("failed").inc()
+        elif response.outcome is Outcome.UNAUTHORIZED:
+            metrics.reports.labels("failed").inc()
+        else:
+            metrics.reports.labels("retried").inc()
+
+
+class MonitoringCourier:
+    """Model Monitoring: each spooled row is one request, sent as it was written."""
+
+    label = "Model Monitoring"
+
+    def __init__(self, spool: Spool, client: RoboflowClient, metrics: MonitoringMetrics) -> None:
+        self.spool = spool
+        self.client = client
+        self.metrics = metrics
+
+    def next(self) -> Delivery | None:
+        item = self.spool.oldest()
+        if item is None:
+            return None
+        return _MonitoringRequest(self, item.id, item.kind, item.camera, item.body)
+
+    def redact(self, text: str) -> str:
+        return self.client.redact(text)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def observe(self, seconds: float) -> None:
+        self.metrics.upload_duration.observe(seconds)
+
+    def set_unauthorized(self, refused: bool) -> None:
+        self.metrics.monitoring_unauthorized.set(int(refused))
+
+
 class Uploader:
     def __init__(
         self,
         spool: Spool,
-        client: RoboflowClient | None,
-        metrics: MonitoringMetrics,
+        courier: Courier | None,
         *,
         unauthorized_retry: float = 600.0,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
+        thread_name: str = "roboflow-uploader",
     ) -> None:
-        """`client` None (no API key): nothing is sent; requests stay in the spool."""
+        """`courier` None (no API key): nothing is sent; requests stay in the spool."""
         self._spool = spool
-        self._client = client
-        self._metrics = metrics
+        self._courier = courier
         self._unauthorized_retry = unauthorized_retry
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -61,16 +150,19 @@ class Uploader:
         self._failing_since: float | None = None
         self._last_success: float | None = None
         self._failures = 0
-        self._thread = threading.Thread(target=self._run, name="roboflow-uploader", daemon=True)
-        metrics.monitoring_unauthorized.set(0)
+        self._started = False
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        if courier is not None:
+            courier.set_unauthorized(False)
 
     def start(self) -> None:
-        if self._client is not None:
+        if self._courier is not None and not self._started:
+            self._started = True
             self._thread.start()
 
     def threads(self) -> list[threading.Thread]:
         """The sending thread, when there is one (with an API key)."""
-        return [self._thread] if self._client is not None else []
+        return [self._thread] if self._courier is not None else []
 
     def wake(self) -> None:
         """Something was spooled."""
@@ -99,7 +191,8 @@ class Uploader:
     def close(self, grace: float = 0.0, timeout: float | None = None) -> bool:
         """Stop the thread. With `grace`, first let it send what it can for up to that many seconds:
         it stops early once the spool is empty or Roboflow asked it to wait. Unsent requests stay spooled.
-        Waits at most `timeout` seconds in all (None: until a request in flight ends); True once stopped."""
+        Waits at most `timeout` seconds in all (None: until a request in flight ends, within the client's
+        deadline); True once stopped."""
         if not self._thread.is_alive():
             return True
         started = time.monotonic()
@@ -112,65 +205,63 @@ class Uploader:
                 self._changed.wait(remaining)
             self._stop.set()
             self._changed.notify_all()
-        # a request in flight finishes or times out (the client's timeout) before the thread sees the stop
         self._thread.join(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        client = self._client
-        assert client is not None  # the thread only runs with a client
+        courier = self._courier
+        assert courier is not None  # the thread only runs with a courier
         try:
-            self._loop(client)
+            self._loop(courier)
         finally:
-            client.close()
+            courier.close()
 
-    def _loop(self, client: RoboflowClient) -> None:
+    def _loop(self, courier: Courier) -> None:
         while not self._stop.is_set():
             with self._changed:
                 self._pending = False
                 self._phase = "working"
             try:
-                item = self._spool.oldest()
+                delivery = courier.next()
             except Exception:
-                log.exception("cannot read the monitoring spool %s", self._spool.path)
+                log.exception("cannot read the %s spool %s", self._spool.name, self._spool.path)
                 self._pause(self._backoff_max)
                 continue
-            if item is None:
+            if delivery is None:
                 self._wait_for_work()
                 continue
             started = time.monotonic()
             try:
-                response = client.send(item.kind, item.body)
+                response = delivery.send()
             except Exception as exc:  # a bug, not the network: keep the request, say what happened
-                detail = f"unexpected {type(exc).__name__}: {client.redact(str(exc))}"
+                detail = f"unexpected {type(exc).__name__}: {courier.redact(str(exc))}"
                 response = Response(Outcome.RETRY, None, detail)
-            self._metrics.upload_duration.observe(time.monotonic() - started)
+            courier.observe(time.monotonic() - started)
             try:
-                delay = self._settle(item, response)
+                delivery.settle(response)
+                delay = self._settle(courier, delivery, response)
             except Exception:  # the spool failed (disk full, I/O error): try again later
-                log.exception("cannot update the monitoring spool %s", self._spool.path)
+                log.exception("cannot update the %s spool %s", self._spool.name, self._spool.path)
                 delay = self._backoff_max
             with self._changed:
-                self._attempts[item.id] = response
+                for item_id in delivery.ids:
+                    self._attempts[item_id] = response
                 while len(self._attempts) > _REMEMBERED_ATTEMPTS:
                     self._attempts.popitem(last=False)
                 self._changed.notify_all()
             if delay:
                 self._pause(delay)
 
-    def _settle(self, item: SpoolItem, response: Response) -> float:
-        """Act on one answer; returns how long to wait before the next attempt."""
+    def _settle(self, courier: Courier, delivery: Delivery, response: Response) -> float:
+        """Act on one answer (the delivery has updated the spool); returns the wait before the next."""
         now = time.monotonic()
-        what = f"{item.kind} for camera {item.camera}"
+        label = courier.label
         if response.outcome is Outcome.ACCEPTED:
-            self._spool.delete(item.id)
-            self._metrics.reports.labels("sent").inc()
-            self._metrics.last_upload.set(time.time())
             if self._unauthorized:
-                log.warning("Roboflow accepts the API key again: monitoring uploads resumed")
-                self._metrics.monitoring_unauthorized.set(0)
+                log.warning("Roboflow accepts the API key again: %s uploads resumed", label)
+                courier.set_unauthorized(False)
             elif self._failures:
-                log.info("Roboflow Model Monitoring accepts uploads again (%d failed before)", self._failures)
+                log.info("Roboflow %s accepts uploads again (%d failed before)", label, self._failures)
             with self._changed:
                 self._unauthorized = False
                 self._failing_since = None
@@ -186,32 +277,28 @@ class Uploader:
         if response.outcome is Outcome.REJECTED:
             # Roboflow looked at this request and said it is wrong (400, 404, 413, 422...): the same bytes
             # would get the same answer, and as the queue is sent in order, keeping it would block every
-            # later request forever. Drop it, loudly.
-            self._spool.delete(item.id)
-            self._metrics.reports.labels("failed").inc()
-            log.error("Roboflow refused a %s (%s): dropped it from the spool", what, response.detail)
+            # later request forever. The delivery dropped it (or split it to find the culprit), loudly.
+            log.error("Roboflow refused a %s %s (%s)", label, delivery.what, response.detail)
             return 0.0
         if response.outcome is Outcome.UNAUTHORIZED:
-            self._metrics.reports.labels("failed").inc()
             if not self._unauthorized:
                 log.error(
-                    "Roboflow refuses the API key (%s): monitoring uploads stopped, %d request(s) kept in "
-                    "the spool; fix roboflow.api_key (or the key's access) - it is tried again every %.0f s",
-                    response.detail, self._spool.depth, self._unauthorized_retry,
+                    "Roboflow refuses the API key (%s): %s uploads stopped, %d request(s) kept in "
+                    "the spool; fix the API key (or its access) - it is tried again every %.0f s",
+                    response.detail, label, self._spool.depth, self._unauthorized_retry,
                 )
-                self._metrics.monitoring_unauthorized.set(1)
+                courier.set_unauthorized(True)
                 with self._changed:
                     self._unauthorized = True
             return self._unauthorized_retry
 
-        self._metrics.reports.labels("retried").inc()
         if response.retry_after is not None:
             delay = response.retry_after
         else:
             delay = backoff_delay(failures - 1, self._backoff_base, self._backoff_max)
         log.warning(
-            "Roboflow upload of a %s failed (%s); %d request(s) spooled, next attempt in %.1f s",
-            what, response.detail, self._spool.depth, delay,
+            "Roboflow %s upload of a %s failed (%s); %d request(s) spooled, next attempt in %.1f s",
+            label, delivery.what, response.detail, self._spool.depth, delay,
         )
         return delay
 

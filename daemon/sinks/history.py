@@ -6,7 +6,8 @@ What it keeps:
   so a month of history stays small;
 - the reported samples: each inference id a Model Monitoring report names, with the custom metadata sent
   for it and the whole frame's detections (from a short in-memory list of recent frames);
-- the alert events (firing / resolved).
+- the alert events (firing / resolved);
+- the tracked objects' events (start, enter, cross...), the newest MAX_EVENTS of them.
 
 Everything older than `retention_days` goes, and when the file holds more than `max_mb` the oldest samples,
 then the oldest rollups go first. `handle` (the dispatcher thread) only adds to in-memory counters; one
@@ -15,6 +16,7 @@ writer thread moves them to the file every few seconds and does the upkeep.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from daemon.alerts.alert import Alert
+from daemon.events.event import Event
 from daemon.frames import FrameResult, roboflow_predictions
 from daemon.sink import Sink
 from daemon.timefmt import iso_utc
@@ -42,6 +45,8 @@ FINE_FOR = 2 * 86400  # seconds minute rows are kept before they are merged into
 RECENT_FRAMES = 2048  # frames with detections remembered, so a report's ids resolve to whole frames
 MAX_SAMPLE_DETECTIONS = 100  # detections stored per sample
 UPKEEP_INTERVAL = 300.0  # seconds between retention/compaction passes
+MAX_PENDING_EVENTS = 5000  # events waiting for the writer thread; beyond, the oldest are dropped (logged)
+MAX_EVENTS = 20000  # events kept in the file (the newest)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollup (
@@ -74,6 +79,13 @@ CREATE TABLE IF NOT EXISTS sample_class (
     class TEXT NOT NULL,
     PRIMARY KEY (class, inference_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    camera TEXT NOT NULL,
+    body TEXT NOT NULL                    -- JSON: the event's MQTT payload
+);
+CREATE INDEX IF NOT EXISTS event_created ON event (created);
 CREATE TABLE IF NOT EXISTS alert (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created REAL NOT NULL,
@@ -149,6 +161,8 @@ class History(Sink):
         self._classes: dict[tuple[int, str, str], list[float]] = {}  # (minute, stream, class) -> [n, sum]
         self._recent: OrderedDict[str, FrameResult] = OrderedDict()
         self._active: dict[tuple[str, str], dict[str, Any]] = {}
+        self._events: list[tuple[str, float, str, str]] = []  # (id, created, camera, JSON) to write
+        self.events_dropped = 0  # events lost because the writer was MAX_PENDING_EVENTS behind
         self._stop = threading.Event()
         self._closed = False
         self._db_closed = False
@@ -196,20 +210,22 @@ class History(Sink):
                 entry = self._classes.setdefault((minute, result.camera_id, name), [0, 0.0])
                 entry[0] += count
                 entry[1] += total
-            if sums:
-                self._recent[result.inference_id] = result
+            if sums:  # without the frame's image: 2048 frames would be gigabytes
+                self._recent[result.inference_id] = dataclasses.replace(result, image=None)
                 if len(self._recent) > RECENT_FRAMES:
                     self._recent.popitem(last=False)
 
     def flush(self) -> None:
-        """Write the counters gathered so far to the file."""
+        """Write the counters and events gathered so far to the file."""
         with self._lock:
             rollups, self._rollups = self._rollups, {}
             classes, self._classes = self._classes, {}
-        if not rollups and not classes:
+            events, self._events = self._events, []
+        if not rollups and not classes and not events:
             return
         with self._db_lock, self._db:
             self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO event VALUES (?, ?, ?, ?)", events)
             self._db.executemany(
                 "INSERT INTO rollup VALUES (?, 60, ?, ?, ?, ?) ON CONFLICT (bucket, span, stream) DO UPDATE "
                 "SET inferences = inferences + excluded.inferences, "
@@ -306,6 +322,17 @@ class History(Sink):
                 self._db.execute(
                     "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(body))
                 )
+
+    def on_event(self, event: Event) -> None:
+        """A tracked object's event (dispatcher thread): held in memory until the writer's next turn."""
+        row = (event.id, event.timestamp, event.camera, json.dumps(event.payload()))
+        with self._lock:
+            if len(self._events) >= MAX_PENDING_EVENTS:
+                del self._events[0]
+                self.events_dropped += 1
+                if self.events_dropped == 1 or self.events_dropped % 1000 == 0:
+                    log.warning("monitoring history behind: %d event(s) not kept so far", self.events_dropped)
+            self._events.append(row)
 
     # --- the page's queries --------------------------------------------------------------------------
 
@@ -428,6 +455,16 @@ class History(Sink):
                 name for (name,) in self._db.execute("SELECT DISTINCT class FROM sample_class ORDER BY class")
             ]
 
+    def events(self, camera: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest events (their MQTT payloads), optionally of one camera."""
+        self.flush()
+        where, args = ("WHERE camera = ?", (camera,)) if camera else ("", ())
+        with self._db_lock:
+            rows = self._db.execute(
+                f"SELECT body FROM event {where} ORDER BY created DESC, rowid DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [json.loads(text) for (text,) in rows]
+
     def alerts(self, limit: int = 50) -> dict[str, list[dict[str, Any]]]:
         """Alerts firing now (since this process started) and the newest alert events."""
         with self._lock:
@@ -529,6 +566,12 @@ class History(Sink):
                 self._db.execute(f"DELETE FROM {table} WHERE span = 60 AND bucket < ?", (merge_before,))
             self._delete_samples("created < ?", (cutoff,))
             self._db.execute("DELETE FROM alert WHERE created < ?", (cutoff,))
+            self._db.execute("DELETE FROM event WHERE created < ?", (cutoff,))
+            self._db.execute(
+                "DELETE FROM event WHERE rowid NOT IN "
+                "(SELECT rowid FROM event ORDER BY created DESC LIMIT ?)",
+                (MAX_EVENTS,),
+            )
         self._shrink()
 
     def _delete_samples(self, condition: str, args: tuple[Any, ...]) -> None:

@@ -1,5 +1,6 @@
-"""Home Assistant MQTT discovery: one HA device per camera, with a connectivity binary_sensor and one count
-sensor per class seen on that camera.
+"""Home Assistant MQTT discovery: one HA device per camera, with a connectivity binary_sensor, one count
+sensor per class seen on that camera, and (tracked cameras) an occupancy sensor per zone and an in and an out
+counter per line.
 
 Config topics: `<discovery_prefix>/binary_sensor/edgewatch_<device>/<camera>_status/config` and
 `<discovery_prefix>/sensor/edgewatch_<device>/<camera>_count_<class>/config` (class name reduced to
@@ -93,6 +94,45 @@ def count_config(
     }
 
 
+def zone_config(
+    discovery_prefix: str, topics: Topics, camera_id: str, zone: str
+) -> tuple[str, dict[str, Any]]:
+    """A sensor of the objects inside a zone now (all classes together)."""
+    device = topics.device_id
+    object_id = f"{camera_id}_zone_{zone}"
+    return f"{discovery_prefix}/sensor/{_node(device)}/{object_id}/config", {
+        "name": f"{zone} occupancy",
+        "unique_id": f"{_node(device)}_{object_id}",
+        "state_topic": topics.zone(camera_id, zone),
+        "value_template": "{{ value_json.values() | sum }}",
+        "json_attributes_topic": topics.zone(camera_id, zone),
+        "state_class": "measurement",
+        "icon": "mdi:account-group",
+        "availability": _availability(topics),
+        "device": _camera_device(device, camera_id),
+        "origin": ORIGIN,
+    }
+
+
+def line_config(
+    discovery_prefix: str, topics: Topics, camera_id: str, line: str, direction: str
+) -> tuple[str, dict[str, Any]]:
+    """A counter of the objects that crossed a line in one direction (since edgewatch started)."""
+    device = topics.device_id
+    object_id = f"{camera_id}_line_{line}_{direction}"
+    return f"{discovery_prefix}/sensor/{_node(device)}/{object_id}/config", {
+        "name": f"{line} {direction}",
+        "unique_id": f"{_node(device)}_{object_id}",
+        "state_topic": topics.line(camera_id, line),
+        "value_template": f"{{{{ value_json.{direction} }}}}",
+        "state_class": "total_increasing",  # starts again from 0 when edgewatch restarts
+        "icon": "mdi:transfer-right" if direction == "in" else "mdi:transfer-left",
+        "availability": _availability(topics),
+        "device": _camera_device(device, camera_id),
+        "origin": ORIGIN,
+    }
+
+
 def _payload(config: dict[str, Any]) -> bytes:
     return json.dumps(config, separators=(",", ":")).encode()
 
@@ -161,6 +201,47 @@ class HomeAssistantDiscovery:
                 messages[topic] = _payload(config)
             self._changed = True
         return messages
+
+    def add_zones_and_lines(self, camera_id: str, zones: list[str], lines: list[str]) -> dict[str, bytes]:
+        """Configs of a camera's zone occupancy and line counters (names from the config: a bounded set)."""
+        messages = {}
+        for zone in zones:
+            topic, config = zone_config(self._prefix, self._topics, camera_id, zone)
+            messages[topic] = _payload(config)
+        for line in lines:
+            for direction in ("in", "out"):
+                topic, config = line_config(self._prefix, self._topics, camera_id, line, direction)
+                messages[topic] = _payload(config)
+        return messages
+
+    def add_camera(self, camera_id: str) -> dict[str, bytes]:
+        """A camera added while running: its configs (and those of the classes it had, if it is back)."""
+        with self._lock:
+            if camera_id in self._classes:
+                return {}
+            classes = self._leaving.pop(camera_id, set())
+            for topic in [topic for topic, camera in self._removals.items() if camera == camera_id]:
+                del self._removals[topic]
+            self._classes[camera_id] = classes
+            self._changed = True
+        topic, config = status_config(self._prefix, self._topics, camera_id)
+        messages = {topic: _payload(config)}
+        for name in sorted(classes):
+            topic, config = count_config(self._prefix, self._topics, camera_id, name)
+            messages[topic] = _payload(config)
+        return messages
+
+    def remove_camera(self, camera_id: str) -> dict[str, bytes]:
+        """A camera removed while running: empty retained payloads that delete its entities in HA."""
+        with self._lock:
+            classes = self._classes.pop(camera_id, None)
+            if classes is None:
+                return {}
+            self._leaving[camera_id] = classes
+            topics = self._topics_of(camera_id, classes)
+            self._removals.update(dict.fromkeys(topics, camera_id))
+            self._changed = True
+        return dict.fromkeys(topics, b"")
 
     def removed(self, topic: str) -> None:
         """A removal (empty retained payload) has been handed to the broker."""

@@ -1,4 +1,5 @@
-"""MQTT: availability, per-camera status, detections and counts, edge alerts, Home Assistant discovery.
+"""MQTT: availability, per-camera status, detections and counts, edge alerts, tracked objects' events, zone
+occupancy and line totals, Home Assistant discovery.
 
 One paho client with its own network thread (loop_start). The broker may be down at start or go away at any
 time: the client connects in the background and reconnects by itself, and nothing here ever waits for it.
@@ -6,11 +7,11 @@ time: the client connects in the background and reconnects by itself, and nothin
 Every outgoing queue is bounded by us (paho's own queue is left unlimited):
 - per-frame detections (QoS 0) are published at once from the dispatcher thread; they are dropped (and
   counted) while the broker is away, and while `max_queued` of them still wait for the socket;
-- alerts (QoS 1) and retained state (each camera's status, its latest counts, Home Assistant discovery) are
-  handed to one small thread of ours ("mqtt-publish"), so callers never block: alerts wait through an
-  outage, at most `max_queued` of them; retained state is a table, topic -> payload, published whenever it
-  changes and in full after every (re)connect, with at most one message per topic in flight (newer values
-  coalesce while one is).
+- alerts and events (QoS 1) and retained state (each camera's status, its latest counts, zone occupancy and
+  line totals, Home Assistant discovery) are handed to one small thread of ours ("mqtt-publish"), so callers
+  never block: alerts and events wait through an outage, at most `max_queued` of them together; retained
+  state is a table, topic -> payload, published whenever it changes and in full after every (re)connect,
+  with at most one message per topic in flight (newer values coalesce while one is).
 
 Why the full republish waits for a barrier: on reconnect paho re-sends the QoS 1 messages left unacknowledged
 by the lost connection, right after `on_connect` returns. Those can be older values of retained topics, so
@@ -35,6 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon.alerts.alert import Alert
 from daemon.config import ConfigError, MqttConfig
+from daemon.events.event import Event
+from daemon.events.lifecycle import LineTotals, Occupancy
 from daemon.frames import FrameResult, class_counts, roboflow_predictions
 from daemon.metrics.mqtt import MqttMetrics
 from daemon.sink import Sink
@@ -73,8 +76,22 @@ class Topics:
     def counts(self, camera_id: str) -> str:
         return f"{self.prefix}/{self.device_id}/{camera_id}/counts"
 
+    def events(self, camera_id: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{camera_id}/events"
+
+    def zone(self, camera_id: str, zone: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{camera_id}/zones/{zone}"
+
+    def line(self, camera_id: str, line: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{camera_id}/lines/{line}"
+
 
 def detections_message(result: FrameResult) -> dict[str, Any]:
+    predictions = roboflow_predictions(result.detections)
+    tracker_ids = result.detections.tracker_id
+    if tracker_ids is not None:  # a tracked camera: each prediction's track id, null while not (yet) tracked
+        for prediction, tracker_id in zip(predictions, tracker_ids.tolist(), strict=True):
+            prediction["tracker_id"] = tracker_id if tracker_id >= 0 else None
     return {
         "camera": result.camera_id,
         "frame_id": result.frame_id,
@@ -82,7 +99,7 @@ def detections_message(result: FrameResult) -> dict[str, Any]:
         "inference_id": result.inference_id,
         "model_id": result.model_id,
         "image": {"width": result.width, "height": result.height},
-        "predictions": roboflow_predictions(result.detections),
+        "predictions": predictions,
     }
 
 
@@ -138,7 +155,8 @@ class MqttPublisher(Sink):
         self._problem: str | None = None  # the last connection problem logged, to log each one once
         self._counts: dict[str, dict[str, int]] = {}  # dispatcher thread only
         self._detections: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()  # dispatcher only
-        self._alerts_waiting: collections.deque[bytes] = collections.deque()
+        # alerts and events (QoS 1, not retained): (topic, payload) waiting for the publishing thread
+        self._alerts_waiting: collections.deque[tuple[str, bytes]] = collections.deque()
         self._alerts_in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
         self._retained_in_flight: dict[str, mqtt.MQTTMessageInfo] = {}  # publishing thread only
         self._discovery: HomeAssistantDiscovery | None = None
@@ -250,15 +268,54 @@ class MqttPublisher(Sink):
 
     def on_alert(self, alert: Alert) -> None:
         """Send one alert change (QoS 1). Never blocks; at most `max_queued` wait or are in flight."""
-        payload = _compact(alert.payload())
+        self._queue_message(self.topics.alerts, _compact(alert.payload()))
+
+    def on_event(self, event: Event) -> None:
+        """Send one tracked object's event (QoS 1, not retained), like an alert. Never blocks."""
+        self._queue_message(self.topics.events(event.camera), _compact(event.payload()))
+
+    def on_counts(self, camera_id: str, occupancy: Occupancy, lines: LineTotals) -> None:
+        """A camera's zone occupancy and line totals, kept retained (and announced to Home Assistant)."""
+        topics = self.topics
+        updates = {topics.zone(camera_id, zone): _compact(counts) for zone, counts in occupancy.items()}
+        updates.update({topics.line(camera_id, name): _compact(totals) for name, totals in lines.items()})
+        if self._discovery is not None:
+            updates.update(self._discovery.add_zones_and_lines(camera_id, list(occupancy), list(lines)))
+        self._set_retained(updates)
+
+    def _queue_message(self, topic: str, payload: bytes) -> None:
         with self._lock:
             queued = _has_room(self._alerts_in_flight, self._config.max_queued - len(self._alerts_waiting))
             if queued:
-                self._alerts_waiting.append(payload)
+                self._alerts_waiting.append((topic, payload))
         if queued:
             self._wake.set()
         else:
             self._metrics.mqtt_dropped.inc()
+
+    # live reconfiguration (a config reload)
+
+    def add_camera(self, camera_id: str) -> None:
+        """A camera added while running: its status (offline until it delivers) and its HA entities."""
+        updates = {self.topics.status(camera_id): OFFLINE}
+        if self._discovery is not None:
+            updates.update(self._discovery.add_camera(camera_id))
+        self._set_retained(updates)
+
+    def remove_camera(self, camera_id: str) -> None:
+        """A camera removed while running (its results all handled): its retained status and counts and its
+        Home Assistant entities are cleared on the broker (empty retained payloads, sent once connected)."""
+        updates = {self.topics.status(camera_id): b"", self.topics.counts(camera_id): b""}
+        if self._discovery is not None:
+            updates.update(self._discovery.remove_camera(camera_id))
+        self._counts.pop(camera_id, None)
+        self._set_retained(updates)
+
+    def show_connected(self) -> None:
+        """Set `edgewatch_mqtt_connected` from this client's state (another client's close zeroed it)."""
+        with self._lock:
+            connected = self._connected
+        self._metrics.mqtt_connected.set(1 if connected else 0)
 
     # retained state
 
@@ -301,7 +358,7 @@ class MqttPublisher(Sink):
             batch = [(topic, self._retained[topic]) for topic in ready if topic in self._retained]
             self._dirty.difference_update(ready)
             held_back = bool(self._dirty)
-        sent = [self._client.publish(self.topics.alerts, payload, qos=1) for payload in alerts]
+        sent = [self._client.publish(topic, payload, qos=1) for topic, payload in alerts]
         with self._lock:
             self._alerts_in_flight.extend(sent)
         for topic, payload in batch:

@@ -73,6 +73,8 @@ class ProgressReporter(Sink):
             inferred = inferred_so_far.get(camera, 0)
             dropped = dropped_so_far.get(camera, 0)
             before = self._previous.get(camera, (0, 0, 0))
+            if state.frames < before[0]:  # the camera was restarted by a reload: it counts from 0 again
+                before = (0, *before[1:])
             self._previous[camera] = (state.frames, inferred, dropped)
             total, count = latencies.get(camera, (0.0, 0))
             seen = ", ".join(f"{name} x{n}" for name, n in classes.get(camera, Tally()).most_common())

@@ -9,6 +9,9 @@ the inference server does, for the one model edgewatch serves.
 
 Monitoring: `/` (the page, from daemon/web/static) and its JSON under `/api/...`, read from the History store.
 
+Reload: `POST /api/reload` rereads config.toml and answers with the outcome (200 applied, 422 refused:
+nothing changed); it needs one of `api.keys` and is refused (403) when none is set.
+
 With `api.keys` set, every request but `/info` and the page's static files needs one of the keys: as
 `Authorization: Bearer KEY`, the `api_key` query parameter, or `api_key` in the JSON body. Keys are compared
 in constant time and never logged or echoed.
@@ -34,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,7 +48,8 @@ import numpy as np
 from PIL import Image
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import ApiConfig, Config
+from daemon.events.sink import EventsSink
 from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
 from daemon.metrics.api import ApiMetrics
 from daemon.pipeline.board import FrameBoard
@@ -75,7 +79,7 @@ STATIC_TYPES = {
     ".svg": "image/svg+xml",
 }
 PAGE_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
@@ -292,6 +296,9 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
     return Reply(status, body, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
+RELOAD_PATH = "/api/reload"
+
+
 def endpoint_label(path: str) -> str:
     """A bounded metric label for a request path."""
     if path.startswith("/infer/"):
@@ -300,6 +307,8 @@ def endpoint_label(path: str) -> str:
         return "model"
     if path == "/info":
         return "info"
+    if path == RELOAD_PATH:
+        return "reload"
     if path.startswith("/api/") or path in ("/", "/monitoring") or path.startswith("/static/"):
         return "monitoring"
     return "other"
@@ -348,8 +357,10 @@ class ApiServer:
         board: FrameBoard,
         history: History | None,
         metrics: ApiMetrics | None = None,
+        events: EventsSink | None = None,
     ) -> None:
         settings = config.api
+        self._events = events
         self.config = config
         self.model = model
         self._board = board
@@ -371,6 +382,8 @@ class ApiServer:
         self._pending: set[_Pending] = set()
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        # set by the service: runs a config reload and returns its outcome (None: shutting down)
+        self.reload_handler: Callable[[], Mapping[str, Any] | None] | None = None
         self._static = {
             path.name: path.read_bytes() for path in STATIC_DIR.glob("*") if path.suffix in STATIC_TYPES
         }
@@ -450,6 +463,8 @@ class ApiServer:
             raise ApiError(401, "a valid API key is required")
         if path == "/model/registry":
             return json_response(self._registry())
+        if path.startswith(("/api/cameras/", "/api/snapshots/")):
+            return self._image(path.removeprefix("/api/"))
         if path.startswith("/api/"):
             return json_response(self._monitoring(path.removeprefix("/api/"), query))
         raise ApiError(404, f"no such endpoint: GET {path}")
@@ -462,6 +477,8 @@ class ApiServer:
             body = None
         if not self.authorized(headers, query, body):
             raise ApiError(401, "a valid API key is required")
+        if path == RELOAD_PATH:
+            return self._reload()
         if not known:
             if path.startswith("/infer/"):
                 raise ApiError(404, f"edgewatch serves one {TASK_TYPE} model; use /infer/object_detection")
@@ -474,6 +491,36 @@ class ApiServer:
         if path in ("/model/remove", "/model/clear"):
             return json_response(self._registry())  # the served model stays loaded
         return self._infer(body)
+
+    def _reload(self) -> Reply:
+        if not self._digests:
+            raise ApiError(403, "set api.keys to use /api/reload: it is never open without a key")
+        outcome = self.reload_handler() if self.reload_handler is not None else None
+        if outcome is None:
+            raise overloaded("edgewatch is stopping; no reload was done")
+        return json_response(dict(outcome), 200 if outcome["successful"] else 422)
+
+    # --- live reconfiguration (a config reload) ---------------------------------------------------------
+
+    def set_settings(self, settings: ApiConfig) -> None:
+        """New keys (required from the next request on), body limit and URL images."""
+        self._digests = [
+            key_digest(key.get_secret_value()) for key in settings.keys if key.get_secret_value()
+        ]
+        self.max_body = int(settings.max_body_mb * 1024 * 1024)
+        self._allow_urls = settings.allow_url_images
+
+    def set_cameras(self, config: Config) -> None:
+        """The configured cameras and their metadata, as the page lists them."""
+        with self._lock:
+            self._cameras = {camera.id: dict(camera.metadata) for camera in config.cameras}
+
+    def set_model(self, model: ModelInfo, config: Config) -> None:
+        """The served model after a swap: its id, classes and default thresholds."""
+        self.model = model
+        self._model_id = config.model.id
+        self._defaults = DecodeParams(config.model.confidence, config.model.iou, config.model.max_detections)
+        self._class_ids = {name: index for index, name in enumerate(model.class_names)}
 
     def _registry(self) -> dict[str, Any]:
         height, width = self.model.input_size
@@ -557,10 +604,16 @@ class ApiServer:
                 "version": __version__,
                 "model_id": self._model_id,
                 "provider": self.model.provider,
-                "cameras": [{"id": camera, "metadata": meta} for camera, meta in self._cameras.items()],
+                "cameras": [
+                    {"id": camera.id, "metadata": dict(camera.metadata), "tracked": camera.tracked}
+                    for camera in self.config.cameras
+                ],
+                "events": self._events is not None,
                 "ranges": list(RANGES),
                 "history": history is not None,
             }
+        if name == "zones":
+            return self._zones()
         if history is None:
             raise ApiError(404, "the monitoring history is off on this device")
         camera = query.get("camera") or None
@@ -589,7 +642,69 @@ class ApiServer:
             return sample
         if name == "alerts":
             return history.alerts()
+        if name == "events":
+            try:
+                limit = min(max(int(query.get("limit", "50")), 1), 500)
+            except ValueError:
+                raise ApiError(400, "limit: a whole number") from None
+            return history.events(camera, limit)
         raise ApiError(404, f"no such endpoint: GET /api/{name}")
+
+    def _image(self, name: str) -> Reply:
+        """`cameras/<id>/latest.jpg` (the live view) and `snapshots/<id>.jpg` / `snapshots/<id>/crop.jpg`."""
+        if self._events is None:
+            raise ApiError(404, "events are off on this device")
+        parts = name.split("/")
+        jpeg = None
+        if len(parts) == 3 and parts[0] == "cameras" and parts[2] == "latest.jpg":
+            if parts[1] not in self._cameras:
+                raise ApiError(404, f"no such camera: {parts[1]}")
+            jpeg = self._events.live.jpeg(parts[1])
+            if jpeg is None:  # a known camera without a frame yet (or offline): nothing to show, no error
+                return Reply(204, b"", "image/jpeg", {"Cache-Control": "no-store"})
+        elif parts[0] == "snapshots" and len(parts) in (2, 3):
+            cropped = len(parts) == 3
+            if (cropped and parts[2] != "crop.jpg") or (not cropped and not parts[1].endswith(".jpg")):
+                raise ApiError(404, f"no such endpoint: GET /api/{name}")
+            jpeg = self._events.read_snapshot(parts[1].removesuffix(".jpg"), cropped)
+            if jpeg is None:
+                raise ApiError(404, "no such snapshot (it may have been removed by its size or age bound)")
+        else:
+            raise ApiError(404, f"no such endpoint: GET /api/{name}")
+        return Reply(200, jpeg, "image/jpeg", {"Cache-Control": "no-store"})
+
+    def _zones(self) -> list[dict[str, Any]]:
+        """Per camera: its zones (polygon, classes, occupancy now) and lines (ends, totals), if any."""
+        cameras = []
+        for camera in self.config.cameras:
+            counts = self._events.counts(camera.id) if self._events is not None else None
+            occupancy, totals = counts or ({}, {})
+            cameras.append(
+                {
+                    "camera": camera.id,
+                    "tracked": camera.tracked,
+                    "zones": [
+                        {
+                            "name": zone.name,
+                            "polygon": [list(point) for point in zone.polygon],
+                            "classes": zone.classes,
+                            "occupancy": occupancy.get(zone.name, {}),
+                        }
+                        for zone in camera.zones
+                    ],
+                    "lines": [
+                        {
+                            "name": line.name,
+                            "start": list(line.start),
+                            "end": list(line.end),
+                            "classes": line.classes,
+                            **totals.get(line.name, {"in": 0, "out": 0}),
+                        }
+                        for line in camera.lines
+                    ],
+                }
+            )
+        return cameras
 
     def _with_cameras(self, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every configured camera appears (with its metadata), also before its first frame."""

@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import generate_latest, start_http_server
 
 from daemon.metrics import Metrics
+from daemon.reload.metrics import ReloadMetrics
 from tests.support.daemon import REPO, free_port, wait_until
 
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -42,6 +43,7 @@ def test_promtool_accepts_the_scrape_config_and_the_rules():
 def test_rules_use_only_metrics_edgewatch_exports():
     metrics = Metrics()
     metrics.init_cameras(["cam-1"])
+    ReloadMetrics(metrics.registry)
     exported = set(re.findall(r"^(edgewatch_\w+?)(?:\{| )", generate_latest(metrics.registry).decode(), re.M))
     used = set(re.findall(r"\bedgewatch_\w+", RULES.read_text()))
     assert used and used <= exported, used - exported
@@ -153,6 +155,14 @@ SCENARIOS = {
         [
             alert("EdgewatchMqttDisconnected", "5m", None),
             alert("EdgewatchMqttDisconnected", "7m", {**TARGET_LABELS, "severity": "warning"}),
+        ],
+    ),
+    "config_reload_failed": (
+        [series("edgewatch_config_last_reload_successful", "1x4 0x10 1x10")],
+        [
+            alert("EdgewatchConfigReloadFailed", "1m", None),
+            alert("EdgewatchConfigReloadFailed", "2m30s", {**TARGET_LABELS, "severity": "warning"}),
+            alert("EdgewatchConfigReloadFailed", "5m", None),
         ],
     ),
     "scrape_failing": (

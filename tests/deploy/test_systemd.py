@@ -226,6 +226,16 @@ def test_daemon_notifies_ready_watchdog_status_and_stopping(
     status = path_inbox.wait_for("STATUS=", timeout=15, sender=daemon)[-1][1]
     assert re.search(r"\bcam up \d+ frames", status), status
 
+    # a reload (SIGHUP, what ExecReload's `edgewatch reload` sends): RELOADING=1 with the monotonic clock
+    # in microseconds, then READY=1 once it is applied
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    daemon.proc.send_signal(signal.SIGHUP)
+    reloading = path_inbox.wait_for("RELOADING=1\nMONOTONIC_USEC=", timeout=30, sender=daemon)[-1][1]
+    stamp = int(reloading.split("MONOTONIC_USEC=")[1])
+    assert before <= stamp <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    path_inbox.wait_for("READY=1", timeout=30, count=2, sender=daemon)
+    daemon.wait_for_output("config reloaded from .*: no changes", timeout=10)
+
     daemon.proc.send_signal(signal.SIGTERM)
     path_inbox.wait_for("STOPPING=1", timeout=30)
     assert daemon.wait(60) == 0, daemon.output()
@@ -297,7 +307,8 @@ def test_installed_unit_verifies_clean_and_the_cpu_drop_in_tightens_it(staged: P
 
 
 def _unit_paths(unit_text: str) -> dict[str, str]:
-    keys = ("ExecStart", "LoadCredential", "EnvironmentFile", "StateDirectory", "ConfigurationDirectory")
+    keys = ("ExecStart", "ExecReload", "LoadCredential", "EnvironmentFile", "StateDirectory",
+            "ConfigurationDirectory")
     return {m.group(1): m.group(2) for m in re.finditer(rf"^({'|'.join(keys)})=(.*)$", unit_text, re.M)}
 
 
@@ -307,6 +318,9 @@ def test_installer_puts_every_file_where_the_unit_expects_it(staged: Path) -> No
     executable = staged / settings["ExecStart"].split()[0].lstrip("/")
     assert executable.is_file() and os.access(executable, os.X_OK)
     config = settings["ExecStart"].split("-c ")[1].strip()
+    # `systemctl reload` runs the same program on the same file and waits for the daemon's outcome
+    program = settings["ExecStart"].split()[0]
+    assert settings["ExecReload"] == f"{program} reload -c {config} --pid $MAINPID"
     assert (staged / config.lstrip("/")).is_file()
     assert settings["LoadCredential"] == "roboflow_api_key:/etc/edgewatch/roboflow_api_key"
     assert settings["EnvironmentFile"] == "-/etc/edgewatch/edgewatch.env"

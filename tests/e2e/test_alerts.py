@@ -254,3 +254,28 @@ def test_engine_thread_ticks_and_closes_promptly(mosquitto, mqtt_subscriber, mqt
         )
         == 1
     )
+
+
+def test_a_reload_changes_thresholds_and_a_removed_camera_s_alert_resolves_at_once():
+    device = Device(("cam-1", "cam-2"))
+    device.progress = 1000.0
+    h = Harness(device)
+    h.engine.set_config(CONFIG.model_copy(update={"camera_down_after": 5}))
+    assert sorted(h.tick(6)) == [("camera_down", "cam-1", "firing"), ("camera_down", "cam-2", "firing")]
+    del device.cameras["cam-2"]  # removed from the config by a reload
+    h.engine.forget_camera("cam-2")
+    assert h.alerts[-1]["message"] == "camera cam-2 was removed from the config"
+    assert (h.alerts[-1]["type"], h.alerts[-1]["state"]) == ("camera_down", "resolved")
+    assert h.tick(7, 60) == []  # no second resolution after the hold
+    assert [a["type"] for a in h.engine.active()] == ["camera_down"]
+
+
+def test_new_confidence_windows_start_a_fresh_history():
+    tracker = ConfidenceTracker(window=10, baseline=60)
+    tracker.handle(frame_result("cam-1", 1, [person(0.9)], captured_mono=100.0))
+    assert tracker.snapshot(100.0)
+    tracker.set_windows(20, 120)
+    assert tracker.snapshot(100.0) == {}
+    tracker.handle(frame_result("cam-1", 2, [person(0.8)], captured_mono=101.0))
+    tracker.forget_camera("cam-1")
+    assert tracker.snapshot(101.0) == {}

@@ -6,10 +6,12 @@ daemon: in-memory cameras through `Service`, the drop accounting it relies on, t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from benchmarks.events import dispatcher_work, event_cameras
 from benchmarks.pipeline import bench_config, run_pipeline
 from benchmarks.run import Report, bench_raw, table
 from benchmarks.sources import camera_factory, demo_scenes
@@ -65,3 +67,52 @@ def test_raw_loop_and_table(model: Model, scenes: list) -> None:
     text = table(report)
     assert text.splitlines()[0].startswith("| section | case |")
     assert "| raw | B=4 |" in text
+
+
+def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    config = bench_config(
+        ModelConfig(path=demo_model, providers=["cpu"]),
+        event_cameras(2, "unpaced"),
+        tmp_path,
+        (mosquitto.host, mosquitto.port),
+        max_batch=4,
+        batch_timeout_ms=10,
+    )
+    service_metrics: list = []
+    measured, totals = run_pipeline(
+        config,
+        model,
+        camera_factory(scenes),
+        warmup=0.5,
+        seconds=1.5,
+        on_window=lambda service: service_metrics.append(service.metrics.registry),
+    )
+    assert measured.inferred > 0 and totals.offered == totals.inferred + totals.dropped["stale"]
+    registry = service_metrics[0]
+    assert (
+        sum(
+            registry.get_sample_value("edgewatch_events_total", {"camera": c, "type": "start"}) or 0
+            for c in ("cam-1", "cam-2")
+        )
+        > 0
+    )  # the demo scenes' objects were tracked
+
+    wall, cpu = dispatcher_work(tmp_path / "work", objects=10, frames=60)
+    assert len(wall) == len(cpu) == 60 and (cpu > 0).all() and (wall > 0).all()
+
+
+def test_the_reload_benchmark_runs_both_reloads_and_prints_its_figures(
+    demo_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.reload import main
+
+    markdown = tmp_path / "reload.md"
+    args = ["--model", str(demo_model), "--cameras", "2", "--warmup", "1", "--markdown", str(markdown)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "add a camera: " in printed and "(cameras +cam2)" in printed
+    assert re.search(r"swap the model: \d+ frames lost .* the worker stopped [\d.]+ ms to swap", printed)
+    assert "load average before: " in printed
+    assert markdown.read_text().strip() == printed.strip()[printed.index("# edgewatch reload"):].strip()

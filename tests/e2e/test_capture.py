@@ -39,13 +39,12 @@ class Rig:
         self,
         *configs: CameraConfig,
         consume: bool = True,
-        board_ids: list[str] | None = None,
         hold: tuple[str, ...] = (),
     ) -> None:
         ids = [config.id for config in configs]
         self.metrics = Metrics()
         self.metrics.init_cameras(ids)
-        self.board = FrameBoard(ids if board_ids is None else board_ids, on_stale=self._count_stale)
+        self.board = FrameBoard(ids, on_stale=self._count_stale)
         self.stop = threading.Event()
         self.status: list[tuple[str, bool]] = []
         self.frames: dict[str, list[Frame]] = {camera: [] for camera in ids}
@@ -253,10 +252,15 @@ def test_a_dead_camera_backs_off_beside_a_live_one_and_never_logs_its_password(d
     assert "hunter2" not in caplog.text
 
 
-def test_an_unexpected_error_is_logged_and_the_camera_restarts(demo_clips, caplog) -> None:
+def test_an_unexpected_error_is_logged_and_the_camera_restarts(demo_clips, caplog, monkeypatch) -> None:
     caplog.set_level(logging.INFO, logger="edgewatch")
-    # a board that does not know the camera: every put raises KeyError inside the capture loop
-    with Rig(camera("orphan", demo_clips["coffee"], loop=True), board_ids=[], consume=False) as rig:
+    rig = Rig(camera("orphan", demo_clips["coffee"], loop=True), consume=False)
+
+    def broken_put(frame: Frame) -> None:
+        raise KeyError(frame.camera_id)
+
+    monkeypatch.setattr(rig.board, "put", broken_put)  # every put raises inside the capture loop
+    with rig:
         wait_until(
             lambda: rig.value("edgewatch_camera_reconnects_total", "orphan") >= 1,
             timeout=10,

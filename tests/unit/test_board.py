@@ -102,3 +102,27 @@ def test_cameras_delivering_in_step_take_turns() -> None:
             served[taken.camera_id] += 1
 
     assert set(served.values()) == {4}  # 12 batches of 2 over 6 cameras
+
+
+def test_a_camera_added_while_running_gets_a_slot_and_a_removed_one_leaves_none() -> None:
+    stale: list[Frame] = []
+    board = FrameBoard(["a"], stale.append)
+    board.add_camera("b")
+    board.set_live("b", True)
+    board.put(frame("b", 1))
+    board.put(frame("a", 1))
+    assert sorted(f.camera_id for f in board.take_batch(8, 0, 0)) == ["a", "b"]
+    board.put(frame("b", 2))
+    left = board.remove_camera("b")
+    assert left is not None and left.frame_id == 2
+    assert "b" not in board.camera_ids
+    board.put(frame("b", 3))  # a late frame of the removed camera is ignored, not an error
+    board.set_live("b", True)
+    assert board.wait_taken("b", 0)
+    assert board.take_batch(8, 0, 0) == [] and stale == []
+    # the removed camera no longer holds a batch waiting for it to fill
+    board.set_live("a", True)
+    board.put(frame("a", 2))
+    started = time.monotonic()
+    assert [f.frame_id for f in board.take_batch(8, 1.0, 0)] == [2]
+    assert time.monotonic() - started < 0.5

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, find_config, load_config
+from daemon.config import ConfigError, find_config, load_config, unknown_event_classes
 
 MINIMAL = """
 [model]
@@ -149,3 +149,92 @@ def test_the_embedded_default_config_is_valid() -> None:
     config = load_config(Path(__file__).parents[2] / "config.toml")
     assert len(config.cameras) >= 2 and config.model.path.name == "yolov3-tiny-coco.onnx"
     assert config.mqtt.enabled is False  # the demo needs no broker
+
+
+STREET = (
+    MINIMAL
+    + """
+[[cameras.zones]]
+name = "walkway"
+polygon = [[0.10, 0.55], [0.60, 0.55], [0.70, 1.0], [0.05, 1.0]]
+classes = ["person"]
+loiter_after = 30
+
+[[cameras.lines]]
+name = "door"
+start = [0.45, 0.20]
+end = [0.45, 0.90]
+"""
+)
+
+
+def test_zones_and_lines_load_and_turn_tracking_on(tmp_path: Path) -> None:
+    camera = load_config(write(tmp_path, STREET)).cameras[0]
+    assert camera.tracked and not camera.track
+    assert camera.zones[0].polygon[2] == (0.70, 1.0) and camera.zones[0].loiter_after == 30
+    assert camera.lines[0].start == (0.45, 0.20) and camera.lines[0].classes == []
+    assert not load_config(write(tmp_path, MINIMAL)).cameras[0].tracked
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "[[0.10, 0.55], [0.60, 0.55], [0.70, 1.0], [0.05, 1.0]]",
+            "[[0.10, 0.55], [0.60, 0.55]]",
+            "cameras[0].zones[0].polygon: a polygon needs at least 3 points (got 2)",
+        ),
+        (
+            "end = [0.45, 0.90]",
+            "end = [0.45, 0.20]",
+            "cameras[0].lines[0]: line 'door': start and end are the same",
+        ),
+        (
+            "[0.70, 1.0]",
+            "[0.70, 1.5]",
+            "cameras[0].zones[0].polygon[2][1]: Input should be less than or equal to 1",
+        ),
+        (
+            "start = [0.45, 0.20]",
+            "start = [-0.1, 0.20]",
+            "cameras[0].lines[0].start[0]: Input should be greater",
+        ),
+        (
+            "end = [0.45, 0.90]",
+            'end = [0.45, 0.90]\n[[cameras.lines]]\nname = "door"\nstart = [0, 0]\nend = [1, 1]',
+            "cameras[0]: line name 'door' is used twice on this camera",
+        ),
+        ('name = "walkway"', 'name = "walk way"', "cameras[0].zones[0].name: String should match pattern"),
+        (
+            "loiter_after = 30",
+            "loiter_after = 0",
+            "cameras[0].zones[0].loiter_after: Input should be greater than 0",
+        ),
+    ],
+)
+def test_bad_zones_and_lines_are_one_clear_line_each(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in STREET
+    message = error_of(tmp_path, STREET.replace(old, new, 1))
+    lines = message.splitlines()
+    assert len(lines) == 1, message
+    assert lines[0].startswith(f"{tmp_path / 'config.toml'}: {expected}"), message
+
+
+def test_duplicate_zone_names_are_refused(tmp_path: Path) -> None:
+    twice = STREET + STREET[STREET.index("[[cameras.zones]]") : STREET.index("[[cameras.lines]]")]
+    message = error_of(tmp_path, twice)
+    where = tmp_path / "config.toml"
+    expected = "cameras[0]: zone name 'walkway' is used twice on this camera; names must be unique"
+    assert message == f"{where}: {expected}"
+
+
+def test_unknown_classes_are_named_once_the_model_is_known(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, STREET.replace('classes = ["person"]', 'classes = ["person", "forklift"]'))
+    )
+    assert unknown_event_classes(config, ["person", "car"]) == [
+        f"{tmp_path / 'config.toml'}: cameras[0].zones[0].classes: the model has no class 'forklift'"
+    ]
+    assert unknown_event_classes(config, ["person", "forklift"]) == []

@@ -13,6 +13,7 @@ const state = {
   sort: { by: "confidence", dir: -1 },
   busy: false,
   again: false, // a filter changed while a refresh was running: run once more after it
+  live: false, // the live views are being fetched
 };
 const integer = new Intl.NumberFormat("en");
 const $ = (selector) => document.querySelector(selector);
@@ -268,6 +269,110 @@ async function openDetail(inferenceId) {
   }
 }
 
+// Images under /api/ need the API key too: fetched with it, shown through object URLs (revoked when replaced).
+async function imageUrl(path) {
+  const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
+  const response = await fetch(`/api/${path}`, { headers });
+  if (response.status !== 200) return null; // 204: no frame yet
+  return URL.createObjectURL(await response.blob());
+}
+
+async function showImage(img, path) {
+  const url = await imageUrl(path);
+  if (!url) return;
+  const old = img.dataset.url;
+  img.src = url;
+  img.dataset.url = url;
+  if (old) URL.revokeObjectURL(old);
+}
+
+const LIVE_MS = 1000;
+const thumbs = new Map(); // snapshot id -> object URL, for the events shown now
+
+function renderZones(cameras) {
+  const live = $("#live");
+  const ids = cameras.map((camera) => camera.camera);
+  if ([...live.children].map((figure) => figure.dataset.camera).join("\n") !== ids.join("\n")) {
+    live.replaceChildren(...cameras.map((camera) => {
+      const figure = el("figure");
+      figure.dataset.camera = camera.camera;
+      const img = el("img");
+      img.alt = `live view of ${camera.camera}`;
+      figure.append(img, el("figcaption"));
+      return figure;
+    }));
+  }
+  for (const camera of cameras) {
+    const figure = live.querySelector(`figure[data-camera="${CSS.escape(camera.camera)}"]`);
+    const caption = figure.querySelector("figcaption");
+    caption.replaceChildren(el("strong", camera.camera));
+    for (const zone of camera.zones) {
+      const inside = Object.entries(zone.occupancy).map(([name, count]) => `${count} ${name}`).join(", ");
+      caption.append(el("span", `zone ${zone.name}: ${inside || "empty"}`, "chip zone"));
+    }
+    for (const line of camera.lines) {
+      caption.append(el("span", `line ${line.name}: ${line.in} in · ${line.out} out`, "chip line"));
+    }
+  }
+  $("#events-card").hidden = cameras.length === 0;
+}
+
+async function refreshLive() {
+  for (const figure of document.querySelectorAll("#live figure")) {
+    await showImage(figure.querySelector("img"), `cameras/${encodeURIComponent(figure.dataset.camera)}/latest.jpg`);
+  }
+}
+
+function eventWhere(event) {
+  if (event.line) return `${event.line} (${event.direction})`;
+  if (event.zone) return event.dwell_seconds !== undefined ? `${event.zone} (${event.dwell_seconds} s)` : event.zone;
+  return event.zones.join(", ") || "–";
+}
+
+function renderEvents(events) {
+  const wanted = new Set(events.map((event) => event.snapshot_id).filter(Boolean));
+  for (const [id, url] of thumbs) {
+    if (!wanted.has(id)) {
+      URL.revokeObjectURL(url);
+      thumbs.delete(id);
+    }
+  }
+  const rows = events.map((event) => {
+    const img = el("img", null, "thumb");
+    img.alt = `${event.class} #${event.tracker_id}`;
+    if (event.snapshot_id) {
+      const cached = thumbs.get(event.snapshot_id);
+      if (cached) img.src = cached;
+      else imageUrl(`snapshots/${event.snapshot_id}/crop.jpg`).then((url) => {
+        if (!url) return;
+        thumbs.set(event.snapshot_id, url);
+        img.src = url;
+      });
+    }
+    const tr = row([img, when(event.timestamp), event.camera, event.type, `${event.class} #${event.tracker_id}`,
+      eventWhere(event), percent(event.confidence)]);
+    tr.children[6].className = "num";
+    tr.dataset.eventId = event.id;
+    if (event.snapshot_id) tr.addEventListener("click", () => openSnapshot(event));
+    return tr;
+  });
+  fill($("#events"), rows);
+}
+
+async function openSnapshot(event) {
+  $("#snapshot-title").textContent = `${event.class} #${event.tracker_id} on ${event.camera}`;
+  const fields = $("#snapshot-fields");
+  fields.replaceChildren();
+  field(fields, "Event", event.type);
+  field(fields, "First seen", when(event.first_seen));
+  field(fields, "Last seen", when(event.last_seen));
+  field(fields, "Best confidence", percent(event.confidence));
+  field(fields, "Zones", event.zones.join(", ") || "–");
+  await showImage($("#snapshot-image"), `snapshots/${event.snapshot_id}.jpg`);
+  const dialog = $("#snapshot");
+  if (!dialog.open) dialog.showModal();
+}
+
 function showError(error) {
   if (error instanceof Unauthorized) {
     $("#auth").hidden = false;
@@ -304,6 +409,11 @@ async function refresh() {
     renderClasses(classes);
     renderSamples(samples);
     renderAlerts(alerts);
+    if (info.events) {
+      const [zones, events] = await Promise.all([api("zones"), api("events", { camera: state.camera, limit: 30 })]);
+      renderZones(zones);
+      renderEvents(events);
+    }
     $("#error").hidden = true;
     $("#auth").hidden = true;
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -343,6 +453,7 @@ function setup() {
     });
   }
   $("#detail-close").addEventListener("click", () => $("#detail").close());
+  $("#snapshot-close").addEventListener("click", () => $("#snapshot").close());
   $("#auth").addEventListener("submit", (event) => {
     event.preventDefault();
     state.key = $("#auth-key").value.trim();
@@ -351,6 +462,12 @@ function setup() {
   });
   refresh();
   setInterval(refresh, REFRESH_MS);
+  setInterval(() => {
+    if (!state.live) {
+      state.live = true;
+      refreshLive().finally(() => { state.live = false; });
+    }
+  }, LIVE_MS);
 }
 
 setup();

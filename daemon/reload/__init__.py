@@ -1,0 +1,1 @@
+"""Live reconfiguration: read config.toml again and apply the difference without a restart."""
