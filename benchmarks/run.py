@@ -508,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cameras: the camera counts to run on the RTSP server (default %(default)s)",
     )
     parser.add_argument(
+        "--camera-seconds",
+        type=float,
+        help="cameras: the measured window per count (default 20, 10 with --quick); fair shares at 64 "
+        "cameras need several turns each: 90 or more",
+    )
+    parser.add_argument(
         "--soak",
         type=float,
         metavar="MINUTES",
@@ -591,7 +597,10 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "cameras",
                     lambda: bench_cameras(
-                        bench, CLIPS, tuple(int(n) for n in args.cameras.split(",")), 10.0 if quick else 20.0
+                        bench,
+                        CLIPS,
+                        tuple(int(n) for n in args.cameras.split(",")),
+                        args.camera_seconds or (10.0 if quick else 20.0),
                     ),
                 ),
                 (
