@@ -141,23 +141,21 @@ def _run(config: Config, duration: float | None) -> int:
     if duration is not None and duration <= 0:
         print("edgewatch: --duration must be a positive number of seconds", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from daemon.security import config_warnings
+
+    for warning in config_warnings(config):  # settings that work but expose something: said at every start
+        log.warning("%s: %s", config.source, warning)
     model = _load_model(config)
     if model is None:
         return EXIT_BAD_INPUT
-    from daemon.roboflow.spool import SpoolError
     from daemon.service import Service
-    from daemon.sinks.history import HistoryError
 
     try:
         service = Service(config, model)
     except ConfigError as exc:
         print(f"edgewatch: {config.source}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (SpoolError, HistoryError) as exc:
-        key = "vision_events.spool" if "Vision Events" in str(exc) else "roboflow.spool"
-        print(f"edgewatch: {config.source}: {key}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:  # e.g. the metrics port is taken, the spool folder is not writable
+    except OSError as exc:  # e.g. the metrics port is taken: a restart may find it free (state files degrade)
         print(f"edgewatch: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     service.install_signal_handlers()

@@ -268,6 +268,9 @@ class ApiConfig(_Section):
     max_body_mb: Annotated[float, Field(gt=0)] = 20
     allow_url_images: bool = False
     max_pending: Annotated[int, Field(ge=1)] = 16
+    max_request_megapixels: Annotated[float, Field(gt=0)] = 50  # all images of a request (headers)
+    max_megapixels_in_flight: Annotated[float, Field(gt=0)] = 100  # all requests being decoded or inferred
+    allowed_hosts: list[str] = []  # without keys: host names (besides IPs, localhost, this host's) served
 
 
 class EventsConfig(_Section):
@@ -341,6 +344,10 @@ def _key_path(location: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
+# Keys whose values are secrets: an error about them never repeats what was given.
+SECRET_KEYS = frozenset({"api_key", "password", "keys"})
+
+
 def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key"
@@ -348,9 +355,20 @@ def _describe(error: dict[str, Any]) -> str:
         return "required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     given = error.get("input")
-    if error["type"] not in ("model_type", "dict_type") and isinstance(given, (str, int, float, bool)):
+    secret = any(part in SECRET_KEYS for part in error["loc"])
+    if (
+        not secret
+        and error["type"] not in ("model_type", "dict_type")
+        and isinstance(given, (str, int, float, bool))
+    ):
         message += f" (got {given!r})"
     return message
+
+
+def _written_keys(raw: dict[str, Any]) -> list[str]:
+    """api.keys as written in the file (before ${VAR} expansion), for naming an unset variable."""
+    keys = raw.get("api", {}).get("keys", [])
+    return [key if isinstance(key, str) else "" for key in keys]
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -385,6 +403,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except ValidationError as exc:
         problems = [f"{path}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError("\n".join(problems)) from None
+
+    empty_keys = [
+        f"{path}: api.keys[{index}]: the key is empty"
+        + (f" ({written} expands to nothing: is the variable set?)" if _ENV_REF.search(written) else "")
+        for index, (key, written) in enumerate(zip(config.api.keys, _written_keys(raw), strict=False))
+        if not key.get_secret_value()
+    ]
+    if empty_keys:  # an empty key would leave the API open to anyone: refuse rather than guess
+        raise ConfigError("\n".join(empty_keys))
 
     base = path.resolve().parent
     model = config.model.model_copy(

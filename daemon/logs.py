@@ -12,8 +12,9 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 class RedactingFormatter(logging.Formatter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__(FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
-        # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        # Longest first, so a secret that contains another is masked whole. Every length: a short password
+        # masks a lot of text, which is better than printing it.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

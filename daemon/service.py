@@ -25,6 +25,7 @@ from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
 from daemon.events.sink import EventsSink, build_events_sink
 from daemon.frames import CameraState, CameraStatusListener, Frame
+from daemon.health import NO_HEALTH, Health
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
@@ -47,6 +48,7 @@ from daemon.sinks.mqtt import MqttPublisher
 from daemon.sinks.progress import ProgressReporter
 from daemon.web.api import ApiServer, ModelInfo
 from daemon.web.exporter import Exporter
+from daemon.web.server import ServerMetrics
 
 log = logging.getLogger("edgewatch")
 
@@ -81,6 +83,7 @@ def build_sinks(
     camera_states: Callable[[], Mapping[str, CameraState]],
     dropped: Callable[[], Mapping[str, int]],
     extra: Sequence[Sink] = (),
+    health: Health = NO_HEALTH,
 ) -> Sinks:
     """The sinks the config asks for. Model Monitoring comes before the history, which records the reports
     that the monitoring sink spools while it flushes; `extra` (benchmarks, tests) go last."""
@@ -100,9 +103,9 @@ def build_sinks(
         else None
     )
     # The monitoring page's store lives beside the spool; without the API nobody reads it.
-    history = History(state_dir / "history.db") if config.api.enabled else None
+    history = History(state_dir / "history.db", health=health) if config.api.enabled else None
     monitoring = (
-        MonitoringSink(config, metrics.monitoring, listeners=[history] if history else [])
+        MonitoringSink(config, metrics.monitoring, listeners=[history] if history else [], health=health)
         if config.roboflow.enabled
         else None
     )
@@ -112,7 +115,7 @@ def build_sinks(
         config, metrics.registry, state_dir, listeners=[mqtt, history], counts_listeners=[mqtt]
     )
     # Vision Events: alerts, zone/line events with their snapshots and counts to Roboflow, own spool
-    vision_events = build_vision_events(config, metrics.registry, events.read_snapshot)
+    vision_events = build_vision_events(config, metrics.registry, events.read_snapshot, health)
     if vision_events:
         events.add_listener(vision_events)
     ordered: list[Sink | None] = [
@@ -146,7 +149,12 @@ class Service:
         self.metrics = Metrics(mqtt=config.mqtt.enabled)
         self.metrics.set_provider(model.provider)
         self.metrics.init_cameras(camera.id for camera in config.cameras)
-        self.sinks = build_sinks(config, self.metrics, self._camera_states, self._dropped, extra_sinks)
+        # parts running degraded (a bad state file, a full disk...): /healthz, edgewatch_degraded, an alert
+        self.part_health = Health(self.metrics.registry)
+        self.server_metrics = ServerMetrics(self.metrics.registry)  # connections the HTTP servers refused
+        self.sinks = build_sinks(
+            config, self.metrics, self._camera_states, self._dropped, extra_sinks, self.part_health
+        )
         self._build_pipeline(camera_factory)
         self._build_alerts()
         self._build_http()
@@ -196,6 +204,7 @@ class Service:
             if uploads
             else None,
             confidence=sinks.confidence,
+            degraded=self.part_health.degraded,
         )
 
     def _build_http(self) -> None:
@@ -207,13 +216,17 @@ class Service:
                 self.board,
                 self.sinks.history,
                 self.metrics.api,
-                self.sinks.events,
+                server_metrics=self.server_metrics,
+                events=self.sinks.events,
             )
             if config.api.enabled and self.sinks.history
             else None
         )
         self.exporter = (
-            Exporter(config.metrics.host, config.metrics.port, self.metrics.registry, self.health)
+            Exporter(
+                config.metrics.host, config.metrics.port, self.metrics.registry, self.health,
+                self.server_metrics,
+            )
             if config.metrics.enabled
             else None
         )
@@ -252,6 +265,8 @@ class Service:
             "threads": threads,
             "cameras": {camera.config.id: camera.state.online for camera in self.cameras},
             "alerts": [alert["type"] for alert in self.alerts.active()],
+            # degraded but serving stays 200: a restart would not mend a disk (docs/security.md)
+            "degraded": self.part_health.degraded(),
         }
         return healthy, detail
 

@@ -34,14 +34,16 @@ CONFIDENCE_DROP = "confidence_drop"
 UPLOAD_FAILING = "upload_failing"
 MONITORING_UNAUTHORIZED = "monitoring_unauthorized"
 INFERENCE_STALLED = "inference_stalled"
+DEGRADED = "degraded"
 CAMERA_TYPES = (CAMERA_DOWN, CONFIDENCE_DROP)
-DEVICE_TYPES = (UPLOAD_FAILING, MONITORING_UNAUTHORIZED, INFERENCE_STALLED)
+DEVICE_TYPES = (UPLOAD_FAILING, MONITORING_UNAUTHORIZED, INFERENCE_STALLED, DEGRADED)
 SEVERITY: dict[str, Severity] = {
     CAMERA_DOWN: "critical",
     INFERENCE_STALLED: "critical",
     MONITORING_UNAUTHORIZED: "critical",
     UPLOAD_FAILING: "warning",
     CONFIDENCE_DROP: "warning",
+    DEGRADED: "warning",
 }
 RESOLVED = {
     CAMERA_DOWN: "camera {camera} is delivering frames again",
@@ -49,6 +51,7 @@ RESOLVED = {
     UPLOAD_FAILING: "Roboflow uploads succeed again",
     MONITORING_UNAUTHORIZED: "Roboflow accepts the API key again",
     INFERENCE_STALLED: "inference is making progress again",
+    DEGRADED: "every part of the device works normally again",
 }
 
 CameraSnapshot = Mapping[str, tuple[bool, float]]  # camera id -> (online, monotonic time of the last change)
@@ -95,6 +98,12 @@ def monitoring_unauthorized(unauthorized: bool) -> dict[str, str]:
     if not unauthorized:
         return {}
     return {"": "Roboflow refuses the API key (401/403): uploads stopped, what is unsent kept in the spool"}
+
+
+def parts_degraded(degraded: Mapping[str, str]) -> dict[str, str]:
+    if not degraded:
+        return {}
+    return {"": "degraded: " + "; ".join(f"{part}: {why}" for part, why in sorted(degraded.items()))}
 
 
 def confidence_drops(
@@ -213,6 +222,7 @@ class AlertEngine:
         upload_failing_since: Callable[[], float | None] | None = None,
         monitoring_unauthorized: Callable[[], bool] | None = None,
         confidence: ConfidenceTracker | None = None,
+        degraded: Callable[[], Mapping[str, str]] | None = None,
         clear_for: float = 30.0,
         min_window_samples: int = 20,
         min_baseline_samples: int = 50,
@@ -228,6 +238,7 @@ class AlertEngine:
         self._upload_failing_since = upload_failing_since
         self._unauthorized = monitoring_unauthorized
         self._confidence = confidence
+        self._degraded = degraded
         self._clear_for = clear_for
         self._min_window = min_window_samples
         self._min_baseline = min_baseline_samples
@@ -332,6 +343,8 @@ class AlertEngine:
             )
         if self._unauthorized is not None:
             add(MONITORING_UNAUTHORIZED, monitoring_unauthorized(self._unauthorized()))
+        if self._degraded is not None:
+            add(DEGRADED, parts_degraded(self._degraded()))
         if self._confidence is not None:
             stats = self._confidence.snapshot(now)
             add(

@@ -60,8 +60,11 @@ def short_provider_name(ort_name: str) -> str:
     return _SHORT_NAMES.get(ort_name, ort_name.removesuffix("ExecutionProvider").lower())
 
 
-def session_providers(config: ModelConfig, available: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The configured providers that this onnxruntime build has, in order, with their options."""
+def session_providers(
+    config: ModelConfig, available: list[str], cache: bool = True
+) -> list[tuple[str, dict[str, Any]]]:
+    """The configured providers that this onnxruntime build has, in order, with their options. `cache`
+    False: TensorRT keeps no engine or timing cache (its folder cannot be written)."""
     chosen: list[tuple[str, dict[str, Any]]] = []
     skipped: list[str] = []
     for name in config.providers:
@@ -69,14 +72,15 @@ def session_providers(config: ModelConfig, available: list[str]) -> list[tuple[s
         if ort_name not in available:
             skipped.append(name)
         elif name == "tensorrt":
-            cache = str(config.cache_dir)
-            options = {
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": cache,
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": cache,  # default is the working directory, often not writable
-                "trt_fp16_enable": config.fp16,
-            }
+            folder = str(config.cache_dir)
+            options: dict[str, Any] = {"trt_fp16_enable": config.fp16}
+            if cache:
+                options.update({
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": folder,
+                    "trt_timing_cache_enable": True,
+                    "trt_timing_cache_path": folder,  # default is the working directory, often not writable
+                })
             chosen.append((ort_name, options))
         else:
             chosen.append((ort_name, {}))
@@ -325,18 +329,22 @@ class Model:
         path = config.path
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
-        providers = session_providers(config, ort.get_available_providers())
+        cache = True
+        if "tensorrt" in config.providers and ORT_PROVIDERS["tensorrt"] in ort.get_available_providers():
+            try:
+                config.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only or full state folder must not stop the device
+                cache = False
+                log.warning(
+                    "%s: cannot create the TensorRT cache (%s): engines are built at every start",
+                    config.cache_dir, exc.strerror,
+                )
+        providers = session_providers(config, ort.get_available_providers(), cache)
         if not providers:
             raise ModelError(
                 f"{path}: none of the configured providers ({', '.join(config.providers)}) is available; "
                 f"this onnxruntime has {', '.join(ort.get_available_providers())}"
             )
-        if ORT_PROVIDERS["tensorrt"] in (name for name, _ in providers):
-            try:
-                config.cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                folder = config.cache_dir
-                raise ModelError(f"{folder}: cannot create the TensorRT cache: {exc.strerror}") from None
         threads = config.threads or default_threads()
         # the file as it is, read by a plain CPU session that only lists its inputs, outputs and metadata
         inspected = _create_session(path, str(path), [(ORT_PROVIDERS["cpu"], {})], _session_options(1, False))

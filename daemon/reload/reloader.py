@@ -132,7 +132,10 @@ class Reloader:
                 log.warning("a config reload still runs at shutdown; stopping without waiting for it")
                 return
         if self._status_file is not None:  # no longer a pid to signal: `edgewatch reload` says so
-            self._status_file.unlink(missing_ok=True)
+            try:
+                self._status_file.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only state folder: it was never written either
+                log.debug("cannot remove the reload status %s: %s", self._status_file, exc.strerror)
 
     def _run(self) -> None:
         while True:

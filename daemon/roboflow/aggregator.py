@@ -77,3 +77,8 @@ class Aggregator:
         with self._lock:
             best, self._best = self._best, {}
         return list(best.values())
+
+    def __len__(self) -> int:
+        """Classes seen in the current window."""
+        with self._lock:
+            return len(self._best)

@@ -18,11 +18,12 @@ from typing import Any, Protocol, TextIO
 
 from daemon.config import Config, ConfigError, RoboflowConfig
 from daemon.frames import FrameResult
+from daemon.health import NO_HEALTH, Health
 from daemon.metrics.monitoring import MonitoringMetrics
 from daemon.roboflow.aggregator import Aggregator, Prediction
 from daemon.roboflow.client import RoboflowClient, metadata_body, report_body
 from daemon.roboflow.hostinfo import host_facts
-from daemon.roboflow.spool import Spool, SpoolItem, created_utc, print_waiting
+from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, created_utc, print_waiting
 from daemon.roboflow.uploader import MonitoringCourier, Uploader, UploaderState
 from daemon.sink import Sink
 
@@ -65,6 +66,7 @@ class MonitoringSink(Sink):
         backoff_max: float = 300.0,
         close_grace: float = 5.0,
         listeners: Sequence[ReportListener] = (),
+        health: Health = NO_HEALTH,
     ) -> None:
         settings = config.roboflow
         self._device_id = config.device.id
@@ -77,7 +79,8 @@ class MonitoringSink(Sink):
         self._listeners = tuple(listeners)  # the page's history: every spooled report with its metadata
         self._host = host_facts()
         self.spool = Spool(
-            settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics
+            settings.spool, int(settings.max_spool_mb * 1024 * 1024), settings.max_spool_age, metrics,
+            health=health,
         )
         self._metrics = metrics
         self._uploader_options = {
@@ -108,16 +111,15 @@ class MonitoringSink(Sink):
         return [self._timer, *self.uploader.threads()]
 
     def handle(self, result: FrameResult) -> None:
-        stream = self._streams.get(result.camera_id)
-        if stream is None:
-            with self._changed:
-                stream = self._streams.setdefault(
-                    result.camera_id, _Stream(deadline=time.monotonic() + self._frequency)
-                )
+        with self._changed:  # the timer may drop an idle API stream at any moment: add under the same lock
+            stream = self._streams.get(result.camera_id)
+            if stream is None:
+                stream = _Stream(deadline=time.monotonic() + self._frequency)
+                self._streams[result.camera_id] = stream
                 self._changed.notify_all()
-        if stream.model_id != result.model_id:
-            self._new_model(result.camera_id, stream, result.model_id)
-        stream.aggregator.add(result.detections, result.inference_id, result.model_id)
+            if stream.model_id != result.model_id:
+                self._new_model(result.camera_id, stream, result.model_id)
+            stream.aggregator.add(result.detections, result.inference_id, result.model_id)
 
     def _new_model(self, camera: str, stream: _Stream, model_id: str) -> None:
         """The model was swapped: the window so far is reported apart (under the old model id), now."""
@@ -175,7 +177,10 @@ class MonitoringSink(Sink):
                     self._changed.wait(None if next_deadline is None else next_deadline - now)
                 else:
                     return
-                for _, stream in due:  # keep each stream on its own grid, skipping windows missed
+                for camera, stream in due:  # keep each stream on its own grid, skipping windows missed
+                    if camera not in self._metadata and len(stream.aggregator) == 0:
+                        del self._streams[camera]  # an API stream idle for a whole window: free it
+                        continue
                     missed = int((now - stream.deadline) // self._frequency)
                     stream.deadline += self._frequency * (missed + 1)
                 retired, self._retired = self._retired, []
@@ -234,6 +239,7 @@ class MonitoringSink(Sink):
             self.spool,
             MonitoringCourier(self.spool, client, self._metrics) if client else None,
             **self._uploader_options,
+            stalled_after=settings.timeout * 2 + 1,  # the workspace lookup, then the request
         )
 
     def _close_window(self, camera: str, aggregator: Aggregator) -> None:
@@ -246,10 +252,14 @@ class MonitoringSink(Sink):
             predictions, device_id=self._device_id, camera_id=camera, host=self._host, timestamp=timestamp
         )
         metadata = metadata_body(predictions, camera_id=camera, metadata=self._metadata.get(camera, {}))
-        ids = [
-            self.spool.put("report", camera, report, created),
-            self.spool.put("metadata", camera, metadata, created),
-        ]
+        ids = []
+        for kind, body in (("report", report), ("metadata", metadata)):
+            try:
+                ids.append(self.spool.put(kind, camera, body, created))
+            except SpoolError as exc:  # counted as dropped and reported degraded by the spool
+                log.warning("Model Monitoring %s of camera %s is lost: %s", kind, camera, exc)
+        if len(ids) < 2:
+            return
         for listener in self._listeners:
             try:
                 listener.on_report(report, {"camera": camera, **self._metadata.get(camera, {})})

@@ -11,6 +11,7 @@ key stops sending, keeps the spool, and tries the key again rarely; what Roboflo
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -34,7 +35,9 @@ class UploaderState:
     """What the alert engine reads. Times are time.monotonic()."""
 
     unauthorized: bool  # Roboflow refuses the key; nothing is being sent
-    failing_since: float | None  # first failed attempt of the current streak; None after a success
+    # first failed attempt of the current streak, or the start of an attempt in flight for longer than
+    # `stalled_after` (a server that trickles its answer never fails an attempt); None after a success
+    failing_since: float | None
     last_success: float | None
     depth: int  # requests waiting in the spool
 
@@ -134,13 +137,16 @@ class Uploader:
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         thread_name: str = "roboflow-uploader",
+        stalled_after: float = 30.0,
     ) -> None:
-        """`courier` None (no API key): nothing is sent; requests stay in the spool."""
+        """`courier` None (no API key): nothing is sent; requests stay in the spool. An attempt in flight for
+        longer than `stalled_after` seconds counts as failing from its start."""
         self._spool = spool
         self._courier = courier
         self._unauthorized_retry = unauthorized_retry
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._stalled_after = stalled_after
         self._stop = threading.Event()
         self._changed = threading.Condition()  # guards everything below
         self._pending = False  # wake() since the thread last looked at the spool
@@ -150,6 +156,7 @@ class Uploader:
         self._failing_since: float | None = None
         self._last_success: float | None = None
         self._failures = 0
+        self._in_flight_since: float | None = None
         self._started = False
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         if courier is not None:
@@ -172,9 +179,11 @@ class Uploader:
 
     def state(self) -> UploaderState:
         with self._changed:
-            return UploaderState(
-                self._unauthorized, self._failing_since, self._last_success, self._spool.depth
-            )
+            failing_since = self._failing_since
+            started = self._in_flight_since
+            if started is not None and time.monotonic() - started > self._stalled_after:
+                failing_since = started if failing_since is None else min(failing_since, started)
+            return UploaderState(self._unauthorized, failing_since, self._last_success, self._spool.depth)
 
     def wait_attempted(self, item_ids: Iterable[int], timeout: float) -> dict[int, Response]:
         """Wait until each request has been tried once (or `timeout`); returns the outcomes known by then."""
@@ -223,6 +232,10 @@ class Uploader:
                 self._phase = "working"
             try:
                 delivery = courier.next()
+            except sqlite3.Error as exc:  # the disk (a damaged file is replaced by the spool itself)
+                log.warning("cannot read the %s spool %s: %s", self._spool.name, self._spool.path, exc)
+                self._pause(self._backoff_max)
+                continue
             except Exception:
                 log.exception("cannot read the %s spool %s", self._spool.name, self._spool.path)
                 self._pause(self._backoff_max)
@@ -231,16 +244,24 @@ class Uploader:
                 self._wait_for_work()
                 continue
             started = time.monotonic()
+            with self._changed:
+                self._in_flight_since = started
             try:
                 response = delivery.send()
             except Exception as exc:  # a bug, not the network: keep the request, say what happened
                 detail = f"unexpected {type(exc).__name__}: {courier.redact(str(exc))}"
                 response = Response(Outcome.RETRY, None, detail)
+            finally:
+                with self._changed:
+                    self._in_flight_since = None
             courier.observe(time.monotonic() - started)
             try:
                 delivery.settle(response)
                 delay = self._settle(courier, delivery, response)
-            except Exception:  # the spool failed (disk full, I/O error): try again later
+            except sqlite3.Error as exc:  # disk full, I/O error: a sent request may go again (at least once)
+                log.warning("cannot update the %s spool %s: %s", self._spool.name, self._spool.path, exc)
+                delay = self._backoff_max
+            except Exception:  # a bug: keep going, with the details
                 log.exception("cannot update the %s spool %s", self._spool.name, self._spool.path)
                 delay = self._backoff_max
             with self._changed:

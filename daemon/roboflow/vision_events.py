@@ -34,7 +34,8 @@ from daemon.alerts.alert import Alert
 from daemon.config import Config, ConfigError, VisionEventsConfig
 from daemon.events.event import Event
 from daemon.frames import FrameResult, class_counts
-from daemon.roboflow.spool import Spool, SpoolItem, created_utc, print_waiting
+from daemon.health import NO_HEALTH, Health
+from daemon.roboflow.spool import Spool, SpoolError, SpoolItem, created_utc, print_waiting
 from daemon.roboflow.transport import Outcome, Response
 from daemon.roboflow.uploader import Delivery, Uploader, UploaderState
 from daemon.roboflow.ve_client import BATCH_MAX, VisionEventsClient
@@ -334,6 +335,7 @@ class VisionEventsSink(Sink):
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         close_grace: float = 5.0,
+        health: Health = NO_HEALTH,
     ) -> None:
         settings = config.vision_events.with_defaults(config.roboflow)
         assert settings.spool is not None
@@ -351,6 +353,8 @@ class VisionEventsSink(Sink):
             self.metrics,
             name="Vision Events",
             kinds=(KIND,),
+            health=health,
+            part="vision_events_spool",
         )
         key = settings.api_key.get_secret_value()
         try:
@@ -363,6 +367,7 @@ class VisionEventsSink(Sink):
             VisionEventsCourier(self.spool, client, self.metrics) if client else None,
             unauthorized_retry=unauthorized_retry, backoff_base=backoff_base, backoff_max=backoff_max,
             thread_name="vision-events-uploader",
+            stalled_after=settings.timeout + 1,
         )
         if not self.sending:
             log.info("no Roboflow API key: Vision Events are kept in %s, not sent", settings.spool)
@@ -543,7 +548,11 @@ class VisionEventsSink(Sink):
         return image
 
     def _put(self, camera: str, body: dict[str, Any], created: float, image: bytes | None) -> None:
-        self.spool.put(KIND, camera, body, created, image)
+        try:
+            self.spool.put(KIND, camera, body, created, image)
+        except SpoolError as exc:  # counted as dropped and reported degraded by the spool
+            log.warning("Vision Event %s of camera %s is lost: %s", body["eventType"], camera or "-", exc)
+            return
         log.debug("Vision Event spooled: %s %s camera %s", body["eventType"], body["eventId"], camera or "-")
         if self.sending:
             self.uploader.wake()
@@ -556,10 +565,15 @@ def failing_since(states: Sequence[Callable[[], UploaderState]]) -> float | None
 
 
 def build_vision_events(
-    config: Config, registry: CollectorRegistry, read_snapshot: SnapshotReader | None = None
+    config: Config,
+    registry: CollectorRegistry,
+    read_snapshot: SnapshotReader | None = None,
+    health: Health = NO_HEALTH,
 ) -> VisionEventsSink | None:
     """The sink when `[vision_events] enabled`, else None."""
-    return VisionEventsSink(config, registry, read_snapshot) if config.vision_events.enabled else None
+    if not config.vision_events.enabled:
+        return None
+    return VisionEventsSink(config, registry, read_snapshot, health=health)
 
 
 # --- `edgewatch vision-events` -------------------------------------------------------------------------

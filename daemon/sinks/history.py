@@ -16,6 +16,7 @@ writer thread moves them to the file every few seconds and does the upkeep.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,7 +34,9 @@ import numpy as np
 from daemon.alerts.alert import Alert
 from daemon.events.event import Event
 from daemon.frames import FrameResult, roboflow_predictions
+from daemon.health import NO_HEALTH, Health
 from daemon.sink import Sink
+from daemon.statefile import is_corrupt, open_state_db, quick_check
 from daemon.timefmt import iso_utc
 
 log = logging.getLogger("edgewatch.history")
@@ -94,8 +97,16 @@ CREATE TABLE IF NOT EXISTS alert (
 """
 
 
-class HistoryError(Exception):
-    """The history file cannot be opened; the message names the file."""
+def _connect(where: str) -> sqlite3.Connection:
+    return sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=5)
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: lets upkeep shrink it
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    quick_check(db)
+    db.executescript(_SCHEMA)
 
 
 def range_seconds(name: str) -> int:
@@ -120,6 +131,16 @@ def class_sums(names: np.ndarray, confidence: np.ndarray) -> list[tuple[str, int
     return [
         (str(name), int(count), float(total)) for name, count, total in zip(found, counts, sums, strict=True)
     ]
+
+
+def _most_confident(result: FrameResult, limit: int) -> FrameResult:
+    """The result with its `limit` most confident detections: what a sample stores, and what bounds the
+    memory of the recent frames whatever a request's thresholds let through."""
+    detections = result.detections
+    if len(detections) <= limit or detections.confidence is None:
+        return result
+    keep = np.argsort(-detections.confidence, kind="stable")[:limit]
+    return dataclasses.replace(result, detections=detections[np.sort(keep)])
 
 
 def _parse_time(text: Any) -> float | None:
@@ -148,13 +169,20 @@ class History(Sink):
         *,
         persist_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        health: Health = NO_HEALTH,
     ) -> None:
+        """Never fails for a bad file: a corrupt one is set aside and a fresh one made, an unusable one
+        (read-only, full disk) replaced by memory for this run; `health` is told either way."""
         self.path = path
         self._retention = retention_days * 86400
         self._max_bytes = int(max_mb * 1024 * 1024)
         self._persist_interval = persist_interval
         self._clock = clock
-        self._db = self._open(path)
+        self._health = health
+        self._db, self.durable = open_state_db(
+            path, _connect, _prepare, part="history", what="monitoring history", health=health
+        )
+        self._write_failing = False
         self._db_lock = threading.Lock()
         self._lock = threading.Lock()  # guards the in-memory state below, never held during file I/O
         self._rollups: dict[tuple[int, str], list[Any]] = {}  # (minute, stream) -> [source, n, seconds]
@@ -168,9 +196,8 @@ class History(Sink):
         self._db_closed = False
         try:
             self._upkeep(self._clock())
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise HistoryError(f"{path}: cannot use the monitoring history: {exc}") from None
+        except sqlite3.Error as exc:  # e.g. a full disk: the next turns of the writer retry
+            self._write_failed(exc)
         self._thread = threading.Thread(target=self._run, name="history", daemon=True)
 
     def start(self) -> None:
@@ -178,19 +205,6 @@ class History(Sink):
 
     def threads(self) -> list[threading.Thread]:
         return [self._thread]
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5)
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: lets upkeep shrink it
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"{path}: cannot open the monitoring history: {exc}") from None
-        return db
 
     # --- the Sink ----------------------------------------------------------------------------------
 
@@ -210,13 +224,22 @@ class History(Sink):
                 entry = self._classes.setdefault((minute, result.camera_id, name), [0, 0.0])
                 entry[0] += count
                 entry[1] += total
-            if sums:  # without the frame's image: 2048 frames would be gigabytes
-                self._recent[result.inference_id] = dataclasses.replace(result, image=None)
+            if sums:  # without the frame's image (2048 frames would be gigabytes), its top detections only
+                self._recent[result.inference_id] = _most_confident(
+                    dataclasses.replace(result, image=None), MAX_SAMPLE_DETECTIONS
+                )
                 if len(self._recent) > RECENT_FRAMES:
                     self._recent.popitem(last=False)
 
     def flush(self) -> None:
-        """Write the counters and events gathered so far to the file."""
+        """Write the counters and events gathered so far to the file; a failure (a full disk) degrades the
+        history and loses them, never the caller."""
+        try:
+            self._write_counters()
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+
+    def _write_counters(self) -> None:
         with self._lock:
             rollups, self._rollups = self._rollups, {}
             classes, self._classes = self._classes, {}
@@ -293,6 +316,12 @@ class History(Sink):
             sample["timestamp"] = iso_utc(created, "seconds")
             names = {p["class"] for p in sample["predictions"]} | {c["class"] for c in classes}
             rows.append((inference_id, created, stream, json.dumps(sample), names))
+        try:
+            self._store_samples(rows)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+
+    def _store_samples(self, rows: list[tuple[str, float, str, str, set[str]]]) -> None:
         with self._db_lock:
             if self._db_closed:  # a report spooled while the daemon stops, after this sink was closed
                 return
@@ -317,11 +346,14 @@ class History(Sink):
                 self._active.pop(key, None)
             else:
                 self._active[key] = body
-        with self._db_lock:
-            if not self._db_closed:
-                self._db.execute(
-                    "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(body))
-                )
+        try:
+            with self._db_lock:
+                if not self._db_closed:
+                    self._db.execute(
+                        "INSERT INTO alert (created, body) VALUES (?, ?)", (self._clock(), json.dumps(body))
+                    )
+        except sqlite3.Error as exc:  # the alert itself still goes to MQTT and the log
+            self._write_failed(exc)
 
     def on_event(self, event: Event) -> None:
         """A tracked object's event (dispatcher thread): held in memory until the writer's next turn."""
@@ -528,14 +560,31 @@ class History(Sink):
         last_upkeep = time.monotonic()
         while not self._stop.wait(self._persist_interval):
             try:
-                self.flush()
+                self._write_counters()
                 if time.monotonic() - last_upkeep >= UPKEEP_INTERVAL:
                     last_upkeep = time.monotonic()
                     self._upkeep(self._clock())
                 elif self._used_bytes() > self._max_bytes:
                     self._shrink()
-            except sqlite3.Error:  # a full disk must not end the history thread; the next turn retries
-                log.exception("cannot write the monitoring history %s", self.path)
+            except sqlite3.Error as exc:  # a full disk must not end the history thread; the next turn retries
+                self._write_failed(exc)
+            else:
+                if self._write_failing:
+                    self._write_failing = False
+                    self._health.recover("history")
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        if is_corrupt(exc):
+            with self._db_lock:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db, self.durable = open_state_db(
+                    self.path, _connect, _prepare, part="history", what="monitoring history",
+                    health=self._health, damaged=exc,
+                )
+            return
+        self._write_failing = True
+        self._health.degrade("history", f"{self.path}: cannot write the monitoring history ({exc})")
 
     def _upkeep(self, now: float) -> None:
         """Drop what is older than the retention, merge old minutes into hours, keep the size bound."""

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import hmac
 import io
+import ipaddress
 import itertools
 import json
 import logging
@@ -33,13 +34,10 @@ import re
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +52,8 @@ from daemon.frames import DecodeParams, Frame, FrameResult, roboflow_response
 from daemon.metrics.api import ApiMetrics
 from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import RANGES, History
+from daemon.web.server import BoundedHTTPServer, PrefixedHandler, ServerMetrics
+from daemon.web.url_images import fetch_url
 
 if TYPE_CHECKING:
     from daemon.model.session import Model
@@ -70,7 +70,11 @@ REPLY_TIMEOUT = 30.0  # seconds a request waits for its frames' results
 RETRY_AFTER = "1"
 HANDLER_TIMEOUT = 30.0  # seconds a connection may stay silent
 DRAIN_SECONDS = 2.0  # after a 413, read (and discard) the rest of the body this long so the client sees it
-URL_TIMEOUT = 10.0
+BODY_DEADLINE = 60.0  # seconds for a whole request body, however slowly it trickles
+NOT_AN_IMAGE = "not an image edgewatch can decode (JPEG, PNG, BMP, WebP, TIFF...)"
+UNAUTHENTICATED_BODIES = 4  # bodies read at once to find a key in them (inference_sdk's default transport)
+BODY_KEY = re.compile(rb'"api_key"\s*:\s*"([^"\\]{1,512})"')
+STREAM_IDLE = 600.0  # seconds after which an API stream's slot (of MAX_STREAMS) can go to a new one
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -127,9 +131,9 @@ def decode_base64(value: Any) -> bytes:
         raise ValueError("not valid base64") from None
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> H x W x 3 uint8 BGR. The size is read from the header first, so a small file
-    that would decode into gigabytes is refused before any pixel is decoded. ValueError if not an image."""
+def image_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of encoded image bytes, from the header only: a small file that would decode into
+    gigabytes is refused before any pixel is decoded. ValueError if not an image or too large."""
     too_large = f"the image is larger than {max_pixels} pixels"
     try:
         with Image.open(io.BytesIO(data)) as probe:
@@ -137,37 +141,40 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except Image.DecompressionBombError:  # Pillow's own, far higher limit
         raise ValueError(too_large) from None
     except (OSError, ValueError):
-        raise ValueError("not an image edgewatch can decode (JPEG, PNG, BMP, WebP, TIFF...)") from None
+        raise ValueError(NOT_AN_IMAGE) from None
     if width * height > max_pixels:
         raise ValueError(f"{too_large} ({width}x{height})")
+    return width, height
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> H x W x 3 uint8 BGR, the size checked from the header first (image_size)."""
+    image_size(data, max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError("not an image edgewatch can decode (JPEG, PNG, BMP, WebP, TIFF...)")
+        raise ValueError(NOT_AN_IMAGE)
     return image
 
 
-def fetch_url(url: Any, limit: int, timeout: float = URL_TIMEOUT) -> bytes:
-    """GET an http(s) URL, at most `limit` bytes; ValueError on any failure (the URL is not repeated)."""
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError("the value must be an http:// or https:// URL")
-    request = urllib.request.Request(url, headers={"User-Agent": f"{SERVER_NAME}/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(limit + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        raise ValueError(f"cannot fetch the image URL: {reason}") from None
-    if len(data) > limit:
-        raise ValueError(f"the image at the URL is larger than {limit} bytes")
-    return data
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
 
 
 def request_images(
-    field_value: Any, allow_urls: bool, limit: int, max_images: int
-) -> tuple[list[np.ndarray], bool]:
-    """The `image` field (one `{"type", "value"}` or a list of them) -> (BGR images, whether it was one).
+    field_value: Any, allow_urls: bool, limit: int, max_images: int, max_pixels: int
+) -> tuple[list[EncodedImage], bool]:
+    """The `image` field (one `{"type", "value"}` or a list of them) -> (encoded images with their size from
+    the header, whether it was one). Nothing is decoded yet: the caller admits the request first.
 
-    `limit` bounds the bytes fetched from a URL, `max_images` the length of a list."""
+    `limit` bounds the bytes fetched from a URL, `max_images` the length of a list, `max_pixels` the pixels
+    of the whole request."""
     if field_value is None:
         raise ApiError(400, 'image: missing; send {"type": "base64", "value": ...} or a list of them')
     single = not isinstance(field_value, list)
@@ -177,6 +184,7 @@ def request_images(
     if len(items) > max_images:
         raise ApiError(400, f"image: at most {max_images} images per request (api.max_pending)")
     images = []
+    total = 0
     for index, item in enumerate(items):
         where = "image" if single else f"image {index}"
         if not isinstance(item, dict):
@@ -193,9 +201,15 @@ def request_images(
                 raise ValueError(f"type {kind!r} (a pickled object) is refused; send 'base64'")
             else:
                 raise ValueError(f"unsupported type {kind!r}; send 'base64'")
-            images.append(decode_image(data))
+            width, height = image_size(data)
         except ValueError as exc:
             raise ApiError(400, f"{where}: {exc}") from None
+        total += width * height
+        if total > max_pixels:
+            raise ApiError(
+                413, f"image: the request holds more than {max_pixels} pixels (api.max_request_megapixels)"
+            )
+        images.append(EncodedImage(data, width, height))
     return images, single
 
 
@@ -212,7 +226,7 @@ def decode_params(
     body: Mapping[str, Any], defaults: DecodeParams, class_ids: Mapping[str, int]
 ) -> DecodeParams:
     """The request's thresholds and options over the config's. `class_filter` names unknown to the model
-    match nothing."""
+    match nothing; `max_detections` is capped at the config's."""
     max_detections = body.get("max_detections")
     if max_detections is None:
         max_detections = defaults.max_detections
@@ -231,10 +245,63 @@ def decode_params(
     return DecodeParams(
         confidence=_number(body, "confidence", defaults.confidence),
         iou=_number(body, "iou_threshold", defaults.iou),
-        max_detections=max_detections,
+        max_detections=min(max_detections, defaults.max_detections),  # model.max_detections caps it
         class_agnostic=bool(agnostic),
         classes=classes,
     )
+
+
+def header_keys(headers: Mapping[str, str], query: Mapping[str, str]) -> list[str]:
+    """The keys a request offers before its body: `Authorization: Bearer KEY` and the `api_key` query."""
+    candidates = []
+    scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        candidates.append(token.strip())
+    if query.get("api_key"):
+        candidates.append(query["api_key"])
+    return candidates
+
+
+def body_keys(raw: bytes, limit: int = 4) -> list[str]:
+    """`"api_key": "..."` values in a raw JSON body, found without parsing it (linear time, no allocation
+    beyond the matches)."""
+    found = []
+    for match in itertools.islice(BODY_KEY.finditer(raw), limit):
+        with contextlib.suppress(UnicodeDecodeError):
+            found.append(match.group(1).decode())
+    return found
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body -> its JSON object; a 400 for anything else, whatever its shape (deep nesting too)."""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def host_allowed(host: str, names: frozenset[str]) -> bool:
+    """Whether a Host header names this device: an IP address, localhost, or one of `names`."""
+    if not host:
+        return True  # HTTP/1.0 without Host: not a browser
+    try:
+        name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name == "localhost" or name in names
+
+
+def local_names() -> list[str]:
+    """This machine's own names, as a browser on the LAN would address it."""
+    name = socket.gethostname().lower()
+    return [name, f"{name}.local", name.split(".")[0]]
 
 
 def key_digest(key: str) -> bytes:
@@ -314,41 +381,6 @@ def endpoint_label(path: str) -> str:
     return "other"
 
 
-class _HttpServer(ThreadingHTTPServer):
-    """One thread per connection, at most `slots` at once; past that, a short 503 and close."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            body = b'{"message":"too many connections; retry later"}'
-            head = (
-                "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Retry-After: {RETRY_AFTER}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            with contextlib.suppress(OSError):
-                request.sendall(head.encode() + body)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 class ApiServer:
     def __init__(
         self,
@@ -357,6 +389,8 @@ class ApiServer:
         board: FrameBoard,
         history: History | None,
         metrics: ApiMetrics | None = None,
+        server_metrics: ServerMetrics | None = None,
+        stream_idle: float = STREAM_IDLE,
         events: EventsSink | None = None,
     ) -> None:
         settings = config.api
@@ -376,7 +410,12 @@ class ApiServer:
         self._defaults = DecodeParams(config.model.confidence, config.model.iou, config.model.max_detections)
         self._class_ids = {name: index for index, name in enumerate(model.class_names)}
         self._cameras = {camera.id: dict(camera.metadata) for camera in config.cameras}
-        self._streams: set[str] = set()
+        self._streams: dict[str, float] = {}  # API stream -> when a request last used it (monotonic)
+        self._stream_idle = stream_idle
+        self._in_flight = [0, 0]  # images, pixels admitted and not yet answered
+        self._body_reads = threading.BoundedSemaphore(UNAUTHENTICATED_BODIES)
+        self._device_id = config.device.id
+        self._set_limits(settings)
         self._frame_ids = itertools.count(1)
         self._uuid = str(uuid.uuid4())
         self._pending: set[_Pending] = set()
@@ -393,30 +432,33 @@ class ApiServer:
             server_api = api
 
         try:
-            self._httpd = _HttpServer(
-                (settings.host, settings.port), Handler, slots=settings.max_pending + 16
+            # a handler per request waiting for inference (max_pending) plus some for the page and /info
+            self._httpd = BoundedHTTPServer(
+                (settings.host, settings.port),
+                Handler,
+                name="api",
+                handlers=settings.max_pending + 8,
+                handler_timeout=HANDLER_TIMEOUT,
+                metrics=server_metrics,
             )
         except OSError as exc:
             raise OSError(f"api: cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.2,), name="api", daemon=True
-        )
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._httpd.port
+
+    def threads(self) -> list[threading.Thread]:
+        return self._httpd.threads()
 
     def start(self) -> None:
-        self._thread.start()
+        self._httpd.start()
         log.info(
             "HTTP inference API and monitoring page on http://%s:%d/ (%s)",
             self.config.api.host,
             self.port,
             "API keys required" if self._digests else "no API keys set",
         )
-
-    def threads(self) -> list[threading.Thread]:
-        return [self._thread]
 
     def close(self) -> None:
         """Stop serving. Requests still waiting for inference are answered 503 now: call this once the
@@ -428,10 +470,7 @@ class ApiServer:
             waiting = list(self._pending)
         for pending in waiting:
             pending.abort()
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(5)
-        self._httpd.server_close()
+        self._httpd.close(5.0)
 
     # --- routing -------------------------------------------------------------------------------------
 
@@ -439,18 +478,21 @@ class ApiServer:
         if self._metrics is not None:
             self._metrics.api_requests.labels(endpoint_label(path), str(status)).inc()
 
-    def authorized(self, headers: Mapping[str, str], query: Mapping[str, str], body: Any) -> bool:
-        if not self._digests:
-            return True
-        candidates = []
-        scheme, _, token = (headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            candidates.append(token.strip())
-        if query.get("api_key"):
-            candidates.append(query["api_key"])
-        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
-            candidates.append(body["api_key"])
-        return key_matches(candidates, self._digests)
+    def authorized(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+        """Whether the request carries a valid key in its Authorization header or `api_key` query."""
+        return not self._digests or key_matches(header_keys(headers, query), self._digests)
+
+    def check_host(self, headers: Mapping[str, str]) -> None:
+        """Without keys, a browser must not become the client: answer only requests addressed to this device
+        (DNS rebinding) and only from its own origin (cross-site requests)."""
+        if self._digests:
+            return
+        host = headers.get("Host", "")
+        if not host_allowed(host, self._host_names):
+            raise ApiError(403, "this host name is not served here; add it to api.allowed_hosts")
+        origin = headers.get("Origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc.lower() != host.lower():
+            raise ApiError(403, "cross-origin requests are refused")
 
     def get(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Reply:
         if path in ("/", "/monitoring", "/monitoring/"):
@@ -459,7 +501,7 @@ class ApiServer:
             return self._static_file(path.removeprefix("/static/"))
         if path == "/info":
             return json_response({"name": SERVER_NAME, "version": __version__, "uuid": self._uuid})
-        if not self.authorized(headers, query, None):
+        if not self.authorized(headers, query):
             raise ApiError(401, "a valid API key is required")
         if path == "/model/registry":
             return json_response(self._registry())
@@ -469,28 +511,49 @@ class ApiServer:
             return json_response(self._monitoring(path.removeprefix("/api/"), query))
         raise ApiError(404, f"no such endpoint: GET {path}")
 
-    def post(self, path: str, query: Mapping[str, str], headers: Mapping[str, str], raw: bytes) -> Reply:
+    def post(
+        self, path: str, query: Mapping[str, str], headers: Mapping[str, str], read_body: Callable[[], bytes]
+    ) -> Reply:
+        """A key in the header or query is checked before the body is read. Without one, the key may be in
+        the body (inference_sdk's default transport): the body is read (a few at once, bounded by
+        api.max_body_mb) and searched for a valid key before it is parsed."""
         known = path in ("/infer/object_detection", "/model/add", "/model/remove", "/model/clear")
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not self.authorized(headers, query, body):
+        offered = header_keys(headers, query)
+        if self._digests and offered and not key_matches(offered, self._digests):
             raise ApiError(401, "a valid API key is required")
-        if path == RELOAD_PATH:
+        if path == RELOAD_PATH:  # never reads a body: its key comes in the header or the query
+            if self._digests and not offered:
+                raise ApiError(401, "a valid API key is required")
             return self._reload()
-        if not known:
-            if path.startswith("/infer/"):
-                raise ApiError(404, f"edgewatch serves one {TASK_TYPE} model; use /infer/object_detection")
-            raise ApiError(404, f"no such endpoint: POST {path}")
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object")
+        if self._digests and not offered:
+            if not known:
+                raise ApiError(401, "a valid API key is required")
+            raw = self._read_for_key(read_body)
+        else:
+            if not known:
+                if path.startswith("/infer/"):
+                    only = f"edgewatch serves one {TASK_TYPE} model; use /infer/object_detection"
+                    raise ApiError(404, only)
+                raise ApiError(404, f"no such endpoint: POST {path}")
+            raw = read_body()
+        body = parse_json(raw)
         if path == "/model/add":
             self._check_model(body.get("model_id"))
             return json_response(self._registry())
         if path in ("/model/remove", "/model/clear"):
             return json_response(self._registry())  # the served model stays loaded
         return self._infer(body)
+
+    def _read_for_key(self, read_body: Callable[[], bytes]) -> bytes:
+        if not self._body_reads.acquire(blocking=False):
+            raise overloaded("busy: send the API key in the Authorization header")
+        try:
+            raw = read_body()
+        finally:
+            self._body_reads.release()
+        if not key_matches(body_keys(raw), self._digests):
+            raise ApiError(401, "a valid API key is required")
+        return raw
 
     def _reload(self) -> Reply:
         if not self._digests:
@@ -503,12 +566,21 @@ class ApiServer:
     # --- live reconfiguration (a config reload) ---------------------------------------------------------
 
     def set_settings(self, settings: ApiConfig) -> None:
-        """New keys (required from the next request on), body limit and URL images."""
+        """New keys (required from the next request on), body limit, URL images, pixel budgets, host names."""
         self._digests = [
             key_digest(key.get_secret_value()) for key in settings.keys if key.get_secret_value()
         ]
         self.max_body = int(settings.max_body_mb * 1024 * 1024)
         self._allow_urls = settings.allow_url_images
+        self._set_limits(settings)
+
+    def _set_limits(self, settings: ApiConfig) -> None:
+        """The pixel budgets and the host names a keyless API answers (at start and at each reload)."""
+        self._max_request_pixels = int(settings.max_request_megapixels * 1_000_000)
+        self._max_pixels_in_flight = int(settings.max_megapixels_in_flight * 1_000_000)
+        self._host_names = frozenset(
+            name.lower() for name in (*settings.allowed_hosts, settings.host, self._device_id, *local_names())
+        )
 
     def set_cameras(self, config: Config) -> None:
         """The configured cameras and their metadata, as the page lists them."""
@@ -540,23 +612,64 @@ class ApiServer:
             )
 
     def _stream(self, body: Mapping[str, Any]) -> str:
+        """The request's stream: never a camera's id (its reports would mix with the camera's); a stream
+        idle for `stream_idle` seconds gives its slot of MAX_STREAMS to a new one."""
         stream = body.get("source_info") or DEFAULT_STREAM
         if not isinstance(stream, str) or not STREAM_ID.match(stream):
             raise ApiError(400, "source_info: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+        if stream in self._cameras:
+            raise ApiError(400, f"source_info: {stream!r} is a camera of this device; choose another name")
+        now = time.monotonic()
         with self._lock:
-            if stream not in self._streams and stream not in self._cameras:
+            if stream not in self._streams and len(self._streams) >= MAX_STREAMS:
+                for idle in [name for name, used in self._streams.items() if now - used >= self._stream_idle]:
+                    del self._streams[idle]
                 if len(self._streams) >= MAX_STREAMS:
-                    raise ApiError(400, f"source_info: at most {MAX_STREAMS} different streams per run")
-                self._streams.add(stream)
+                    raise ApiError(
+                        400, f"source_info: {MAX_STREAMS} streams are in use; reuse one or retry later"
+                    )
+            self._streams[stream] = now
         return stream
+
+    @contextlib.contextmanager
+    def _admitted(self, images: int, pixels: int) -> Iterator[None]:
+        """Hold `images` of api.max_pending and `pixels` of api.max_megapixels_in_flight while a request's
+        images are decoded and inferred; 503 when either would go over."""
+        with self._lock:
+            if (
+                self._in_flight[0] + images > self._max_images
+                or self._in_flight[1] + pixels > self._max_pixels_in_flight
+            ):
+                raise overloaded("busy: too many images are being decoded or inferred; retry later")
+            self._in_flight[0] += images
+            self._in_flight[1] += pixels
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[0] -= images
+                self._in_flight[1] -= pixels
 
     def _infer(self, body: Mapping[str, Any]) -> Reply:
         self._check_model(body.get("model_id"))
         params = decode_params(body, self._defaults, self._class_ids)
         stream = self._stream(body)
-        images, single = request_images(body.get("image"), self._allow_urls, self.max_body, self._max_images)
+        encoded, single = request_images(
+            body.get("image"), self._allow_urls, self.max_body, self._max_images, self._max_request_pixels
+        )
         if self._closing.is_set():
             raise overloaded("edgewatch is stopping")
+        with self._admitted(len(encoded), sum(image.pixels for image in encoded)):
+            return self._run(encoded, params, stream, single)
+
+    def _run(self, encoded: list[EncodedImage], params: DecodeParams, stream: str, single: bool) -> Reply:
+        images = []
+        for index, image in enumerate(encoded):
+            try:
+                images.append(decode_image(image.data))
+            except ValueError as exc:
+                raise ApiError(400, f"{'image' if single else f'image {index}'}: {exc}") from None
+        del encoded
         pending = _Pending(len(images))
         with self._lock:
             self._pending.add(pending)
@@ -727,12 +840,13 @@ class ApiServer:
         return sorted(streams, key=lambda stream: stream["stream"])
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(PrefixedHandler):
     server_api: ApiServer
     server_version = f"{SERVER_NAME}/{__version__}"
     sys_version = ""
     timeout = HANDLER_TIMEOUT
     _unread = 0  # bytes of a refused body still to come
+    _body_read = False
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -754,10 +868,11 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name: value for name, value in self.headers.items()}
         started = time.perf_counter()
         try:
+            api.check_host(headers)
             if method == "GET":
                 response = api.get(path, query, headers)
             elif method == "POST":
-                response = api.post(path, query, headers, self._read_body(api.max_body))
+                response = api.post(path, query, headers, functools.partial(self._read_body, api.max_body))
             else:
                 raise ApiError(405, f"{method} is not supported")
         except ApiError as exc:
@@ -767,6 +882,9 @@ class _Handler(BaseHTTPRequestHandler):
             response = json_response({"message": "internal error; see the edgewatch log"}, 500)
         api.count(path, response.status)  # before the answer: a client that has it also sees it counted
         self._send(response)
+        if method == "POST" and not self._body_read:  # refused before its body: let the client finish
+            with contextlib.suppress(ValueError):
+                self._unread = max(self._unread, int(self.headers.get("Content-Length") or 0))
         if self._unread:
             self._discard(self._unread)
         log.debug("%s %s -> %d in %.3f s", method, path, response.status, time.perf_counter() - started)
@@ -783,10 +901,19 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             self._unread = length
             raise ApiError(413, f"the body is {length} bytes; at most {limit} are accepted (api.max_body_mb)")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise ApiError(400, "the body ended before Content-Length bytes")
-        return body
+        self._body_read = True
+        chunks = []
+        left = length
+        deadline = time.monotonic() + BODY_DEADLINE
+        while left > 0:
+            if time.monotonic() > deadline:
+                raise ApiError(408, f"the body did not arrive within {BODY_DEADLINE:.0f} s")
+            chunk = self.rfile.read1(min(left, 1 << 16))
+            if not chunk:
+                raise ApiError(400, "the body ended before Content-Length bytes")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
 
     def _discard(self, length: int) -> None:
         """After a 413: read and drop what the client is still sending (bounded in time) before the

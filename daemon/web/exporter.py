@@ -1,4 +1,8 @@
-"""The Prometheus endpoint: `/metrics` (text exposition) and `/healthz` (200 healthy, 503 not), one thread."""
+"""The Prometheus endpoint: `/metrics` (text exposition) and `/healthz` (200 healthy, 503 not).
+
+No authentication by design (Prometheus scrapes it), so it is bounded instead: a few handler threads, a
+handler timeout, and a cap on idle connections (daemon/web/server.py).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,32 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from daemon.web.server import BoundedHTTPServer, PrefixedHandler, ServerMetrics
+
 log = logging.getLogger("edgewatch.exporter")
 
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+HANDLERS = 4  # scrapes and health checks are quick; more clients than this queue
+HANDLER_TIMEOUT = 10.0
 
 
 class Exporter:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: HealthCheck) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        health: HealthCheck,
+        server_metrics: ServerMetrics | None = None,
+    ) -> None:
         registry_ = registry
         health_ = health
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(PrefixedHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -43,21 +57,24 @@ class Exporter:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("%s %s", self.address_string(), format % args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="exporter", daemon=True)
+        self._server = BoundedHTTPServer(
+            (host, port),
+            Handler,
+            name="exporter",
+            handlers=HANDLERS,
+            handler_timeout=HANDLER_TIMEOUT,
+            metrics=server_metrics or ServerMetrics(registry),
+        )
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def threads(self) -> list[threading.Thread]:
-        return [self._thread]
+        return self._server.threads()
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def close(self, timeout: float = 5.0) -> None:
+        self._server.close(timeout)

@@ -16,8 +16,10 @@ import pytest
 import yaml
 from prometheus_client import generate_latest, start_http_server
 
+from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.reload.metrics import ReloadMetrics
+from daemon.web.server import ServerMetrics
 from tests.support.daemon import REPO, free_port, wait_until
 
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -43,6 +45,8 @@ def test_promtool_accepts_the_scrape_config_and_the_rules():
 def test_rules_use_only_metrics_edgewatch_exports():
     metrics = Metrics()
     metrics.init_cameras(["cam-1"])
+    Health(metrics.registry)  # the groups the service adds beside Metrics
+    ServerMetrics(metrics.registry).init("exporter")
     ReloadMetrics(metrics.registry)
     exported = set(re.findall(r"^(edgewatch_\w+?)(?:\{| )", generate_latest(metrics.registry).decode(), re.M))
     used = set(re.findall(r"\bedgewatch_\w+", RULES.read_text()))
@@ -130,6 +134,13 @@ SCENARIOS = {
                 "4m",
                 {**TARGET_LABELS, "result": "dropped", "severity": "warning"},
             ),
+        ],
+    ),
+    "degraded": (
+        [series("edgewatch_degraded", "0 0 1x20", part="spool")],
+        [
+            alert("EdgewatchDegraded", "5m", None),  # degraded since 2m, for 5m
+            alert("EdgewatchDegraded", "8m", {**TARGET_LABELS, "part": "spool", "severity": "warning"}),
         ],
     ),
     "frames_dropped": (

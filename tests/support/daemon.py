@@ -39,11 +39,15 @@ def wait_until(condition, timeout: float, interval: float = 0.05, message: str =
 class DaemonProcess:
     """`edgewatch <args>` in a child process; stdout and stderr merged and collected line by line."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    ) -> None:
+        """`prefix`: a command that runs the daemon (e.g. `unshare -m ... sh -c '...; exec "$@"' sh`); it must
+        exec it, so that the child's pid is the daemon's."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", *args],
+            [*(prefix or []), sys.executable, "-m", "daemon", *args],
             cwd=cwd,
             env=full_env,
             stdout=subprocess.PIPE,
@@ -126,11 +130,15 @@ def start_daemon(tmp_path: Path):
     started: list[DaemonProcess] = []
 
     def start(
-        config_text: str, *extra_args: str, env: dict[str, str] | None = None, name: str = "config.toml"
+        config_text: str,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        name: str = "config.toml",
+        prefix: list[str] | None = None,
     ) -> DaemonProcess:
         config = tmp_path / name
         config.write_text(config_text)
-        daemon = DaemonProcess(["run", "-c", str(config), *extra_args], cwd=tmp_path, env=env)
+        daemon = DaemonProcess(["run", "-c", str(config), *extra_args], cwd=tmp_path, env=env, prefix=prefix)
         started.append(daemon)
         return daemon
 

@@ -18,7 +18,7 @@ import supervision as sv
 from onnx import TensorProto, helper, numpy_helper
 
 from daemon.config import ModelConfig
-from daemon.model.session import Model, ModelError
+from daemon.model.session import Model, ModelError, session_providers
 from tests.support.inference import infer
 
 PHOTOS = Path(skimage.data.__file__).parent
@@ -366,3 +366,15 @@ def test_demo_model_batch_matches_single_runs(demo: Model) -> None:
         assert together.data["class_name"].tolist() == single.data["class_name"].tolist()
         np.testing.assert_allclose(together.xyxy, single.xyxy, atol=0.5)
         np.testing.assert_allclose(together.confidence, single.confidence, atol=1e-3)
+
+
+def test_tensorrt_without_a_writable_cache_folder_runs_without_a_cache(tmp_path: Path) -> None:
+    """A read-only state folder must not stop the device (exit 2 is for config errors): TensorRT then
+    builds its engines at every start instead."""
+    config = ModelConfig(path=tmp_path / "m.onnx", providers=["tensorrt", "cpu"], cache_dir=tmp_path / "trt")
+    available = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    (tensorrt, options), cpu = session_providers(config, available)
+    assert options["trt_engine_cache_path"] == str(tmp_path / "trt") and options["trt_timing_cache_enable"]
+    (tensorrt, options), cpu = session_providers(config, available, cache=False)
+    assert tensorrt == "TensorrtExecutionProvider" and options == {"trt_fp16_enable": True}
+    assert cpu == ("CPUExecutionProvider", {})

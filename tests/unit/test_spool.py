@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.health import Health
 from daemon.metrics import Metrics
-from daemon.roboflow.spool import Spool, SpoolError, read_items
+from daemon.roboflow.spool import Spool, read_items
 from tests.support.daemon import REPO
 
 
@@ -115,11 +116,44 @@ def test_reopening_restores_depth_and_size(tmp_path: Path) -> None:
     assert metric(metrics, "edgewatch_spool_depth") == 5
 
 
-def test_a_file_that_is_not_a_spool_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_spool_is_set_aside_and_a_fresh_one_made(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(SpoolError, match=str(path)):
-        Spool(path, max_bytes=10**6, max_age=3600)
+    health = Health(Metrics().registry)
+    spool = Spool(path, max_bytes=10**6, max_age=3600, health=health)
+    spool.put("report", "cam", sample(1))
+    assert spool.durable and read_items(path)[0].json() == sample(1)
+    (aside,) = tmp_path.glob("spool.db.corrupt-*")
+    assert aside.read_bytes() == b"this is not a database" * 100
+    assert aside.name in health.degraded()["spool"]
+
+
+def overwrite_root_page(path: Path, name: str) -> None:
+    """Fill the b-tree page that `name` (a table or index) starts at with garbage."""
+    db = sqlite3.connect(path)
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with path.open("r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+
+
+def test_a_damaged_index_page_is_found_at_start_not_by_a_crash_later(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    metrics = Metrics()
+    first = Spool(path, max_bytes=10**6, max_age=3600)
+    for n in range(50):
+        first.put("report", "cam", sample(n, 500))
+    first.close()
+    overwrite_root_page(path, "requests_created")
+    health = Health(metrics.registry)
+    spool = Spool(path, max_bytes=10**6, max_age=3600, metrics=metrics.monitoring, health=health)
+    assert spool.trim() == 0  # the call that used to raise out of the constructor
+    spool.put("report", "cam", sample(99))
+    assert [item.json() for item in read_items(path)] == [sample(99)]
+    assert list(tmp_path.glob("spool.db.corrupt-*")) and "spool" in health.degraded()
 
 
 _WRITER = textwrap.dedent(

@@ -8,7 +8,7 @@ const state = {
   range: "hour",
   camera: "",
   cls: "",
-  key: new URLSearchParams(location.search).get("api_key") || sessionStorage.getItem(KEY_STORE) || "",
+  key: takeKeyFromUrl() || sessionStorage.getItem(KEY_STORE) || "",
   detail: null,
   sort: { by: "confidence", dir: -1 },
   busy: false,
@@ -16,6 +16,18 @@ const state = {
   live: false, // the live views are being fetched
 };
 const integer = new Intl.NumberFormat("en");
+
+// A link may carry ?api_key=: keep the key in this tab's session storage and take it out of the address bar,
+// the history and any Referer at once.
+function takeKeyFromUrl() {
+  const url = new URL(location.href);
+  const key = url.searchParams.get("api_key");
+  if (key === null) return "";
+  url.searchParams.delete("api_key");
+  history.replaceState(null, "", url.pathname + url.search + url.hash);
+  sessionStorage.setItem(KEY_STORE, key);
+  return key;
+}
 const $ = (selector) => document.querySelector(selector);
 
 class Unauthorized extends Error {}
