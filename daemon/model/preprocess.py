@@ -1,4 +1,9 @@
-"""Letterboxing: BGR frames of any size -> one float32 NCHW batch the model takes, and back for the boxes."""
+"""Letterboxing: BGR frames of any size -> the uint8 NHWC batch the model's prologue takes, and back.
+
+The batch stays in the camera's own format (BGR, 0..255, height x width x channels): the cast, scale, channel
+swap and layout change happen inside the model (daemon/model/prologue.py), so the only work per frame here is
+one `cv2.resize` into preallocated memory.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +11,20 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114  # the gray Ultralytics pads with; models trained on letterboxed images expect it
-SCALE = np.float32(1 / 255)
 
 
 class LetterboxBuffer:
-    """Preallocated input batch for a model of input size (height, width), filled in place frame by frame.
+    """Preallocated input batch [max_batch, height, width, 3] uint8 BGR, filled in place frame by frame.
 
-    Each frame is resized (aspect ratio kept) straight into its slot's uint8 canvas, then the rows it covers
-    go into the float buffer in one vectorised pass that swaps BGR->RGB, scales to 0..1 and transposes
-    HWC->CHW. The padding is painted (and converted) only when a slot's geometry changes: a camera's frames
-    keep one size, so for most frames only the picture itself is converted. With `mean` and `std` (RGB, for
-    models that expect normalised input, e.g. RF-DETR's ImageNet statistics) the converted rows are then
-    normalised, in place and once.
+    Each frame is resized (aspect ratio kept) straight into its slot. The padding is painted only when a
+    slot's geometry changes: a camera's frames keep one size, so for most frames only the picture is written.
     """
 
-    def __init__(
-        self,
-        height: int,
-        width: int,
-        max_batch: int,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
-    ) -> None:
-        self._mean = None if mean is None else np.array(mean, np.float32).reshape(3, 1, 1)
-        self._inverse_std = None if std is None else (1 / np.array(std, np.float32)).reshape(3, 1, 1)
+    def __init__(self, height: int, width: int, max_batch: int) -> None:
         self.height = height
         self.width = width
         self.max_batch = max_batch
-        self.batch = np.zeros((max_batch, 3, height, width), dtype=np.float32)
-        self._canvas = np.full((max_batch, height, width, 3), PAD_VALUE, dtype=np.uint8)
+        self.batch = np.full((max_batch, height, width, 3), PAD_VALUE, dtype=np.uint8)
         self._transforms = np.zeros((max_batch, 3), dtype=np.float32)
         self._geometry: list[tuple[int, int, int, int] | None] = [None] * max_batch  # per slot
 
@@ -59,29 +49,20 @@ class LetterboxBuffer:
         new_h = min(self.height, max(1, round(height * scale)))
         pad_x = (self.width - new_w) // 2
         pad_y = (self.height - new_h) // 2
-        canvas = self._canvas[slot]
+        canvas = self.batch[slot]
         geometry = (new_w, new_h, pad_x, pad_y)
-        if geometry == self._geometry[slot]:
-            rows = slice(pad_y, pad_y + new_h)  # the padding, already painted and converted, stays
-        else:
+        if geometry != self._geometry[slot]:
             canvas[:pad_y] = PAD_VALUE
             canvas[pad_y + new_h :] = PAD_VALUE
             canvas[pad_y : pad_y + new_h, :pad_x] = PAD_VALUE
             canvas[pad_y : pad_y + new_h, pad_x + new_w :] = PAD_VALUE
-            rows = slice(0, self.height)
             self._geometry[slot] = geometry
+        self._transforms[slot] = (scale, pad_x, pad_y)
         inner = canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w]
         if (new_h, new_w) == (height, width):
             inner[:] = image
         else:
             cv2.resize(image, (new_w, new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
-        converted = self.batch[slot, :, rows]
-        np.multiply(canvas[rows, :, ::-1].transpose(2, 0, 1), SCALE, out=converted)
-        if self._mean is not None:
-            converted -= self._mean
-        if self._inverse_std is not None:
-            converted *= self._inverse_std
-        self._transforms[slot] = (scale, pad_x, pad_y)
 
 
 def unletterbox(xyxy: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import supervision as sv
+from google.protobuf.message import DecodeError
 
 from daemon.config import ModelConfig
 from daemon.frames import DecodeParams
@@ -32,6 +34,7 @@ from daemon.model.decoders import (
     rfdetr_outputs,
 )
 from daemon.model.preprocess import LetterboxBuffer, unletterbox
+from daemon.model.prologue import prepend_prologue
 
 log = logging.getLogger("edgewatch.model")
 
@@ -44,6 +47,8 @@ _SHORT_NAMES = {ort_name: short for short, ort_name in ORT_PROVIDERS.items()}
 _ORT_ERROR_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
 
 
+# RF-DETR's ONNX exports leave ImageNet normalisation to the caller (the prologue does it); YOLO exports take
+# 0..1 RGB.
 IMAGENET_NORMALISATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
@@ -196,11 +201,11 @@ def default_threads() -> int:
     return min(threads, limit) if limit else threads
 
 
-def _create_session(
-    config: ModelConfig, providers: list[tuple[str, dict[str, Any]]], threads: int
-) -> ort.InferenceSession:
+def _session_options(threads: int, optimise: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only: ORT's warnings about graph details are noise to operators
     options.intra_op_num_threads = threads
@@ -208,12 +213,28 @@ def _create_session(
     # Idle intra-op threads sleep instead of spinning: the daemon's other threads (decoding cameras, sinks)
     # need the cores between runs, and a spinning pool thread takes one from them.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _create_session(
+    path: Path, model: str | bytes, providers: list[tuple[str, dict[str, Any]]], options: ort.SessionOptions
+) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(config.path), sess_options=options, providers=providers)
+        return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types, none of them documented
         lines = str(exc).strip().splitlines()
         reason = _ORT_ERROR_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
-        raise ModelError(f"{config.path}: not a loadable ONNX model: {reason}") from None
+        raise ModelError(f"{path}: not a loadable ONNX model: {reason}") from None
+
+
+def _with_prologue(path: Path, layout: str, input_size: tuple[int, int]) -> bytes:
+    """The model file with the uint8 prologue in front of its input, serialised for ONNX Runtime."""
+    try:
+        proto = onnx.load(str(path))
+        normalise = IMAGENET_NORMALISATION if layout == "rfdetr" else {}
+        return prepend_prologue(proto, *input_size, **normalise).SerializeToString()
+    except (OSError, ValueError, DecodeError) as exc:  # PrologueError is a ValueError; >2 GB too
+        raise ModelError(f"{path}: cannot put the uint8 input prologue in front: {exc}") from None
 
 
 def _check_forced_layout(layout: str, inputs: list[Any], outputs: list[Any]) -> None:
@@ -295,9 +316,7 @@ class Model:
         self._names = np.array(class_names, dtype=str)
         self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
         self._config = config
-        # RF-DETR's ONNX exports leave ImageNet normalisation to the caller; YOLO exports take 0..1 RGB.
-        normalise = IMAGENET_NORMALISATION if layout == "rfdetr" else {}
-        self._buffer = LetterboxBuffer(input_size[0], input_size[1], max_batch, **normalise)
+        self._buffer = LetterboxBuffer(input_size[0], input_size[1], max_batch)
         self._bound: BoundRunner | None = None
         if self.provider in ("cuda", "tensorrt"):
             self._bound = BoundRunner(session, self._input_name, output_names)
@@ -327,8 +346,9 @@ class Model:
                 f"this onnxruntime has {', '.join(ort.get_available_providers())}"
             )
         threads = config.threads or default_threads()
-        session = _create_session(config, providers, threads)
-        inputs, outputs = session.get_inputs(), session.get_outputs()
+        # the file as it is, read by a plain CPU session that only lists its inputs, outputs and metadata
+        inspected = _create_session(path, str(path), [(ORT_PROVIDERS["cpu"], {})], _session_options(1, False))
+        inputs, outputs = inspected.get_inputs(), inspected.get_outputs()
         try:
             if config.layout == "auto":
                 layout = detect_layout(inputs, outputs)
@@ -337,11 +357,13 @@ class Model:
                 layout = config.layout
         except UnsupportedModel as exc:
             raise ModelError(f"{path}: {exc}") from None
-        if inputs[0].type != "tensor(float)":
-            raise ModelError(f"{path}: input {inputs[0].name} is {inputs[0].type}; edgewatch feeds float32")
+        if inputs[0].type not in ("tensor(float)", "tensor(float16)"):
+            raise ModelError(
+                f"{path}: input {inputs[0].name} is {inputs[0].type}; edgewatch feeds float32 or float16"
+            )
         output_names = list(rfdetr_outputs(outputs) or ()) if layout == "rfdetr" else [outputs[0].name]
 
-        metadata = session.get_modelmeta().custom_metadata_map
+        metadata = inspected.get_modelmeta().custom_metadata_map
         class_names = _class_names(config, metadata)
         by_name = {output.name: list(output.shape) for output in outputs}
         _check_class_count(config, layout, [by_name[name] for name in output_names], class_names)
@@ -353,6 +375,10 @@ class Model:
                 "and the metadata has no 'imgsz'"
             )
         batch = _fixed(inputs[0].shape[0])
+        del inspected
+        session = _create_session(
+            path, _with_prologue(path, layout, input_size), providers, _session_options(threads)
+        )
         model = cls(
             session,
             layout,
@@ -393,13 +419,13 @@ class Model:
         """
         sizes = [self.max_batch] if self.fixed_batch or self.max_batch == 1 else [self.max_batch, 1]
         for size in sizes:
-            outputs = self.run(np.zeros((size, 3, *self.input_size), dtype=np.float32))
+            outputs = self.run(np.zeros((size, *self.input_size, 3), dtype=np.uint8))
         # a symbolic class dim could not be checked at load; an unnamed class id would fail every frame
         shapes = [list(output.shape) for output in outputs]
         _check_class_count(self._config, self.layout, shapes, self.class_names)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """One `session.run` on a letterboxed float32 NCHW batch: the raw outputs."""
+        """One `session.run` on a letterboxed batch [B, height, width, 3] uint8 BGR: the raw outputs."""
         if self._bound is not None:
             return self._bound(batch)
         return self._session.run(self._output_names, {self._input_name: batch})

@@ -2,7 +2,10 @@
 
 A camera never blocks here: `put` replaces the camera's unconsumed frame (the old one is reported to
 `on_stale` and counted as dropped). The worker takes the freshest frame of every camera that has one,
-longest-waiting first, so that with more cameras than `max_batch` every camera gets its turn.
+longest-waiting first, so that with more cameras than `max_batch` every camera gets its turn: a camera waits
+from its first frame after it was last served, and a newer frame replacing an unserved one keeps its place
+in the queue. (Ordering by the frames' own capture times instead would let cameras that deliver in step, as
+the clients of one stream do, be overtaken round after round by the same few.)
 
 Frames of HTTP inference requests wait in a bounded FIFO beside the camera slots: they are never
 overwritten, compete with camera frames by age (so neither side starves the other), and `put_request`
@@ -31,6 +34,7 @@ class FrameBoard:
         self._max_requests = max_requests
         self._live: set[str] = set()  # cameras currently delivering; a batch waits for these only
         self._heard: dict[str, float] = {}  # per live camera: when it went live or last put a frame
+        self._waiting_since: dict[str, float] = {}  # per camera with a frame: its first frame since served
         self._on_stale = on_stale
         self._stale: collections.Counter[str] = collections.Counter()  # frames replaced before inference
         # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
@@ -58,6 +62,7 @@ class FrameBoard:
             self._stale.pop(camera_id, None)
             self._live.discard(camera_id)
             self._heard.pop(camera_id, None)
+            self._waiting_since.pop(camera_id, None)
             taken = self._taken.pop(camera_id, None)
             if taken is not None:
                 taken.notify_all()
@@ -75,7 +80,9 @@ class FrameBoard:
                 return
             stale = self._slots[frame.camera_id]
             self._slots[frame.camera_id] = frame
-            if stale is not None:
+            if stale is None:
+                self._waiting_since[frame.camera_id] = frame.captured_mono
+            else:
                 self._stale[frame.camera_id] += 1
             self._heard[frame.camera_id] = frame.captured_mono
             self._ready.notify_all()
@@ -112,7 +119,7 @@ class FrameBoard:
         """Wait up to `wait` s for a first frame, then up to `fill_timeout` s for the batch to fill.
 
         The batch is full at `max_batch` frames or when every live camera has a frame waiting. Returns the
-        frames, oldest capture first (empty on timeout). Once closed it waits for nothing and hands out the
+        frames, longest-waiting first (empty on timeout). Once closed it waits for nothing and hands out the
         camera frames left on the board (the cameras have stopped: they are inferred, not lost), then none.
         """
         with self._ready:
@@ -127,7 +134,7 @@ class FrameBoard:
                 )
             waiting = [frame for frame in self._slots.values() if frame is not None]
             waiting += self._requests
-            ready = sorted(waiting, key=lambda frame: frame.captured_mono)[:max_batch]
+            ready = sorted(waiting, key=self._waiting_key)[:max_batch]
             for frame in ready:
                 if frame.reply is None:
                     self._slots[frame.camera_id] = None
@@ -136,6 +143,10 @@ class FrameBoard:
             if taken:
                 self._requests = deque(frame for frame in self._requests if id(frame) not in taken)
             return ready
+
+    def _waiting_key(self, frame: Frame) -> float:
+        """Requests wait since they arrived; a camera since its first frame after it was last served."""
+        return frame.captured_mono if frame.reply is not None else self._waiting_since[frame.camera_id]
 
     def _delivering(self) -> int:
         """Live cameras heard from within SILENT_AFTER: a stalled one (still connected, no frames until its

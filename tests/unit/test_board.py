@@ -89,6 +89,21 @@ def test_requests_are_never_overwritten_share_batches_by_age_and_are_bounded() -
     assert board.close() == [second, third]
 
 
+def test_cameras_delivering_in_step_take_turns() -> None:
+    """Clients of one stream get each frame at the same moment, always in the same order: the cameras left
+    out of a batch go first in the next one, though their frames are replaced by newer ones meanwhile."""
+    cameras = [f"cam-{i}" for i in range(6)]
+    board = FrameBoard(cameras, lambda _: None)
+    served = dict.fromkeys(cameras, 0)
+    for tick in range(12):
+        for camera in cameras:  # cam-0 always captures first
+            board.put(frame(camera, tick))
+        for taken in board.take_batch(max_batch=2, fill_timeout=0, wait=0):
+            served[taken.camera_id] += 1
+
+    assert set(served.values()) == {4}  # 12 batches of 2 over 6 cameras
+
+
 def test_a_camera_added_while_running_gets_a_slot_and_a_removed_one_leaves_none() -> None:
     stale: list[Frame] = []
     board = FrameBoard(["a"], stale.append)

@@ -37,9 +37,13 @@ def letterbox(image: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 
 def photo(name: str) -> np.ndarray:
+    return photo_at(name, SIZE)
+
+
+def photo_at(name: str, size: int) -> np.ndarray:
     image = cv2.imread(str(PHOTOS / name))
     assert image is not None, f"cannot read {PHOTOS / name}"
-    return letterbox(image)
+    return letterbox(image, size)
 
 
 def best_detection(output: np.ndarray) -> tuple[int, float]:
@@ -176,3 +180,40 @@ def test_converter_rejects_an_unknown_section() -> None:
     header = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype="<i8").tobytes()
     with pytest.raises(DarknetError, match=r"\[shortcut\] at line 6: unsupported section type"):
         convert(cfg, header, ["thing"], {})
+
+
+def test_size_builds_the_same_network_for_a_smaller_input(tmp_path: Path) -> None:
+    out = tmp_path / "small.onnx"
+
+    result = run_build("--size", 128, "--out", out, "--cache-dir", build.DEFAULT_CACHE)
+
+    assert result.returncode == 0, result.stderr
+    small = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (images,), (output,) = small.get_inputs(), small.get_outputs()
+    assert images.shape == ["batch", 3, 128, 128]
+    assert output.shape == ["batch", 84, 3 * (4 * 4 + 8 * 8)]  # 3 anchors on the 4x4 and 8x8 grids
+    metadata = small.get_modelmeta().custom_metadata_map
+    assert metadata["imgsz"] == "[128, 128]" and metadata["source"] == f"{build.SOURCE} input 128x128"
+    # the same weights still see the objects, and a batch of 8 gives each frame what it gives alone
+    frames = np.stack([photo_at(name, 128) for name, _ in EXPECTED] * 3)[:8]
+    (batched,) = small.run(None, {"images": frames})
+    names = ast.literal_eval(metadata["names"])
+    for index, (_, expected) in enumerate(EXPECTED):
+        class_id, score = best_detection(batched[index])
+        assert names[class_id] == expected and score >= 0.3, (names[class_id], score)
+        (alone,) = small.run(None, {"images": frames[index : index + 1]})
+        np.testing.assert_allclose(batched[index], alone[0], rtol=1e-4, atol=1e-3)
+
+    again = run_build("--size", 128, "--out", out, "--cache-dir", tmp_path / "no-cache")
+    assert "up to date" in again.stdout  # idempotent per size: the 416 model's source does not match
+
+
+@pytest.mark.parametrize("size", [100, 64])
+def test_size_must_be_a_multiple_of_32_and_at_least_96(tmp_path: Path, size: int) -> None:
+    result = run_build("--size", size, "--out", tmp_path / "m.onnx", "--cache-dir", tmp_path / "no-cache")
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"build.py: error: --size {size}: the input side must be a multiple of 32, 96 or more"
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing written

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -19,6 +20,7 @@ from daemon.config import ModelConfig
 from daemon.frames import Frame, FrameResult
 from daemon.metrics import Metrics
 from daemon.model.preprocess import LetterboxBuffer
+from daemon.model.prologue import INPUT_NAME, prepend_prologue
 from daemon.model.session import (
     BoundRunner,
     Model,
@@ -73,12 +75,13 @@ def test_session_threads_are_set_explicitly_and_idle_threads_sleep(demo_model: P
 
 
 def test_io_binding_gives_the_outputs_of_a_plain_run(demo_model: Path) -> None:
-    session = ort.InferenceSession(str(demo_model), providers=["CPUExecutionProvider"])
+    model = prepend_prologue(onnx.load(str(demo_model)), 416, 416).SerializeToString()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     buffer = LetterboxBuffer(416, 416, max_batch=2)
     batch, _ = buffer.fill([photo("coffee.png"), photo("motorcycle_left.png")])
-    runner = BoundRunner(session, "images", ["output0"])
+    runner = BoundRunner(session, INPUT_NAME, ["output0"])
 
-    (plain,) = session.run(["output0"], {"images": batch})
+    (plain,) = session.run(["output0"], {INPUT_NAME: batch})
     (bound,) = runner(batch)
     (single,) = runner(batch[:1])  # the binding follows the batch size from run to run
 

@@ -1,0 +1,338 @@
+"""Benchmark sections about scale: batching that pays, many cameras, and memory over a long run.
+
+- batching: the demo network built for a small input (models/build.py --size), where reading the weights is a
+  large part of each call and a batch of 8 reads them once for 8 frames; 16 in-memory cameras through the
+  daemon with max_batch = 8 against the same with max_batch = 1, and both against the raw ceiling;
+- cameras: 1, 4, 16, 64 cameras on a local RTSP server (640x480 H.264 at 2 fps each), every sink on:
+  throughput, fairness, latency and RSS per camera;
+- soak: 8 file cameras at 5 fps with every sink on (MQTT, Model Monitoring's spool, the API and the page's
+  history) for a given time, RSS sampled each minute; growth measured after the first 10 minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.pipeline import Measured, rss_mib
+from daemon.config import ApiConfig, CameraConfig, ModelConfig
+from daemon.demo import write_demo_clips
+from daemon.model.preprocess import LetterboxBuffer
+from daemon.model.session import Model, _session_options
+from models import build
+
+if TYPE_CHECKING:
+    from benchmarks.run import Bench, Report
+
+SMALL_CAMERAS = 16
+SMALL_BATCH = 8
+STREAM_FPS = 2  # the 64-camera case: each camera streams, and is read, at this rate
+STREAM_COUNTS = (1, 4, 16, 64)
+# cameras per local RTSP server: one gst-rtsp-server process answers its clients' requests on one thread,
+# and 64 handshakes at once outlast the cameras' open timeout on a busy machine; real cameras are servers each
+CAMERAS_PER_SERVER = 16
+# OpenCV opens FFmpeg captures one at a time (a process-wide lock), and FFmpeg first probes about 5 s of a
+# stream: at 2 fps that is 6 s per camera, over 6 minutes for 64. Half a second of probing is plenty here.
+FAST_PROBE = "rtsp_transport;tcp|analyzeduration;500000"
+SECONDS_TO_OPEN = 4.0  # per camera, on a busy machine, with FAST_PROBE
+SOAK_CAMERAS = 8
+SOAK_FPS = 5.0
+SOAK_SETTLE_MINUTES = 10.0
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def small_model(size: int, threads: int) -> Model:
+    """The demo network at `size` x `size`, built once into models/ (yolov3-tiny-coco-SIZE.onnx)."""
+    out = build.default_out(size)
+    build.build(out, build.DEFAULT_CACHE, lambda line: print(f"  {line}", flush=True), size)
+    model = Model.load(ModelConfig(path=out, providers=["cpu"], threads=threads, max_batch=SMALL_BATCH))
+    model.warm_up()
+    return model
+
+
+def bench_batching(bench: Bench, size: int, raw_seconds: float) -> None:
+    """16 unpaced in-memory cameras on the small model, max_batch 8 then 1, against its raw B=1/B=8."""
+    from benchmarks.run import Report, bench_raw, memory_cameras  # run imports this module
+
+    print(f"batching: the demo network at {size}x{size}, {SMALL_CAMERAS} in-memory cameras", flush=True)
+    model = small_model(size, bench.model.threads)
+    small = Report()
+    bench_raw(model, [frame for scene in bench.scenes for frame in scene], raw_seconds, small)
+    section = f"batching {size}px"
+    for row in small.rows:
+        row.section = section
+    bench.report.rows += small.rows
+    print(f"  raw B=8 / B=1: {small.raw[8] / small.raw[1]:.2f} (load average {load_average()})", flush=True)
+
+    config = bench.model_config.model_copy(update={"path": model.path})
+    figures: dict[int, Measured] = {}
+    for max_batch in (SMALL_BATCH, 1):
+        run = dataclasses.replace(bench, model=model, model_config=config, max_batch=max_batch, report=small)
+        m, _ = run.pipeline(memory_cameras(SMALL_CAMERAS, "unpaced"))
+        row = run.row(section, f"N={SMALL_CAMERAS} unpaced, max_batch {max_batch}", m, SMALL_CAMERAS)
+        bench.report.rows.append(row)
+        figures[max_batch] = m
+    batched, single = figures[SMALL_BATCH], figures[1]
+    ratio = batched.fps / small.raw[SMALL_BATCH]
+    bench.report.check(ratio >= 0.9, f"{section} N={SMALL_CAMERAS}: daemon / raw B=8 {ratio:.3f} >= 0.9")
+    gain = batched.fps / single.fps if single.fps else float("inf")
+    bench.report.check(
+        gain >= 2.0,
+        f"{section} N={SMALL_CAMERAS}: max_batch 8 / max_batch 1 {gain:.2f} >= 2 "
+        f"({batched.fps:.0f} against {single.fps:.0f} frames/s)",
+    )
+
+
+def bench_prologue_cost(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
+    """session.run of the model file as it is (float32 NCHW, converted in numpy) against the loaded model
+    (uint8 NHWC through the prologue), same threads, alternating, at the largest batch."""
+    size = min(8, model.max_batch)
+    options = _session_options(model.threads)
+    plain = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+    name = plain.get_inputs()[0].name
+    canvas, _ = LetterboxBuffer(*model.input_size, max_batch=size).fill((frames * size)[:size])
+    as_float = np.multiply(canvas[..., ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
+    runs = {
+        "float32 NCHW, no prologue": lambda: plain.run(None, {name: as_float}),
+        "uint8 NHWC + prologue": lambda: model.run(canvas),
+    }
+    totals = dict.fromkeys(runs, 0.0)
+    counts = dict.fromkeys(runs, 0)
+    for _ in range(4):  # alternating quarters, so that a change in the machine's load hits both alike
+        for case, run in runs.items():
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds / 8:
+                run()
+                counts[case] += 1
+            totals[case] += time.perf_counter() - started
+    from benchmarks.run import Row  # run imports this module
+
+    for case in runs:
+        fps = counts[case] * size / totals[case]
+        report.rows.append(Row("raw", f"B={size} {case}", 0, size, fps, run_ms=1000 / fps))
+        print(f"  B={size} {case}: {fps:.1f} frames/s (load average {load_average()})", flush=True)
+
+
+def stream_clip(folder: Path) -> Path:
+    """The coffee scene at 640x480 and STREAM_FPS as Motion JPEG (what the RTSP server decodes)."""
+    clips = write_demo_clips(folder / f"stream-{STREAM_FPS}fps", seconds=10, fps=STREAM_FPS, suffix=".avi")
+    return clips["coffee"]
+
+
+def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds: float) -> None:
+    """1 .. 64 cameras on local RTSP servers (each one encoder shared by its clients), each read at 2 fps."""
+    from tests.support.daemon import free_port
+    from tests.support.rtsp import RtspServer
+
+    servers_needed = math.ceil(max(counts) / CAMERAS_PER_SERVER)
+    print(
+        f"cameras: RTSP 640x480 H.264 at {STREAM_FPS} fps each from {servers_needed} local server(s), "
+        "every sink on",
+        flush=True,
+    )
+    clip = stream_clip(workdir)
+    servers = [RtspServer(clip, free_port()) for _ in range(servers_needed)]
+    base = rss_mib()
+    figures: list[tuple[int, float]] = []
+    saved_options = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = FAST_PROBE
+    try:
+        for server in servers:
+            server.start()
+        for count in counts:
+            cameras = [
+                CameraConfig(id=f"rtsp-{i + 1}", url=servers[i % len(servers)].url, fps=STREAM_FPS)
+                for i in range(count)
+            ]
+            # every camera opens (one after the other, see FAST_PROBE) before the warm-up
+            m, _ = bench.pipeline(cameras, seconds=seconds, online_timeout=30 + SECONDS_TO_OPEN * count)
+            rss = m.rss_end_mb
+            figures.append((count, rss))
+            batch_ms = m.run_seconds / m.batches * 1000 if m.batches else 0.0
+            budget = 1000 / STREAM_FPS + 1.5 * batch_ms
+            spread = m.share_spread([camera.id for camera in cameras])
+            silent = [camera.id for camera in cameras if m.per_camera[camera.id] == 0]
+            row = bench.row(
+                "cameras",
+                f"N={count} RTSP {STREAM_FPS} fps",
+                m,
+                count,
+                note=f"RSS {rss:.0f} MiB, p95 budget {budget:.0f} ms, shares spread {spread:.1%}",
+                busy=False,
+            )
+            report = bench.report
+            report.check(not silent, f"cameras N={count}: every camera delivered ({len(silent)} silent)")
+            report.check(spread <= 0.10, f"cameras N={count}: shares within 10% (spread {spread:.1%})")
+            report.check(
+                row.p95 is not None and row.p95 <= budget,
+                f"cameras N={count}: p95 latency {row.p95:.0f} ms <= {budget:.0f}",
+            )
+    finally:
+        for server in servers:
+            server.stop()
+        if saved_options is None:
+            del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
+        else:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = saved_options
+    (first_count, first), (last_count, last) = figures[0], figures[-1]
+    if last_count > first_count:
+        per_camera = (last - first) / (last_count - first_count)
+        bench.report.notes.append(
+            "RSS by cameras: " + ", ".join(f"{count}: {rss:.0f} MiB" for count, rss in figures)
+            + f" (process before the first: {base:.0f} MiB)"
+        )
+        bench.report.check(
+            per_camera <= 12,
+            f"cameras: {per_camera:.1f} MiB per camera from {first_count} to {last_count} cameras <= 12",
+        )
+
+
+def start_snapshots(at: tuple[float, ...]) -> tuple[list[tracemalloc.Snapshot], list[threading.Timer]]:
+    """tracemalloc started now, and a snapshot taken at each of `at` seconds from now (filled in as taken)."""
+    tracemalloc.start(10)
+    snapshots: list[tracemalloc.Snapshot] = []
+    timers = [threading.Timer(delay, lambda: snapshots.append(tracemalloc.take_snapshot())) for delay in at]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
+    return snapshots, timers
+
+
+def print_growth(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, title: str, top: int = 12
+) -> None:
+    """Where Python memory grew between two snapshots, by allocating line."""
+    stats = after.compare_to(before, "lineno")
+    total = sum(stat.size_diff for stat in stats) / 2**20
+    print(f"  tracemalloc, {title}: {total:+.2f} MiB of Python objects; largest growth by line:", flush=True)
+    for stat in sorted(stats, key=lambda stat: -stat.size_diff)[:top]:
+        frame = stat.traceback[0]
+        print(
+            f"    {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  "
+            f"{frame.filename}:{frame.lineno}",
+            flush=True,
+        )
+
+
+def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = False) -> None:
+    """8 file cameras at 5 fps, every sink on, RSS each minute (each 30 s in a run under 20 minutes)."""
+    from tests.support.daemon import free_port
+
+    assert minutes, "the soak runs with --soak MINUTES"
+    step = 60.0 if minutes >= 20 else 30.0
+    settle = min(SOAK_SETTLE_MINUTES, minutes / 3) * 60
+    print(
+        f"soak: {SOAK_CAMERAS} file cameras at {SOAK_FPS:g} fps for {minutes:g} min, every sink on "
+        f"(API and history included); RSS every {step:.0f} s, growth from minute {settle / 60:g}",
+        flush=True,
+    )
+    cameras = [
+        CameraConfig(id=f"cam-{i + 1}", url=str(clip), fps=SOAK_FPS, loop=True, realtime=True)
+        for i in range(SOAK_CAMERAS)
+    ]
+    end = minutes * 60
+    samples = tuple(np.arange(step, end + step / 2, step))
+    saved_warmup, saved_api = bench.warmup, bench.api
+    bench.warmup = 5.0
+    bench.api = ApiConfig(enabled=True, port=free_port())
+    moments = (60.0, settle, end - 5)
+    snapshots, timers = start_snapshots(moments) if trace else ([], [])
+    try:
+        m, _ = bench.pipeline(cameras, seconds=end - bench.warmup + 1, rss_at=samples)
+    finally:
+        bench.warmup, bench.api = saved_warmup, saved_api
+        for timer in timers:
+            timer.cancel()
+        if trace:
+            tracemalloc.stop()
+    if len(snapshots) == len(moments):
+        first, settled_at, last_at = (f"minute {at / 60:g}" for at in moments)
+        print_growth(snapshots[0], snapshots[1], f"{first} -> {settled_at}")
+        print_growth(snapshots[1], snapshots[2], f"{settled_at} -> {last_at}")
+    print("  s: RSS MiB, Python blocks, threads, descriptors", flush=True)
+    for (at, rss), (blocks, threads, fds) in zip(m.rss_mb, m.process, strict=True):
+        print(f"  {at:5.0f}: {rss:7.1f} {blocks:9d} {threads:4d} {fds:4d}", flush=True)
+    settled = [(at, rss) for at, rss in m.rss_mb if at >= settle]
+    (start_at, start), (end_at, last) = settled[0], settled[-1]
+    hours = (end_at - start_at) / 3600
+    per_hour = (last - start) / start / hours if hours else 0.0
+    bench.row(
+        "soak",
+        f"{minutes:g} min, RSS {m.rss_mb[0][1]:.0f} -> {start:.0f} (minute {start_at / 60:g}) "
+        f"-> {last:.0f} MiB",
+        m,
+        SOAK_CAMERAS,
+        note=f"growth after minute {start_at / 60:g}: {per_hour:+.2%} per hour",
+        busy=False,
+    )
+    bench.report.check(
+        per_hour < 0.01,
+        f"soak: RSS growth after minute {start_at / 60:g} {per_hour:+.2%} per hour < 1% "
+        f"({minutes:g} min run{'' if minutes >= 60 else ': shorter than the hour the target asks for'})",
+    )
+
+
+def bench_latency_policy(bench: Bench, seconds: float) -> None:
+    """The overload case (4 paced cameras at 15 fps) at each max_batch and batch timeout: the p95 each gives
+    on this provider, for choosing the defaults."""
+    from benchmarks.run import OVERLOAD_CAMERAS, OVERLOAD_FPS, memory_cameras  # run imports this module
+
+    print(
+        f"latency policy: {OVERLOAD_CAMERAS} paced cameras at {OVERLOAD_FPS:g} fps, by max_batch and timeout",
+        flush=True,
+    )
+    cameras = memory_cameras(OVERLOAD_CAMERAS, "paced", OVERLOAD_FPS)
+    for max_batch in (1, 2, 4, 8):
+        for timeout_ms in (0.0, 10.0) if max_batch > 1 else (0.0,):
+            run = dataclasses.replace(bench, max_batch=max_batch, batch_timeout_ms=timeout_ms)
+            m, _ = run.pipeline(cameras, seconds)
+            run.row(
+                "latency policy",
+                f"max_batch {max_batch}, batch_timeout_ms {timeout_ms:g}",
+                m,
+                OVERLOAD_CAMERAS,
+                busy=False,
+            )
+
+
+def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, batch: int = 4) -> None:
+    """CPU time per frame of the inference loop's own work around session.run, 640x480 frames in batches
+    of `batch`: letterboxing (with, for comparison, the numpy float conversion the prologue replaced) and
+    decoding into detections. CPU time of this process, not wall time: steadier on a shared machine."""
+    from benchmarks.run import Row  # run imports this module
+
+    images = (frames * batch)[:batch]
+    feed, transforms = model.prepare(images)
+    outputs = model.run(feed)
+
+    def float_conversion() -> None:
+        canvas, _ = model.prepare(images)
+        np.multiply(canvas[..., ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
+
+    cases = {
+        "letterbox + float conversion in numpy (before)": float_conversion,
+        "letterbox into the uint8 batch (now)": lambda: model.prepare(images),
+        "decode + detections": lambda: model.detections(outputs, images, transforms),
+    }
+    for case, work in cases.items():
+        work()
+        runs = 0
+        started = time.process_time()
+        while (spent := time.process_time() - started) < 1.0:
+            work()
+            runs += 1
+        ms = spent / runs / batch * 1000
+        report.rows.append(Row("frame cost", case, 0, batch, float("nan"), overhead_ms=ms))
+        print(f"  {case}: {ms:.3f} ms CPU per frame (load average {load_average()})", flush=True)
