@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DEFAULT_MODEL, cpu_name, load_average
+from benchmarks.harness import DEFAULT_MODEL, cpu_name, load_average
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, load_config
 from daemon.frames import FrameResult

@@ -30,22 +30,33 @@ import platform
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks import profile as sampler
 from benchmarks.clips import CLIP_FPS, CLIP_SIZES, make_clips
 from benchmarks.events import dispatcher_work, event_cameras
-from benchmarks.pipeline import Measured, bench_config, rss_mib, run_pipeline
+from benchmarks.harness import (
+    CLIPS,
+    DEFAULT_MODEL,
+    MAX_DROP_RATIO,
+    OVERLOAD_CAMERAS,
+    OVERLOAD_FPS,
+    Bench,
+    Report,
+    Row,
+    bench_raw,
+    commit,
+    cpu_name,
+    load_average,
+    memory_cameras,
+)
+from benchmarks.pipeline import Measured, rss_mib
 from benchmarks.scale import (
     STREAM_COUNTS,
     bench_batching,
@@ -54,181 +65,10 @@ from benchmarks.scale import (
     bench_latency_policy,
     bench_prologue_cost,
     bench_soak,
-    load_average,
 )
-from benchmarks.sources import camera_factory, demo_scenes
-from daemon.config import ApiConfig, CameraConfig, ModelConfig
-from daemon.model.preprocess import LetterboxBuffer
+from benchmarks.sources import demo_scenes
+from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
-
-REPO = Path(__file__).resolve().parents[1]
-CLIPS = REPO / "demo" / "bench"  # made once, kept (demo/ is not committed)
-DEFAULT_MODEL = REPO / "models" / "yolov3-tiny-coco.onnx"
-RAW_BATCHES = (1, 2, 4, 8)
-OVERLOAD_FPS = 15.0
-OVERLOAD_CAMERAS = 4
-MAX_DROP_RATIO = 0.01
-
-
-@dataclass
-class Row:
-    section: str
-    case: str
-    cameras: int
-    batch: float
-    fps: float
-    ratio: float | None = None
-    p50: float | None = None
-    p95: float | None = None
-    p99: float | None = None
-    overhead_ms: float | None = None
-    run_ms: float | None = None
-    dropped: str = ""
-    note: str = ""
-    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute load average when measured
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    checks: list[tuple[bool, str]] = field(default_factory=list)
-    raw: dict[int, float] = field(default_factory=dict)  # batch size -> frames/s
-    notes: list[str] = field(default_factory=list)
-
-    def check(self, ok: bool, text: str) -> None:
-        self.checks.append((ok, text))
-        print(f"  {'PASS' if ok else 'MISS'}  {text}", flush=True)
-
-    def ratio(self, fps: float, batch: float) -> float:
-        nearest = min(self.raw, key=lambda b: abs(b - batch))
-        return fps / self.raw[nearest]
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-    return f"{head}{' (+ uncommitted changes)' if dirty else ''}"
-
-
-# 1. raw
-
-
-def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
-    print("raw: session.run on letterboxed batches", flush=True)
-    for size in (b for b in RAW_BATCHES if b <= model.max_batch):
-        buffer = LetterboxBuffer(*model.input_size, max_batch=size)
-        batch, _ = buffer.fill(frames[:size])
-        for _ in range(2):
-            model.run(batch)
-        runs = 0
-        started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            model.run(batch)
-            runs += 1
-        fps = runs * size / elapsed
-        report.raw[size] = fps
-        report.rows.append(Row("raw", f"B={size}", 0, size, fps, run_ms=elapsed / runs / size * 1000))
-        print(
-            f"  B={size}: {fps:.1f} frames/s ({elapsed / runs * 1000:.1f} ms per batch), "
-            f"load average {load_average()}",
-            flush=True,
-        )
-
-
-# 2-4. the daemon
-
-
-@dataclass
-class Bench:
-    model: Model
-    model_config: ModelConfig
-    broker: tuple[str, int]
-    workdir: Path
-    scenes: list[list[np.ndarray]]
-    max_batch: int
-    batch_timeout_ms: float
-    warmup: float
-    window: float
-    report: Report
-    profile: Path | None = None  # where py-spy records the N=4 unpaced run (--profile)
-    runs: int = 0
-    api: ApiConfig | None = None  # the HTTP API and the page's history: on in the soak
-
-    def pipeline(
-        self,
-        cameras: list[CameraConfig],
-        seconds: float | None = None,
-        rss_at: tuple[float, ...] = (),
-        profile: Path | None = None,
-        online_timeout: float = 0.0,
-    ) -> tuple[Measured, int]:
-        """Measure one run; also returns how many frames are unaccounted for (offered - inferred - drops)."""
-        self.runs += 1
-        workdir = Path(tempfile.mkdtemp(prefix=f"run-{self.runs}-", dir=self.workdir))  # copies count apart
-        config = bench_config(
-            self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms, self.api
-        )
-        window = seconds or self.window
-        recorders = []
-        on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
-        measured, totals = run_pipeline(
-            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window,
-            online_timeout,
-        )
-        for recorder in recorders:
-            _, errors = recorder.communicate(timeout=60)
-            if recorder.returncode != 0:
-                raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace').strip()}")
-            assert profile is not None
-            text = sampler.summary(profile)
-            profile.with_suffix(".summary.txt").write_text(text + "\n")
-            print(text, flush=True)
-        # read errors are never offered, and a result the dispatcher dropped was inferred: stale drops only
-        unaccounted = round(totals.offered - totals.inferred - totals.dropped["stale"])
-        return measured, unaccounted
-
-    def row(
-        self, section: str, case: str, m: Measured, cameras: int, note: str = "", busy: bool = True
-    ) -> Row:
-        """Report one run. `busy`: the worker never waited for frames, so time outside session.run is
-        overhead (with paced cameras it is mostly waiting, and is left out)."""
-        dropped = f"{m.dropped_total}/{m.offered}" if m.offered else "0"
-        overhead = m.overhead_ms if busy else None
-        row = Row(
-            section,
-            case,
-            cameras,
-            m.mean_batch,
-            m.fps,
-            self.report.ratio(m.fps, m.mean_batch),
-            m.latency(50),
-            m.latency(95),
-            m.latency(99),
-            overhead,
-            m.run_ms_per_frame,
-            dropped,
-            note,
-        )
-        self.report.rows.append(row)
-        outside = f", outside session.run {overhead:.2f} ms/frame" if overhead is not None else ""
-        print(
-            f"  {case}: {m.fps:.1f} frames/s (ratio {row.ratio:.3f}, batch {m.mean_batch:.2f}), latency p50 "
-            f"{row.p50:.0f} / p95 {row.p95:.0f} / p99 {row.p99:.0f} ms{outside}, dropped {dropped}"
-            f"{', ' + note if note else ''}, load average {load_average()}",
-            flush=True,
-        )
-        return row
-
-
-def memory_cameras(count: int, mode: str, fps: float = 240) -> list[CameraConfig]:
-    return [CameraConfig(id=f"cam-{i + 1}", url=f"memory:{mode}", fps=fps) for i in range(count)]
 
 
 def bench_unpaced(bench: Bench, counts: tuple[int, ...]) -> None:
@@ -640,18 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
-    from benchmarks import run  # run as benchmarks.run, the one copy that benchmarks.scale imports by name
-
-    raise SystemExit(run.main())
+    raise SystemExit(main())

@@ -18,20 +18,26 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.harness import (
+    OVERLOAD_CAMERAS,
+    OVERLOAD_FPS,
+    Bench,
+    Report,
+    Row,
+    bench_raw,
+    load_average,
+    memory_cameras,
+)
 from benchmarks.pipeline import Measured, rss_mib
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.demo import write_demo_clips
 from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.session import Model, _session_options
 from models import build
-
-if TYPE_CHECKING:
-    from benchmarks.run import Bench, Report
 
 SMALL_CAMERAS = 16
 SMALL_BATCH = 8
@@ -49,10 +55,6 @@ SOAK_FPS = 5.0
 SOAK_SETTLE_MINUTES = 10.0
 
 
-def load_average() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def small_model(size: int, threads: int) -> Model:
     """The demo network at `size` x `size`, built once into models/ (yolov3-tiny-coco-SIZE.onnx)."""
     out = build.default_out(size)
@@ -64,7 +66,6 @@ def small_model(size: int, threads: int) -> Model:
 
 def bench_batching(bench: Bench, size: int, raw_seconds: float) -> None:
     """16 unpaced in-memory cameras on the small model, max_batch 8 then 1, against its raw B=1/B=8."""
-    from benchmarks.run import Report, bench_raw, memory_cameras  # run imports this module
 
     print(f"batching: the demo network at {size}x{size}, {SMALL_CAMERAS} in-memory cameras", flush=True)
     model = small_model(size, bench.model.threads)
@@ -117,7 +118,6 @@ def bench_prologue_cost(model: Model, frames: list[np.ndarray], seconds: float, 
                 run()
                 counts[case] += 1
             totals[case] += time.perf_counter() - started
-    from benchmarks.run import Row  # run imports this module
 
     for case in runs:
         fps = counts[case] * size / totals[case]
@@ -287,7 +287,6 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
 def bench_latency_policy(bench: Bench, seconds: float) -> None:
     """The overload case (4 paced cameras at 15 fps) at each max_batch and batch timeout: the p95 each gives
     on this provider, for choosing the defaults."""
-    from benchmarks.run import OVERLOAD_CAMERAS, OVERLOAD_FPS, memory_cameras  # run imports this module
 
     print(
         f"latency policy: {OVERLOAD_CAMERAS} paced cameras at {OVERLOAD_FPS:g} fps, by max_batch and timeout",
@@ -311,7 +310,6 @@ def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, bat
     """CPU time per frame of the inference loop's own work around session.run, 640x480 frames in batches
     of `batch`: letterboxing (with, for comparison, the numpy float conversion the prologue replaced) and
     decoding into detections. CPU time of this process, not wall time: steadier on a shared machine."""
-    from benchmarks.run import Row  # run imports this module
 
     images = (frames * batch)[:batch]
     feed, transforms = model.prepare(images)

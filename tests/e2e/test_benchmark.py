@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.events import dispatcher_work, event_cameras
+from benchmarks.harness import Report, bench_raw
 from benchmarks.pipeline import bench_config, run_pipeline
-from benchmarks.run import Report, bench_raw, table
+from benchmarks.run import table
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
