@@ -157,13 +157,12 @@ class MonitoringSink(Sink):
         if self._timer.is_alive():
             self._timer.join(max(0.0, deadline - time.monotonic()))
         self.flush()
-        if not self.uploader.close(self._close_grace, max(0.0, deadline - time.monotonic())):
-            log.warning("the Model Monitoring uploader did not stop in time; its request stays spooled")
-            return  # the spool stays open for the uploader thread; the process exit closes it
-        depth = self.spool.depth
-        if depth:
-            log.info("%d Model Monitoring request(s) left in %s for the next start", depth, self.spool.path)
-        self.spool.close()
+        self.uploader.close_with_spool(
+            self._close_grace,
+            max(0.0, deadline - time.monotonic()),
+            "Model Monitoring",
+            "Model Monitoring request(s)",
+        )
 
     def _run_timer(self) -> None:
         while True:

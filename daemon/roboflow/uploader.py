@@ -235,6 +235,17 @@ class Uploader:
         self._thread.join(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
         return not self._thread.is_alive()
 
+    def close_with_spool(self, grace: float, timeout: float, label: str, waiting: str) -> None:
+        """The destination's last step at stop: `close`, then the spool, saying how many `waiting` (e.g.
+        "Vision Event(s)") stay in it for the next start. A thread still in a request keeps the spool open
+        (the process exit closes it)."""
+        if not self.close(grace, timeout):
+            log.warning("the %s uploader did not stop in time; its request stays spooled", label)
+            return
+        if self._spool.depth:
+            log.info("%d %s left in %s for the next start", self._spool.depth, waiting, self._spool.path)
+        self._spool.close()
+
     def _run(self) -> None:
         courier = self._courier
         assert courier is not None  # the thread only runs with a courier

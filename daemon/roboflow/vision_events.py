@@ -452,12 +452,7 @@ class VisionEventsSink(Sink):
             self._timer.join(timeout)
         self.flush()
         remaining = max(0.0, timeout - (time.monotonic() - started))
-        if not self.uploader.close(self._close_grace, remaining):
-            log.warning("the Vision Events uploader did not stop in time; its request stays spooled")
-            return  # the spool stays open for the uploader thread; the process exit closes it
-        if self.spool.depth:
-            log.info("%d Vision Event(s) left in %s for the next start", self.spool.depth, self.spool.path)
-        self.spool.close()
+        self.uploader.close_with_spool(self._close_grace, remaining, "Vision Events", "Vision Event(s)")
 
     # --- the timer thread --------------------------------------------------------------------------
 
