@@ -45,10 +45,9 @@ class Dispatcher(threading.Thread):
         self._halt = stop
         self._queue: queue.Queue[FrameResult] = queue.Queue(maxsize=queue_size)
         self._full: collections.Counter[str] = collections.Counter()  # results dropped, per camera
-        self._full_lock = threading.Lock()
         self._latency: dict[str, object] = {}
         self._failing: set[str] = set()  # sinks whose last call raised: logged once per failing streak
-        self._handed = threading.Condition()  # guards the two counts below, for `barrier`
+        self._handed = threading.Condition()  # guards `_full` and the two counts below (for `barrier`)
         self._queued = 0  # results accepted by `submit`
         self._done = 0  # results handed to every sink
 
@@ -59,8 +58,7 @@ class Dispatcher(threading.Thread):
                 self._queue.put_nowait(result)
             except queue.Full:
                 self._frames.frames_dropped.labels(result.camera_id, "dispatch_full").inc()
-                with self._full_lock:
-                    self._full[result.camera_id] += 1
+                self._full[result.camera_id] += 1
                 return False
             self._queued += 1
         return True
@@ -74,7 +72,7 @@ class Dispatcher(threading.Thread):
 
     def dropped_counts(self) -> dict[str, int]:
         """Results of each camera dropped because the queue was full, since the start."""
-        with self._full_lock:
+        with self._handed:
             return dict(self._full)
 
     def run(self) -> None:
