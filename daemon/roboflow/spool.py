@@ -189,8 +189,6 @@ class Spool:
                 try:
                     cursor = self._db.execute(insert, row)
                 except sqlite3.DatabaseError as exc:
-                    if not is_corrupt(exc):
-                        raise
                     self._replace_corrupt(exc)  # the request itself can still be kept, in the fresh file
                     cursor = self._db.execute(insert, row)
             except sqlite3.Error as exc:
@@ -221,8 +219,6 @@ class Spool:
                     f"SELECT {_COLUMNS} FROM requests ORDER BY id LIMIT ?", (limit,)
                 ).fetchall()
             except sqlite3.DatabaseError as exc:
-                if not is_corrupt(exc):
-                    raise
                 self._replace_corrupt(exc)
                 return []
         return [SpoolItem(*row) for row in rows]
@@ -248,8 +244,6 @@ class Spool:
                             (ref, row[0], item_id),
                         )
             except sqlite3.DatabaseError as exc:
-                if not is_corrupt(exc):
-                    raise
                 self._replace_corrupt(exc)
                 return
             if row:
@@ -272,8 +266,6 @@ class Spool:
                     if count:
                         self._db.execute(f"DELETE FROM requests WHERE id IN ({marks})", item_ids)
             except sqlite3.DatabaseError as exc:
-                if not is_corrupt(exc):
-                    raise
                 self._replace_corrupt(exc)
                 return
             if count:
@@ -335,7 +327,9 @@ class Spool:
 
     def _replace_corrupt(self, exc: sqlite3.DatabaseError) -> None:
         """The file went bad while running (caller holds the lock): set it aside, go on with a fresh one.
-        What it held is lost: counted as dropped."""
+        What it held is lost: counted as dropped. Any other database error is raised again."""
+        if not is_corrupt(exc):
+            raise exc
         lost = self._depth
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
