@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.support.served import Served
+
 
 @dataclass(frozen=True)
 class ProxyRequest:
@@ -50,7 +52,7 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
 
 
 @dataclass
-class ForwardProxy:
+class ForwardProxy(Served):
     user: str | None = None
     password: str | None = None
     requests: list[ProxyRequest] = field(default_factory=list)
@@ -66,22 +68,13 @@ class ForwardProxy:
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._run_server(self._server)
 
     def url(self, with_credentials: bool = True) -> str:
         credentials = ""
         if with_credentials and self.user is not None:
             credentials = f"{urllib.parse.quote(self.user)}:{urllib.parse.quote(self.password or '')}@"
         return f"http://{credentials}127.0.0.1:{self.port}"
-
-    def start(self) -> ForwardProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
     def _handle(self, client: socket.socket) -> None:
         head = _read_head(client)

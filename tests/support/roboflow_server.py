@@ -22,7 +22,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.served import Served
+
 ENDPOINTS = ("workspace", "report", "metadata")
+
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class _Script:
 
 
 @dataclass
-class RoboflowServer:
+class RoboflowServer(Served):
     api_key: str = "rf_test_key"
     workspace: str = "edge-tests"
     requests: list[Recorded] = field(default_factory=list)
@@ -84,16 +87,7 @@ class RoboflowServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def start(self) -> RoboflowServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
+        self._run_server(self._httpd)
 
     # --- scripting ---------------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.served import Served
+
 ENDPOINTS = ("upload", "batch", "single")
 EVENT_TYPES = {"quality_check", "inventory_count", "safety_alert", "custom", "operator_feedback"}
 EVENT_FIELDS = {"eventId", "eventType", "useCaseId", "timestamp", "eventData", "deviceId", "streamId",
@@ -40,6 +42,7 @@ IMAGE_FIELDS = {"sourceId", "label", "objectDetections"}
 DETECTION_FIELDS = {"class", "x", "y", "width", "height", "confidence"}
 METADATA_KEY = re.compile(r"[a-zA-Z0-9_ -]{1,100}")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, bytes]:
 
 
 @dataclass
-class VisionEventsServer:
+class VisionEventsServer(Served):
     api_key: str = "rf_ve_test_key"
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS
     requests: list[Recorded] = field(default_factory=list)
@@ -162,16 +165,7 @@ class VisionEventsServer:
             scheme = "https"
         self.port = self._httpd.server_address[1]
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def start(self) -> VisionEventsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
+        self._run_server(self._httpd)
 
     # --- scripting ---------------------------------------------------------------------------------
 
