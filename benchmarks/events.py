@@ -1,10 +1,10 @@
-"""The events' cost: cameras with tracking, two zones and a line each, and the dispatcher's work per frame.
+"""The events' cost: cameras with tracking, two zones and a line each, and the events thread's work per frame.
 
 - `event_cameras`: in-memory cameras as the pipeline benchmark's, each with `track = true`, two zones (the
   left and right halves of the lower frame) and a line down the middle, every class counted;
-- `dispatcher_work`: the events sink alone on one thread (as the dispatcher runs it), fed frames of
+- `events_thread_work`: the events sink alone on one thread (as the events thread runs it), fed frames of
   `objects` boxes that move across the zones and the line: seconds per `handle`, i.e. what tracking, zones,
-  lines and the event lifecycle add to the dispatcher thread per frame.
+  lines and the event lifecycle cost per frame.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def moving_boxes(objects: int, frame: int) -> sv.Detections:
     )
 
 
-def dispatcher_work(workdir: Path, objects: int = 10, frames: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+def events_thread_work(workdir: Path, objects: int = 10, frames: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """Wall and CPU (this thread's) seconds per `EventsSink.handle`, for each of `frames` frames of `objects`
     moving boxes (snapshots on: their writer thread is part of the load). On a shared, busy machine the wall
     time includes waiting for a core; the thread's CPU time does not."""

@@ -3,8 +3,10 @@
 Sinks on: Prometheus metrics, progress, confidence tracker, Model Monitoring (aggregator + SQLite spool, no
 API key so nothing leaves the machine) and MQTT to a real local Mosquitto. The run warms up, then measures a
 window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
-time (the inference duration histogram), and each frame's latency from capture until every sink is done
-(a recording sink placed after the daemon's own, so it sees the frame when they have all handled it).
+time (the inference duration histogram), each frame's latency from capture until every sink is done (a
+recording sink placed after the daemon's own, so it sees the frame when they have all handled it), and the
+CPU time of the pipeline's threads (inference worker, events thread, dispatcher) and of the whole process
+per inferred frame.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Measured:
     # at the same moments: Python's allocated blocks, threads, open descriptors (what grows beside RSS)
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
+    thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
 
     @property
     def fps(self) -> float:
@@ -127,6 +130,19 @@ class Measured:
 def process_counts() -> tuple[int, int, int]:
     """(Python's allocated blocks, this process's threads, its open file descriptors) (Linux)."""
     return sys.getallocatedblocks(), len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
+def thread_cpu(service: Service) -> dict[str, float]:
+    """CPU seconds each pipeline thread, and the whole process, has used so far (waiting for a core does not
+    count)."""
+    threads = (service.worker, service.events_thread, service.dispatcher)
+    used = {
+        thread.name: time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        for thread in threads
+        if thread.ident is not None and thread.is_alive()
+    }
+    used["process"] = time.process_time()
+    return used
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -215,7 +231,7 @@ def run_pipeline(
         while time.monotonic() < deadline and min(_counters(service).captured.values(), default=1) == 0:
             service.stop.wait(0.5)
         service.stop.wait(warmup)
-        before = _counters(service)
+        before, cpu_before = _counters(service), thread_cpu(service)
         recorder.arm()
         if on_window is not None:
             on_window(service)
@@ -225,7 +241,7 @@ def run_pipeline(
             counts.append(process_counts())
         service.stop.wait(max(0.0, before.at + seconds - time.monotonic()))
         rss_end = rss_mib()
-        after = _counters(service)
+        after, cpu_after = _counters(service), thread_cpu(service)
         latencies = recorder.disarm()
     finally:
         service.stop.set()
@@ -233,10 +249,11 @@ def run_pipeline(
     if runner.is_alive() or exit_code != [0]:
         raise RuntimeError(f"the daemon did not stop cleanly (exit code {exit_code or 'none'})")
     totals = _counters(service)
+    inferred = round(after.inferred - before.inferred)
     measured = Measured(
         seconds=after.at - before.at,
         offered=round(after.offered - before.offered),
-        inferred=round(after.inferred - before.inferred),
+        inferred=inferred,
         dropped={r: round(after.dropped[r] - before.dropped[r]) for r in after.dropped},
         batches=round(after.batches - before.batches),
         run_seconds=after.run_seconds - before.run_seconds,
@@ -246,5 +263,10 @@ def run_pipeline(
         rss_mb=rss,
         process=counts,
         rss_end_mb=rss_end,
+        thread_cpu_ms={
+            name: (cpu_after[name] - cpu_before[name]) / inferred * 1000 if inferred else 0.0
+            for name in cpu_after
+            if name in cpu_before
+        },
     )
     return measured, totals

@@ -54,21 +54,9 @@ class FrameResult:
     batch_size: int
     done_mono: float = field(default_factory=time.monotonic)  # when the worker finished the frame
     source: Source = "camera"
-    # The frame itself, shared with the capture (not a copy; never drawn on). Sinks that keep results for
-    # longer than `handle` must not keep this: only the events sink holds frames, and boundedly.
+    # The frame itself, shared with the capture (not a copy; never drawn on). Only the events sink uses it
+    # (snapshots, the live view: boundedly), and then lets go of it: the other sinks see None.
     image: np.ndarray | None = None
-
-
-class Sink(Protocol):
-    """What the dispatcher calls for every result. `handle` must not block on network I/O."""
-
-    name: str
-
-    def handle(self, result: FrameResult) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class CameraStatusListener(Protocol):

@@ -1,12 +1,12 @@
 """The composition root: build every part from the config, start them, watch them, stop them in order.
 
-Start: the metrics endpoint, the sinks, the dispatcher, the inference worker, the API, the cameras, the
+Start: the metrics endpoint, the sinks, the dispatchers, the inference worker, the API, the cameras, the
 alert engine, then READY=1. Stop (SIGTERM/SIGINT, --duration, or a failed inference worker), within the
 shutdown budget (SHUTDOWN_BUDGET seconds by default) in all: the alert engine and the cameras first, then
-the worker, the API, the dispatcher (which hands over what is queued); then every sink is flushed (the
-monitoring sink spools its partial windows) and closed, each within what is left of the budget, a hung one
-abandoned with a warning so that the others still close; the endpoint last. A failed inference worker ends
-the process with exit code 1.
+the worker, the API, the events thread and the dispatcher (each handing over what is queued); then every
+sink is flushed (the monitoring sink spools its partial windows) and closed, each within what is left of the
+budget, a hung one abandoned with a warning so that the others still close; the endpoint last. A failed
+inference worker ends the process with exit code 1.
 """
 
 from __future__ import annotations
@@ -61,12 +61,15 @@ CameraFactory = Callable[
 RELOAD_WAIT = 300.0  # seconds `POST /api/reload` waits for the outcome (a TensorRT model may build)
 HEALTH_STALL = 15.0  # seconds without an inference-loop turn before /healthz and the watchdog fail
 SHUTDOWN_BUDGET = 45.0  # seconds for the whole stop; the unit's TimeoutStopSec (60) leaves room above it
-STAGE_JOIN = 5.0  # at most, for each of: the cameras, the inference worker, the dispatcher's drain
+STAGE_JOIN = 5.0  # at most, for each of: the cameras, the inference worker, each dispatcher's drain
+# results with their frames waiting for the events thread: the only queue that holds frames
+EVENTS_QUEUE_SIZE = 32
 
 
 @dataclass(frozen=True)
 class Sinks:
-    """The sinks in dispatch order, and the ones other parts talk to directly."""
+    """The sinks in dispatch order (the events sink first, on its own thread), and the ones other parts talk
+    to directly."""
 
     all: list[Sink]
     events: EventsSink
@@ -75,6 +78,11 @@ class Sinks:
     monitoring: MonitoringSink | None
     vision_events: VisionEventsSink | None
     confidence: ConfidenceTracker
+
+    @property
+    def after_events(self) -> list[Sink]:
+        """The sinks the dispatcher thread calls, with the track ids the events thread has set."""
+        return [sink for sink in self.all if sink is not self.events]
 
 
 def build_sinks(
@@ -110,7 +118,7 @@ def build_sinks(
         else None
     )
     confidence = ConfidenceTracker(config.alerts.confidence_window, config.alerts.confidence_baseline)
-    # events first: it sets the detections' track ids, which the later sinks (MQTT) pass on
+    # events first (its own thread): it sets the detections' track ids, which the later sinks (MQTT) pass on
     events = build_events_sink(
         config, metrics.registry, state_dir, listeners=[mqtt, history], counts_listeners=[mqtt]
     )
@@ -163,9 +171,11 @@ class Service:
     # --- the parts -------------------------------------------------------------------------------------
 
     def _build_pipeline(self, camera_factory: CameraFactory) -> None:
-        """Cameras -> board -> inference worker -> dispatcher -> sinks, each stage with its stop event."""
-        config, frames = self.config, self.metrics.frames
+        """Cameras -> board -> inference worker -> events thread -> dispatcher -> sinks, each stage with its
+        stop event."""
+        config, frames, inference = self.config, self.metrics.frames, self.metrics.inference
         self._worker_stop = threading.Event()
+        self._events_stop = threading.Event()
         self._dispatch_stop = threading.Event()
         camera_ids = [camera.id for camera in config.cameras]
 
@@ -173,14 +183,25 @@ class Service:
             frames.frames_dropped.labels(frame.camera_id, "stale").inc()
 
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
-        self.dispatcher = Dispatcher(self.sinks.all, frames, self.metrics.inference, self._dispatch_stop)
+        self.dispatcher = Dispatcher(
+            self.sinks.after_events, frames, inference.dispatcher_queue_depth, self._dispatch_stop
+        )
+        self.events_thread = Dispatcher(
+            [self.sinks.events],
+            frames,
+            inference.events_queue_depth,
+            self._events_stop,
+            queue_size=EVENTS_QUEUE_SIZE,
+            name="events",
+            then=self.dispatcher,
+        )
         self.worker = InferenceWorker(
             self.model,
             config.model.id,
             self.board,
-            self.dispatcher.submit,
+            self.events_thread.submit,
             frames,
-            self.metrics.inference,
+            inference,
             config.model.max_batch,
             config.model.batch_timeout_ms / 1000,
             self._worker_stop,
@@ -239,6 +260,7 @@ class Service:
     def _dropped(self) -> dict[str, int]:
         """Frames of each camera not inferred since the start: stale, results queue full, undecodable."""
         counts = collections.Counter(self.board.stale_counts())
+        counts.update(self.events_thread.dropped_counts())
         counts.update(self.dispatcher.dropped_counts())
         counts.update({camera.config.id: camera.state.read_errors for camera in self.cameras})
         return dict(counts)
@@ -248,7 +270,9 @@ class Service:
 
     def _threads(self) -> dict[str, threading.Thread]:
         """Every long-lived thread by name, but a camera that ended on purpose (a file played out)."""
-        threads: list[threading.Thread] = [self.worker, self.dispatcher, *self.alerts.threads()]
+        threads: list[threading.Thread] = [
+            self.worker, self.events_thread, self.dispatcher, *self.alerts.threads()
+        ]
         threads += [camera for camera in self.cameras if not camera.finished]
         for sink in self.sinks.all:
             threads += sink.threads()
@@ -308,6 +332,7 @@ class Service:
         for sink in self.sinks.all:
             sink.start()
         self.dispatcher.start()
+        self.events_thread.start()
         self.worker.start()
         if self.api:
             self.api.start()
@@ -347,6 +372,8 @@ class Service:
         self.worker.join(left(STAGE_JOIN))
         if self.api:
             self.api.close()  # answers the requests still waiting with 503
+        self._events_stop.set()  # drains into the dispatcher, which still runs
+        self.events_thread.join(left(STAGE_JOIN))
         self._dispatch_stop.set()
         self.dispatcher.join(left(STAGE_JOIN))
         for sink in self.sinks.all:
@@ -355,7 +382,9 @@ class Service:
             _guarded(sink.name, "close", lambda sink=sink: sink.close(left()), left())
         if self.exporter:
             self.exporter.close()
-        stuck = [t.name for t in (*self.cameras, self.worker, self.dispatcher) if t.is_alive()]
+        stuck = [
+            t.name for t in (*self.cameras, self.worker, self.events_thread, self.dispatcher) if t.is_alive()
+        ]
         if stuck:
             log.warning("threads still running at exit: %s", ", ".join(stuck))
         if self.worker.error is not None:

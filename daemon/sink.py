@@ -14,9 +14,10 @@ class Sink(ABC):
 
     Lifecycle, each step called once by the service, in this order:
     - `start()`: open connections, start threads (never in `__init__`);
-    - `handle(result)` for every result whose `source` is in `accepts`, on the dispatcher thread: must not
-      block on network or disk I/O (hand slow work to the sink's own bounded queue and thread);
-    - `flush()` after the dispatcher has drained: push out partial state (e.g. a reporting window);
+    - `handle(result)` for every result whose `source` is in `accepts`, on the dispatcher thread (the events
+      sink: on the events thread before it): must not block on network or disk I/O (hand slow work to the
+      sink's own bounded queue and thread);
+    - `flush()` after the dispatchers have drained: push out partial state (e.g. a reporting window);
     - `close(timeout)`: stop threads and release files within `timeout` seconds, whatever happens.
     `threads()` names the sink's long-lived threads, which /healthz and the watchdog watch.
     """

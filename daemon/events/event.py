@@ -61,6 +61,6 @@ class Event:
 
 
 class EventListener(Protocol):
-    """Told of every event, on the thread that raised it (the dispatcher): must not block."""
+    """Told of every event, on the thread that raised it (the events thread): must not block."""
 
     def on_event(self, event: Event) -> None: ...

@@ -60,7 +60,7 @@ LineTotals = dict[str, dict[str, int]]  # line -> {"in": n, "out": n} since the 
 
 
 class CameraEvents:
-    """One camera's open tracks, zone occupancy and line totals. Used from the dispatcher thread only."""
+    """One camera's open tracks, zone occupancy and line totals. Used from the events thread only."""
 
     def __init__(self, camera_id: str, geometry: Geometry, lost_after: float, max_tracks: int) -> None:
         self.camera_id = camera_id

@@ -1,8 +1,8 @@
 """The live view: a camera's newest frame with its boxes, track ids, zones and lines drawn, as a JPEG.
 
-The events sink hands over each camera's newest result (a reference: nothing is copied on the inference
-path); the frame is drawn and encoded only when someone asks, at most once per `MIN_INTERVAL` per camera
-(other requests in between get the same bytes), one encoding at a time.
+The events sink hands over each camera's newest frame and detections (references: nothing is copied on
+the inference path); the frame is drawn and encoded only when someone asks, at most once per `MIN_INTERVAL`
+per camera (other requests in between get the same bytes), one encoding at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ from daemon.frames import FrameResult
 MIN_INTERVAL = 0.25  # seconds: at most 4 encodings per camera per second
 ZONE_COLOR = sv.Color.from_hex("#2e86de")
 LINE_COLOR = sv.Color.from_hex("#f39c12")
+
+
+@dataclass(frozen=True, slots=True)
+class _Newest:
+    frame_id: int
+    image: np.ndarray
+    detections: sv.Detections
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +76,15 @@ def draw(image: np.ndarray, detections: sv.Detections, camera: CameraConfig) -> 
 class LiveView:
     def __init__(self, cameras: list[CameraConfig]) -> None:
         self._cameras = {camera.id: camera for camera in cameras}
-        self._latest: dict[str, FrameResult] = {}  # camera -> newest result with its frame (one each)
+        self._latest: dict[str, _Newest] = {}  # camera -> its newest frame (one each)
         self._encoded: dict[str, _Encoded] = {}
         self._lock = threading.Lock()  # one encoding at a time
 
     def offer(self, result: FrameResult) -> None:
-        """The newest result of a camera (dispatcher thread): kept by reference, replacing the previous."""
+        """The newest result of a camera (the events thread): its frame and detections kept by reference,
+        replacing the previous."""
         if result.image is not None:
-            self._latest[result.camera_id] = result
+            self._latest[result.camera_id] = _Newest(result.frame_id, result.image, result.detections)
 
     def forget(self, camera_id: str) -> None:
         self._latest.pop(camera_id, None)
@@ -103,11 +111,11 @@ class LiveView:
             now = time.monotonic()
             if cached is not None and now - cached.at < MIN_INTERVAL:
                 return cached.jpeg
-            result = self._latest.get(camera_id)
-            if result is None or result.image is None:
+            newest = self._latest.get(camera_id)
+            if newest is None:
                 return None
-            if cached is not None and cached.frame_id == result.frame_id:
+            if cached is not None and cached.frame_id == newest.frame_id:
                 return cached.jpeg
-            jpeg = encode_jpeg(draw(result.image, result.detections, camera))
-            self._encoded[camera_id] = _Encoded(result.frame_id, now, jpeg)
+            jpeg = encode_jpeg(draw(newest.image, newest.detections, camera))
+            self._encoded[camera_id] = _Encoded(newest.frame_id, now, jpeg)
             return jpeg

@@ -1,10 +1,12 @@
 """The events sink: tracking, zones, lines, the event lifecycle, snapshots and the live view's frames.
 
-It must be the FIRST sink the dispatcher calls: it tracks each result's detections in place
-(`result.detections` becomes the same detections with `tracker_id` set, possibly reordered), so that every
-later sink (MQTT detections payloads included) sees the track ids.
+It runs alone on the `events` thread, before the dispatcher thread calls the other sinks: it tracks each
+result's detections in place (`result.detections` becomes the same detections with `tracker_id` set,
+possibly reordered), so that every later sink (MQTT detections payloads included) sees the track ids. It is
+the last to use the frame itself: it lets go of `result.image`, so the results waiting for the other sinks
+hold no frames.
 
-Events go to the listeners (`on_event`, on the dispatcher thread, never blocking): MQTT, Prometheus, the
+Events go to the listeners (`on_event`, on the events thread, never blocking): MQTT, Prometheus, the
 page's history, the log, Vision Events. Zone occupancy and line totals go to `on_counts` listeners when they
 change. A camera that goes offline has its open tracks ended (and its tracker reset) before its next frame,
 or once it has been down for `events.lost_after`; its frames captured before it went offline count as usual.
@@ -36,7 +38,7 @@ log = logging.getLogger("edgewatch.events")
 
 
 class CountsListener(Protocol):
-    """Told a camera's zone occupancy and line totals when they change (dispatcher thread; must not block)."""
+    """Told a camera's zone occupancy and line totals when they change (events thread; must not block)."""
 
     def on_counts(self, camera_id: str, occupancy: Occupancy, lines: LineTotals) -> None: ...
 
@@ -127,6 +129,7 @@ class EventsSink(Sink):
                     self._snapshots.submit(result.image, request)
             self._publish(camera, outcome)
         self.live.offer(result)
+        result.image = None
 
     def flush(self) -> None:
         """The daemon stops: every open track ends."""

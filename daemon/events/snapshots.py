@@ -1,7 +1,7 @@
 """The snapshot store: each tracked object's best picture, as JPEG files in one folder beside the spool.
 
 Per snapshot id two files: `<id>.jpg`, the whole frame with the object's box and label drawn (supervision's
-annotators), and `<id>-crop.jpg`, the object alone. The dispatcher only queues a reference to the frame
+annotators), and `<id>-crop.jpg`, the object alone. The events thread only queues a reference to the frame
 (bounded queue; a full queue drops the snapshot and counts it); one writer thread draws, encodes and writes
 (temporary file + rename, so a reader never sees half a file) and keeps the folder within its size and age
 bounds, oldest first, counting what it evicts.

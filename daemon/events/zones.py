@@ -87,7 +87,7 @@ class Geometry:
         """Per zone: which detections are inside it (and of its classes).
 
         The same test as `PolygonZone.trigger` with one anchor, on the zone's own mask, with the anchors
-        computed once for every zone (trigger computes them per zone: the dispatcher's time is short)."""
+        computed once for every zone (trigger computes them per zone: the events thread's time is short)."""
         if not self.zones:
             return []
         xyxy = detections.xyxy  # the bottom centre of each box, as supervision's BOTTOM_CENTER anchor

@@ -1,4 +1,4 @@
-"""The inference worker and the dispatcher behind it: batch time and size, results waiting for sinks."""
+"""The inference worker and the dispatchers behind it: batch time and size, results waiting for sinks."""
 
 from __future__ import annotations
 
@@ -21,4 +21,9 @@ class InferenceMetrics:
         )
         self.dispatcher_queue_depth = Gauge(
             "edgewatch_dispatcher_queue_depth", "Results waiting for the sinks.", registry=registry
+        )
+        self.events_queue_depth = Gauge(
+            "edgewatch_events_queue_depth",
+            "Results waiting for tracking, zones, lines and the live view (then for the sinks).",
+            registry=registry,
         )

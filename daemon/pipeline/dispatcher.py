@@ -1,11 +1,13 @@
-"""The dispatcher: the one thread that hands every frame result to the sinks, in order.
+"""Dispatchers: threads that each hand every frame result to their sinks, in order.
 
-Results arrive through a bounded queue so a slow sink never stalls inference: when the queue is full the
-result is dropped and counted (`reason="dispatch_full"`). Frame latency (capture -> every sink done) is
-measured here. Each sink gets the results whose `source` it `accepts`: per-camera sinks (metrics, MQTT)
-take configured cameras only; the sinks that aggregate per stream (Model Monitoring, history) also take
-HTTP API requests. At stop the dispatcher hands over what is queued and ends; the service then flushes
-and closes the sinks.
+Two run in a chain: the `events` thread (tracking, zones, lines, the live view: the costly per-frame work)
+hands each result on to the `dispatcher` thread (metrics, MQTT, Roboflow, history), so that neither waits
+for the other and the inference worker waits for neither. Results arrive through a bounded queue: when it
+is full the result is dropped and counted (`reason="dispatch_full"`). Frame latency (capture -> every sink
+done) is measured at the end of the chain. Each sink gets the results whose `source` it `accepts`:
+per-camera sinks (metrics, MQTT) take configured cameras only; the sinks that aggregate per stream (Model
+Monitoring, history) also take HTTP API requests. At stop a dispatcher hands over what is queued and ends;
+the service stops them in chain order, then flushes and closes the sinks.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import threading
 import time
 from collections.abc import Sequence
 
+from prometheus_client import Gauge
+
 from daemon.frames import FrameResult
 from daemon.metrics.frames import FrameMetrics
-from daemon.metrics.inference import InferenceMetrics
 from daemon.sink import Sink
 
 log = logging.getLogger("edgewatch.dispatcher")
@@ -32,16 +35,20 @@ class Dispatcher(threading.Thread):
         self,
         sinks: Sequence[Sink],
         frames: FrameMetrics,
-        metrics: InferenceMetrics,
+        depth: Gauge,
         stop: threading.Event,
         queue_size: int = QUEUE_SIZE,
+        name: str = "dispatcher",
+        then: Dispatcher | None = None,
     ) -> None:
-        super().__init__(name="dispatcher", daemon=True)
+        """`depth` shows the queue's length; `then`, if any, takes every result once these sinks are done."""
+        super().__init__(name=name, daemon=True)
         self._by_source = {
             source: [sink for sink in sinks if source in sink.accepts] for source in ("camera", "api")
         }
         self._frames = frames
-        self._metrics = metrics
+        self._depth = depth
+        self._then = then
         self._halt = stop
         self._queue: queue.Queue[FrameResult] = queue.Queue(maxsize=queue_size)
         self._full: collections.Counter[str] = collections.Counter()  # results dropped, per camera
@@ -64,14 +71,17 @@ class Dispatcher(threading.Thread):
         return True
 
     def barrier(self, timeout: float) -> bool:
-        """Wait until every result submitted before this call has been handed to the sinks (a config
-        reload removing a camera waits for its last results). False on timeout."""
+        """Wait until every result submitted before this call has been handed to the sinks, down the chain
+        (a config reload removing a camera waits for its last results). False on timeout."""
+        deadline = time.monotonic() + timeout
         with self._handed:
             target = self._queued
-            return self._handed.wait_for(lambda: self._done >= target, timeout=timeout)
+            if not self._handed.wait_for(lambda: self._done >= target, timeout=timeout):
+                return False
+        return self._then is None or self._then.barrier(max(0.0, deadline - time.monotonic()))
 
     def dropped_counts(self) -> dict[str, int]:
-        """Results of each camera dropped because the queue was full, since the start."""
+        """Results of each camera dropped because this queue was full, since the start."""
         with self._handed:
             return dict(self._full)
 
@@ -101,7 +111,10 @@ class Dispatcher(threading.Thread):
                     log.exception("sink %s failed on a result from camera %s", sink.name, result.camera_id)
             else:
                 self._failing.discard(sink.name)
-        self._metrics.dispatcher_queue_depth.set(self._queue.qsize())
+        self._depth.set(self._queue.qsize())
+        if self._then is not None:
+            self._then.submit(result)
+            return
         if result.source != "camera":
             return
         latency = self._latency.get(result.camera_id)

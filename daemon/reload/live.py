@@ -98,7 +98,7 @@ class LiveConfig:
         service.stop_camera(camera_id)
         service.board.remove_camera(camera_id)
         synced = service.worker.between_batches(lambda: service.worker.forget_camera(camera_id), SYNC_TIMEOUT)
-        if not (synced and service.dispatcher.barrier(SYNC_TIMEOUT)):
+        if not (synced and service.events_thread.barrier(SYNC_TIMEOUT)):
             log.warning("camera %s: its last results were not through the sinks in time", camera_id)
         for part in (service.sinks.events, service.sinks.mqtt, service.sinks.monitoring):
             if part is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.events import dispatcher_work, event_cameras
+from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Report, bench_raw
 from benchmarks.pipeline import bench_config, run_pipeline
 from benchmarks.run import table
@@ -91,6 +91,9 @@ def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
         on_window=lambda service: service_metrics.append(service.metrics.registry),
     )
     assert measured.inferred > 0 and totals.offered == totals.inferred + totals.dropped["stale"]
+    # each pipeline thread's CPU time per frame: tracking runs on the events thread, the sinks on the other
+    assert set(measured.thread_cpu_ms) == {"inference", "events", "dispatcher", "process"}
+    assert all(ms > 0 for ms in measured.thread_cpu_ms.values())
     registry = service_metrics[0]
     assert (
         sum(
@@ -100,7 +103,7 @@ def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
         > 0
     )  # the demo scenes' objects were tracked
 
-    wall, cpu = dispatcher_work(tmp_path / "work", objects=10, frames=60)
+    wall, cpu = events_thread_work(tmp_path / "work", objects=10, frames=60)
     assert len(wall) == len(cpu) == 60 and (cpu > 0).all() and (wall > 0).all()
 
 

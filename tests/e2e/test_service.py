@@ -101,6 +101,7 @@ def test_healthz_names_every_long_lived_thread(tmp_path: Path, demo_model: Path,
         assert healthy
         assert set(detail["threads"]) == {
             "inference",
+            "events",
             "dispatcher",
             "alerts",
             "camera-kitchen",
@@ -113,3 +114,27 @@ def test_healthz_names_every_long_lived_thread(tmp_path: Path, demo_model: Path,
         assert all(detail["threads"].values())
     finally:
         service.shutdown()
+
+
+def test_the_sinks_after_the_events_thread_see_track_ids_and_no_frames(
+    tmp_path: Path, demo_model: Path, model: Model
+) -> None:
+    config = edge_config(tmp_path, demo_model, {"kitchen": "coffee.png"}, "http://127.0.0.1:9")
+    config = config.model_copy(update={"cameras": [config.cameras[0].model_copy(update={"track": True})]})
+    after = Recording("after")
+    service = Service(config, model, camera_factory=PhotoCamera, extra_sinks=[after], shutdown_budget=10.0)
+    service.start()
+    try:
+        wait_until(
+            lambda: any(
+                result.detections.tracker_id is not None and (result.detections.tracker_id >= 0).any()
+                for result in list(after.results)
+            ),
+            30,
+            message="a tracked object reaching the sinks after the events thread",
+        )
+        # the events thread keeps the newest frame for the live view and lets go of it in the result
+        assert service.sinks.events.live.jpeg("kitchen") is not None
+        assert all(result.image is None for result in list(after.results))
+    finally:
+        assert service.shutdown() == 0
