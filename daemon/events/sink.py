@@ -160,10 +160,14 @@ class EventsSink(Sink):
     def set_camera(self, camera: CameraConfig, config: Config) -> None:
         """A camera added or changed by a config reload: its open tracks end, and tracking, zones and lines
         start again from the new config (occupancy and line totals from 0)."""
+        was_tracked = camera.id in self._cameras
         self.remove_camera(camera.id)
         self.live.set_camera(camera)
         self._metrics.init_camera(camera)
         if not camera.tracked:
+            if was_tracked:  # no zones or lines any more: their retained state and entities go
+                for listener in self._counts_listeners:
+                    listener.on_counts(camera.id, {}, {})
             return
         state = _Camera(camera, config)
         counts = (state.events.occupancy(), {k: dict(v) for k, v in state.events.line_totals.items()})

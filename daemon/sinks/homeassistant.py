@@ -214,6 +214,18 @@ class HomeAssistantDiscovery:
                 messages[topic] = _payload(config)
         return messages
 
+    def remove_zones_and_lines(
+        self, camera_id: str, zones: Iterable[str], lines: Iterable[str]
+    ) -> dict[str, bytes]:
+        """Empty retained payloads that delete the entities of zones and lines no longer configured."""
+        topics = [zone_config(self._prefix, self._topics, camera_id, zone)[0] for zone in zones]
+        topics += [
+            line_config(self._prefix, self._topics, camera_id, line, direction)[0]
+            for line in lines
+            for direction in ("in", "out")
+        ]
+        return dict.fromkeys(topics, b"")
+
     def add_camera(self, camera_id: str) -> dict[str, bytes]:
         """A camera added while running: its configs (and those of the classes it had, if it is back)."""
         with self._lock:

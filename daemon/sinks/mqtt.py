@@ -154,6 +154,8 @@ class MqttPublisher(Sink):
         self._dirty: set[str] = set()
         self._problem: str | None = None  # the last connection problem logged, to log each one once
         self._counts: dict[str, dict[str, int]] = {}  # dispatcher thread only
+        # per tracked camera: the zones and lines whose retained state it published (guarded by `_lock`)
+        self._geometry: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._detections: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()  # dispatcher only
         # alerts and events (QoS 1, not retained): (topic, payload) waiting for the publishing thread
         self._alerts_waiting: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -275,13 +277,29 @@ class MqttPublisher(Sink):
         self._queue_message(self.topics.events(event.camera), _compact(event.payload()))
 
     def on_counts(self, camera_id: str, occupancy: Occupancy, lines: LineTotals) -> None:
-        """A camera's zone occupancy and line totals, kept retained (and announced to Home Assistant)."""
+        """A camera's zone occupancy and line totals, kept retained (and announced to Home Assistant). Zones
+        and lines it no longer has (a config reload) are cleared from the broker and from Home Assistant."""
         topics = self.topics
-        updates = {topics.zone(camera_id, zone): _compact(counts) for zone, counts in occupancy.items()}
+        with self._lock:
+            zones_before, lines_before = self._geometry.get(camera_id, ((), ()))
+            self._geometry[camera_id] = (tuple(occupancy), tuple(lines))
+        updates = self._clear_geometry(
+            camera_id, set(zones_before) - occupancy.keys(), set(lines_before) - lines.keys()
+        )
+        updates.update({topics.zone(camera_id, zone): _compact(counts) for zone, counts in occupancy.items()})
         updates.update({topics.line(camera_id, name): _compact(totals) for name, totals in lines.items()})
         if self._discovery is not None:
             updates.update(self._discovery.add_zones_and_lines(camera_id, list(occupancy), list(lines)))
         self._set_retained(updates)
+
+    def _clear_geometry(self, camera_id: str, zones: Iterable[str], lines: Iterable[str]) -> dict[str, bytes]:
+        """Empty retained payloads for zones' occupancy, lines' totals and their Home Assistant entities."""
+        gone_zones, gone_lines = sorted(zones), sorted(lines)
+        updates = {self.topics.zone(camera_id, zone): b"" for zone in gone_zones}
+        updates.update({self.topics.line(camera_id, line): b"" for line in gone_lines})
+        if self._discovery is not None:
+            updates.update(self._discovery.remove_zones_and_lines(camera_id, gone_zones, gone_lines))
+        return updates
 
     def _queue_message(self, topic: str, payload: bytes) -> None:
         with self._lock:
@@ -303,9 +321,13 @@ class MqttPublisher(Sink):
         self._set_retained(updates)
 
     def remove_camera(self, camera_id: str) -> None:
-        """A camera removed while running (its results all handled): its retained status and counts and its
-        Home Assistant entities are cleared on the broker (empty retained payloads, sent once connected)."""
+        """A camera removed while running (its results all handled): its retained status, counts, zones and
+        lines and its Home Assistant entities are cleared on the broker (empty retained payloads, sent once
+        connected)."""
         updates = {self.topics.status(camera_id): b"", self.topics.counts(camera_id): b""}
+        with self._lock:
+            zones, lines = self._geometry.pop(camera_id, ((), ()))
+        updates.update(self._clear_geometry(camera_id, zones, lines))
         if self._discovery is not None:
             updates.update(self._discovery.remove_camera(camera_id))
         self._counts.pop(camera_id, None)

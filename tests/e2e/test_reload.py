@@ -410,6 +410,8 @@ def test_changing_a_cameras_zones_and_lines_applies_without_touching_the_others(
     site.cameras["street"] = tracked + ZONE.format(name="yard")
     site.start()
     subscriber.wait_for(lambda: subscriber.payloads(f"{PREFIX}/street/zones/yard"), 30, "the yard zone")
+    yard_entity = "homeassistant/sensor/edgewatch_test-box/street_zone_yard/config"
+    assert retained(site.broker, yard_entity)  # announced to Home Assistant
     wait_frames(subscriber, "kitchen", 2)
     site.cameras["street"] = tracked + ZONE.format(name="dock") + LINE
     site.write()
@@ -418,6 +420,9 @@ def test_changing_a_cameras_zones_and_lines_applies_without_touching_the_others(
     # the new zone and line are counted from 0 and kept retained; the page's live view draws them
     subscriber.wait_for(lambda: subscriber.payloads(f"{PREFIX}/street/zones/dock"), 30, "the dock zone")
     assert json.loads(retained(site.broker, f"{PREFIX}/street/lines/gate")[-1]) == {"in": 0, "out": 0}
+    # the zone that went leaves nothing behind: no retained occupancy, no Home Assistant entity
+    assert retained(site.broker, f"{PREFIX}/street/zones/yard") == []
+    assert retained(site.broker, yard_entity) == []
     text = site.scrape()
     assert sample(text, "edgewatch_zone_dwell_seconds_count", camera="street", zone="dock") == 0
     wait_frames(subscriber, "kitchen", 3)
