@@ -1,15 +1,17 @@
 """The hand-off between camera threads and the inference worker: one slot per camera.
 
 A camera never blocks here: `put` replaces the camera's unconsumed frame (the old one is reported to
-`on_stale` and counted as dropped). The worker takes the freshest frame of every camera that has one,
-longest-waiting first, so that with more cameras than `max_batch` every camera gets its turn: a camera waits
-from its first frame after it was last served, and a newer frame replacing an unserved one keeps its place
-in the queue. (Ordering by the frames' own capture times instead would let cameras that deliver in step, as
-the clients of one stream do, be overtaken round after round by the same few.)
+`on_stale` and counted as dropped). The worker takes the freshest frame of every camera that has one, least
+recently served first (counted in batches: round robin), so that with more cameras than `max_batch` every
+camera gets the same share; among cameras served in the same batch, the one whose frame waits longest goes
+first. (Ordering by how long each frame has waited instead lets the cameras' phases decide: a camera whose
+next frame arrives just after it was served queues ahead of one whose frame arrives later, every round, and
+cameras that deliver in step, as the clients of one stream do, are overtaken round after round by the same
+few.)
 
 Frames of HTTP inference requests wait in a bounded FIFO beside the camera slots: they are never
-overwritten, compete with camera frames by age (so neither side starves the other), and `put_request`
-refuses them when the FIFO is full (the API answers 503).
+overwritten, rank as a camera last served before they arrived (so neither side starves the other), and
+`put_request` refuses them when the FIFO is full (the API answers 503).
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ class FrameBoard:
         self, camera_ids: Iterable[str], on_stale: Callable[[Frame], None], max_requests: int = 16
     ) -> None:
         self._slots: dict[str, Frame | None] = dict.fromkeys(camera_ids)
-        self._requests: deque[Frame] = deque()
+        # (the batch count before it arrived, the frame): it ranks as a camera last served then
+        self._requests: deque[tuple[int, Frame]] = deque()
         self._max_requests = max_requests
         self._live: set[str] = set()  # cameras currently delivering; a batch waits for these only
         self._heard: dict[str, float] = {}  # per live camera: when it went live or last put a frame
         self._waiting_since: dict[str, float] = {}  # per camera with a frame: its first frame since served
+        self._batches = 0  # batches handed out: the round-robin clock
+        self._served: dict[str, int] = {}  # per camera: the batch count when it was last served
         self._on_stale = on_stale
         self._stale: collections.Counter[str] = collections.Counter()  # frames replaced before inference
         # One lock; the worker waits on `_ready`, each camera on its own condition, so that a frame put
@@ -63,6 +68,7 @@ class FrameBoard:
             self._live.discard(camera_id)
             self._heard.pop(camera_id, None)
             self._waiting_since.pop(camera_id, None)
+            self._served.pop(camera_id, None)
             taken = self._taken.pop(camera_id, None)
             if taken is not None:
                 taken.notify_all()
@@ -94,7 +100,7 @@ class FrameBoard:
         with self._ready:
             if self._closed or len(self._requests) >= self._max_requests:
                 return False
-            self._requests.append(frame)
+            self._requests.append((self._batches - 1, frame))
             self._ready.notify_all()
             return True
 
@@ -119,8 +125,9 @@ class FrameBoard:
         """Wait up to `wait` s for a first frame, then up to `fill_timeout` s for the batch to fill.
 
         The batch is full at `max_batch` frames or when every live camera has a frame waiting. Returns the
-        frames, longest-waiting first (empty on timeout). Once closed it waits for nothing and hands out the
-        camera frames left on the board (the cameras have stopped: they are inferred, not lost), then none.
+        frames, least recently served first (empty on timeout). Once closed it waits for nothing and hands
+        out the camera frames left on the board (the cameras have stopped: they are inferred, not lost), then
+        none.
         """
         with self._ready:
             if not self._ready.wait_for(lambda: self._closed or self._ready_count() > 0, timeout=wait):
@@ -132,21 +139,24 @@ class FrameBoard:
                     lambda: self._closed or self._ready_count() >= want,
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
-            waiting = [frame for frame in self._slots.values() if frame is not None]
-            waiting += self._requests
-            ready = sorted(waiting, key=self._waiting_key)[:max_batch]
+            waiting = [
+                (self._served.get(camera, -1), self._waiting_since[camera], frame)
+                for camera, frame in self._slots.items()
+                if frame is not None
+            ]
+            waiting += [(turn, frame.captured_mono, frame) for turn, frame in self._requests]
+            ready = [frame for *_, frame in sorted(waiting, key=lambda entry: entry[:2])[:max_batch]]
+            if ready:
+                self._batches += 1
             for frame in ready:
                 if frame.reply is None:
                     self._slots[frame.camera_id] = None
+                    self._served[frame.camera_id] = self._batches
                     self._taken[frame.camera_id].notify_all()
             taken = {id(frame) for frame in ready if frame.reply is not None}
             if taken:
-                self._requests = deque(frame for frame in self._requests if id(frame) not in taken)
+                self._requests = deque(entry for entry in self._requests if id(entry[1]) not in taken)
             return ready
-
-    def _waiting_key(self, frame: Frame) -> float:
-        """Requests wait since they arrived; a camera since its first frame after it was last served."""
-        return frame.captured_mono if frame.reply is not None else self._waiting_since[frame.camera_id]
 
     def _delivering(self) -> int:
         """Live cameras heard from within SILENT_AFTER: a stalled one (still connected, no frames until its
@@ -161,7 +171,7 @@ class FrameBoard:
         """Stop handing out frames; returns the request frames still waiting, for the caller to answer."""
         with self._ready:
             self._closed = True
-            left, self._requests = list(self._requests), deque()
+            left, self._requests = [frame for _, frame in self._requests], deque()
             self._ready.notify_all()
             for taken in self._taken.values():
                 taken.notify_all()

@@ -126,3 +126,25 @@ def test_a_camera_added_while_running_gets_a_slot_and_a_removed_one_leaves_none(
     started = time.monotonic()
     assert [f.frame_id for f in board.take_batch(8, 1.0, 0)] == [2]
     assert time.monotonic() - started < 0.5
+
+
+def test_cameras_at_one_rate_and_different_phases_get_equal_shares_under_overload() -> None:
+    """16 cameras at 2 fps, each on its own phase, served 8 at a time every 386 ms (20.7 frames/s of the 32
+    offered): over 90 s every camera gets the same number of frames, give or take one."""
+    cameras = [f"cam-{i:02d}" for i in range(16)]
+    board = FrameBoard(cameras, lambda _: None)
+    served = dict.fromkeys(cameras, 0)
+    arrivals = sorted(
+        (k * 0.5 + i * 0.031, camera) for i, camera in enumerate(cameras) for k in range(180)
+    )
+    batches = [k * 0.386 for k in range(1, round(90 / 0.386))]
+    pending = iter(arrivals)
+    upcoming = next(pending, None)
+    for at in batches:
+        while upcoming is not None and upcoming[0] <= at:
+            board.put(Frame(upcoming[1], 0, upcoming[0], upcoming[0], IMAGE))
+            upcoming = next(pending, None)
+        for taken in board.take_batch(max_batch=8, fill_timeout=0, wait=0):
+            served[taken.camera_id] += 1
+
+    assert max(served.values()) - min(served.values()) <= 1, served
