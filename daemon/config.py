@@ -242,7 +242,8 @@ class MqttConfig(_Section):
     topic_prefix: Annotated[str, Field(pattern=r"^[^#+]+$")] = "edgewatch"
     homeassistant: bool = False
     discovery_prefix: str = "homeassistant"
-    max_queued: Annotated[int, Field(ge=1)] = 1000  # detections waiting for the socket; alerts held offline
+    # detections waiting for the socket; alerts, and events, each held through an outage
+    max_queued: Annotated[int, Field(ge=1)] = 1000
 
 
 class MetricsConfig(_Section):

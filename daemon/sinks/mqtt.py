@@ -9,7 +9,8 @@ Every outgoing queue is bounded by us (paho's own queue is left unlimited):
   counted) while the broker is away, and while `max_queued` of them still wait for the socket;
 - alerts and events (QoS 1) and retained state (each camera's status, its latest counts, zone occupancy and
   line totals, Home Assistant discovery) are handed to one small thread of ours ("mqtt-publish"), so callers
-  never block: alerts and events wait through an outage, at most `max_queued` of them together; retained
+  never block: alerts and events wait through an outage, at most `max_queued` of each (so that a burst of
+  events never crowds out an alert), alerts sent first; retained
   state is a table, topic -> payload, published whenever it changes and in full after every (re)connect,
   with at most one message per topic in flight (newer values coalesce while one is).
 
@@ -122,6 +123,26 @@ def _has_room(in_flight: collections.deque[mqtt.MQTTMessageInfo], limit: int) ->
     return len(in_flight) < limit
 
 
+class _Held:
+    """QoS 1 messages of one kind (alerts, or events) that wait for the publishing thread or are in flight."""
+
+    def __init__(self) -> None:
+        self.waiting: collections.deque[tuple[str, bytes]] = collections.deque()  # (topic, payload)
+        self.in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
+
+    def offer(self, topic: str, payload: bytes, limit: int) -> bool:
+        """Hold one more message; False (not held) when `limit` already wait or are in flight."""
+        if not _has_room(self.in_flight, limit - len(self.waiting)):
+            return False
+        self.waiting.append((topic, payload))
+        return True
+
+    def take(self) -> list[tuple[str, bytes]]:
+        taken = list(self.waiting)
+        self.waiting.clear()
+        return taken
+
+
 class MqttPublisher(Sink):
     """The MQTT side of edgewatch; also a Sink (detections and counts of every inferred frame).
 
@@ -157,9 +178,9 @@ class MqttPublisher(Sink):
         # per tracked camera: the zones and lines whose retained state it published (guarded by `_lock`)
         self._geometry: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._detections: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()  # dispatcher only
-        # alerts and events (QoS 1, not retained): (topic, payload) waiting for the publishing thread
-        self._alerts_waiting: collections.deque[tuple[str, bytes]] = collections.deque()
-        self._alerts_in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
+        # alerts and events (QoS 1, not retained), each bounded apart (guarded by `_lock`)
+        self._alerts = _Held()
+        self._events = _Held()
         self._retained_in_flight: dict[str, mqtt.MQTTMessageInfo] = {}  # publishing thread only
         self._discovery: HomeAssistantDiscovery | None = None
         if config.homeassistant:
@@ -270,11 +291,11 @@ class MqttPublisher(Sink):
 
     def on_alert(self, alert: Alert) -> None:
         """Send one alert change (QoS 1). Never blocks; at most `max_queued` wait or are in flight."""
-        self._queue_message(self.topics.alerts, _compact(alert.payload()))
+        self._hold(self._alerts, self.topics.alerts, _compact(alert.payload()))
 
     def on_event(self, event: Event) -> None:
         """Send one tracked object's event (QoS 1, not retained), like an alert. Never blocks."""
-        self._queue_message(self.topics.events(event.camera), _compact(event.payload()))
+        self._hold(self._events, self.topics.events(event.camera), _compact(event.payload()))
 
     def on_counts(self, camera_id: str, occupancy: Occupancy, lines: LineTotals) -> None:
         """A camera's zone occupancy and line totals, kept retained (and announced to Home Assistant). Zones
@@ -301,11 +322,9 @@ class MqttPublisher(Sink):
             updates.update(self._discovery.remove_zones_and_lines(camera_id, gone_zones, gone_lines))
         return updates
 
-    def _queue_message(self, topic: str, payload: bytes) -> None:
+    def _hold(self, held: _Held, topic: str, payload: bytes) -> None:
         with self._lock:
-            queued = _has_room(self._alerts_in_flight, self._config.max_queued - len(self._alerts_waiting))
-            if queued:
-                self._alerts_waiting.append((topic, payload))
+            queued = held.offer(topic, payload, self._config.max_queued)
         if queued:
             self._wake.set()
         else:
@@ -366,23 +385,24 @@ class MqttPublisher(Sink):
                 log.exception("MQTT: publishing alerts or retained state failed")
 
     def _publish_pending(self) -> bool:
-        """Publish waiting alerts, and every changed topic whose previous message is acknowledged.
-        True if a topic had to wait for that."""
+        """Publish waiting alerts, then events, and every changed topic whose previous message is
+        acknowledged. True if a topic had to wait for that."""
         in_flight = self._retained_in_flight
         for topic in [topic for topic, info in in_flight.items() if _delivered(info)]:
             del in_flight[topic]
         with self._lock:
             if not self._synced:
                 return False
-            alerts = list(self._alerts_waiting)
-            self._alerts_waiting.clear()
+            alerts, events = self._alerts.take(), self._events.take()
             ready = sorted(self._dirty - in_flight.keys())
             batch = [(topic, self._retained[topic]) for topic in ready if topic in self._retained]
             self._dirty.difference_update(ready)
             held_back = bool(self._dirty)
-        sent = [self._client.publish(topic, payload, qos=1) for topic, payload in alerts]
+        sent_alerts = [self._client.publish(topic, payload, qos=1) for topic, payload in alerts]
+        sent_events = [self._client.publish(topic, payload, qos=1) for topic, payload in events]
         with self._lock:
-            self._alerts_in_flight.extend(sent)
+            self._alerts.in_flight.extend(sent_alerts)
+            self._events.in_flight.extend(sent_events)
         for topic, payload in batch:
             info = self._client.publish(topic, payload, qos=1, retain=True)
             in_flight[topic] = info
@@ -446,7 +466,7 @@ class MqttPublisher(Sink):
                 self._barrier_mid = None
                 self._synced = True
                 self._dirty = set(self._retained)
-            wake = bool(self._dirty or self._alerts_waiting)
+            wake = bool(self._dirty or self._alerts.waiting or self._events.waiting)
         if wake:
             self._wake.set()
 

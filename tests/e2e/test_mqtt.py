@@ -13,6 +13,7 @@ import pytest
 
 from daemon.alerts.alert import Alert
 from daemon.config import ConfigError, MqttConfig
+from daemon.events.event import Event
 from daemon.metrics import Metrics
 from daemon.sinks.mqtt import MqttPublisher
 from tests.support.daemon import REPO, wait_until
@@ -23,6 +24,7 @@ STATUS = "edgewatch/edge-01/cam-1/status"
 DETECTIONS = "edgewatch/edge-01/cam-1/detections"
 COUNTS = "edgewatch/edge-01/cam-1/counts"
 ALERTS = "edgewatch/edge-01/alerts"
+EVENTS = "edgewatch/edge-01/cam-1/events"
 
 
 def metric(metrics: Metrics, name: str) -> float:
@@ -254,6 +256,32 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
 
     publisher.handle(frame_result("cam-1", 11, [person()]))
     live.wait_for(lambda: live.on(DETECTIONS), what="detections after the outage")
+
+
+def test_a_burst_of_events_in_an_outage_never_crowds_out_an_alert(
+    mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher
+):
+    relay = tcp_relay(mosquitto)
+    metrics = Metrics()
+    live = mqtt_subscriber(mosquitto)
+    publisher = mqtt_publisher(relay, metrics=metrics, max_queued=3)
+    live.wait_payload(STATUS, b"offline")
+
+    relay.cut()
+    wait_until(lambda: connected(metrics) == 0, 5, message="edgewatch_mqtt_connected 0")
+    for number in range(6):  # a busy zone while the broker is away
+        publisher.on_event(
+            Event(f"event-{number}", "enter", "cam-1", "person", number, 1.7e9, 1.7e9, 1.7e9, 0.9,
+                  (1.0, 2.0, 3.0, 4.0), (640, 480), zone="dock")
+        )
+    publisher.on_alert(Alert("camera_down", "cam-1", "camera cam-1 offline", "critical", "firing", 1.7e9))
+    assert dropped(metrics) == 3  # the events beyond max_queued; the alert had room of its own
+
+    relay.start()
+    live.wait_for(lambda: live.on(ALERTS) and len(live.on(EVENTS)) >= 3, what="the alert and 3 events")
+    assert json.loads(live.on(ALERTS)[0].payload)["message"] == "camera cam-1 offline"
+    live.sync()
+    assert sorted({json.loads(m.payload)["id"] for m in live.on(EVENTS)}) == ["event-0", "event-1", "event-2"]
 
 
 def test_broker_down_at_start_does_not_block_and_connects_later(
