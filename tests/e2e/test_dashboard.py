@@ -20,15 +20,14 @@ from daemon.model.session import Model
 from daemon.roboflow.aggregator import Prediction
 from daemon.roboflow.client import report_body
 from daemon.sinks.history import History
-from tests.support.browser import chromium
-from tests.support.daemon import REPO, wait_until
+from tests.support.browser import ARTIFACTS, chromium
+from tests.support.daemon import wait_until
 from tests.support.edge import PHOTOS, Edge, edge_config
 from tests.support.results import car, frame_result, person
 from tests.support.roboflow_server import RoboflowServer
 
 NOW = 1_800_000_000.0  # a fixed "now" for the store's clock
 HOST = {"hostname": "edge-test"}
-ARTIFACTS = REPO / "test-artifacts"
 
 
 def report(stream: str, entries: list[tuple[str, float, str]], at: float = NOW) -> dict[str, Any]:

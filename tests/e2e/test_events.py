@@ -17,7 +17,7 @@ import pytest
 from daemon.demo import STREET_PATH, STREET_PHOTO, MovingPath, photo_path, write_moving_clip
 from tests.e2e.test_cli import camera_block, check, daemon_config, sample, scrape
 from tests.e2e.test_daemon_observability import mqtt_block
-from tests.support.browser import chromium
+from tests.support.browser import ARTIFACTS, chromium
 from tests.support.daemon import free_port, wait_until
 from tests.support.mosquitto import Subscriber
 
@@ -182,6 +182,8 @@ def test_a_crossing_and_a_visit_reach_mqtt_metrics_the_page_and_the_browser(
             " return img && img.complete && img.naturalWidth > 0; }",
             timeout=10000,
         )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "events-page.png"), full_page=True)
         row.click()
         page.wait_for_function(
             "() => { const img = document.querySelector('#snapshot-image');"

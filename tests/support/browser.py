@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from tests.support.daemon import REPO
+
+ARTIFACTS = REPO / "test-artifacts"  # screenshots of the page for people to look at (docs/*.png)
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
