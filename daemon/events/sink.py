@@ -116,20 +116,26 @@ class EventsSink(Sink):
                 listener.on_counts(camera_id, occupancy, lines)
 
     def handle(self, result: FrameResult) -> None:
+        try:
+            self._track(result)
+        finally:  # even when tracking failed: the live view gets the frame, the other sinks do not
+            self.live.offer(result)
+            result.image = None
+
+    def _track(self, result: FrameResult) -> None:
         camera = self._cameras.get(result.camera_id)
         if self._offline:
             self._end_offline(result)
-        if camera is not None:
-            result.detections = camera.tracker.update(result.detections, result.captured_mono)
-            tracked = result.detections
-            confirmed = tracked if (tracked.tracker_id >= 0).all() else tracked[tracked.tracker_id >= 0]
-            outcome = camera.events.observe(result.captured_at, (result.width, result.height), confirmed)
-            if self._snapshots is not None and result.image is not None:
-                for request in outcome.snapshots:
-                    self._snapshots.submit(result.image, request)
-            self._publish(camera, outcome)
-        self.live.offer(result)
-        result.image = None
+        if camera is None:
+            return
+        result.detections = camera.tracker.update(result.detections, result.captured_mono)
+        tracked = result.detections
+        confirmed = tracked if (tracked.tracker_id >= 0).all() else tracked[tracked.tracker_id >= 0]
+        outcome = camera.events.observe(result.captured_at, (result.width, result.height), confirmed)
+        if self._snapshots is not None and result.image is not None:
+            for request in outcome.snapshots:
+                self._snapshots.submit(result.image, request)
+        self._publish(camera, outcome)
 
     def flush(self) -> None:
         """The daemon stops: every open track ends."""
