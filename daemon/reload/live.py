@@ -61,7 +61,9 @@ class LiveConfig:
         if change.cameras_added or change.cameras_removed or change.cameras_changed:
             self._set_cameras(new)
         if switch and publisher:
+            self._tell_counts(publisher, new)  # before it connects: the zones and lines it keeps
             switch.replace(publisher, service.camera_statuses)
+            self._tell_counts(publisher, new)  # and what changed while the old publisher still had them
         sections = change.sections_changed
         if "roboflow" in sections and service.sinks.monitoring is not None:
             service.sinks.monitoring.set_settings(new.roboflow)
@@ -107,6 +109,13 @@ class LiveConfig:
         service.sinks.confidence.forget_camera(camera_id)
         remove_camera_series(service.metrics.registry, camera_id)
         log.info("camera %s removed", camera_id)
+
+    def _tell_counts(self, publisher: MqttPublisher, new: Config) -> None:
+        """Every tracked camera's zone occupancy and line totals, for a publisher to another broker."""
+        for camera in new.cameras:
+            counts = self._service.sinks.events.counts(camera.id)
+            if counts is not None:
+                publisher.on_counts(camera.id, *counts)
 
     def _set_cameras(self, new: Config) -> None:
         service = self._service

@@ -217,7 +217,14 @@ class MqttPublisher(Sink):
         client.on_publish = self._on_publish
         if self._discovery is not None:
             client.message_callback_add(self._discovery.status_topic, self._on_homeassistant_status)
+        for pattern in self._geometry_filters:
+            client.message_callback_add(pattern, self._on_geometry_retained)
         return client
+
+    @property
+    def _geometry_filters(self) -> tuple[str, str]:
+        """Every camera's zone occupancy and line totals under this device (subscribed to at each connect)."""
+        return self.topics.zone("+", "+"), self.topics.line("+", "+")
 
     # lifecycle
 
@@ -439,6 +446,8 @@ class MqttPublisher(Sink):
         self._metrics.mqtt_connected.set(1)
         if self._discovery is not None:
             client.subscribe(self._discovery.status_topic, qos=1)
+        # the broker answers with what it retained: zones and lines no longer configured are cleared
+        client.subscribe([(pattern, 0) for pattern in self._geometry_filters])
         barrier = client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         with self._lock:
             self._connected = True
@@ -469,6 +478,20 @@ class MqttPublisher(Sink):
             wake = bool(self._dirty or self._alerts.waiting or self._events.waiting)
         if wake:
             self._wake.set()
+
+    def _on_geometry_retained(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """A zone's occupancy or a line's totals the broker kept from before (a retained message; our own
+        publishes come back unretained and are ignored): cleared, with its Home Assistant entity, when that
+        zone or line is no longer configured (removed from config.toml while edgewatch was stopped)."""
+        if not message.retain or not message.payload:
+            return
+        camera_id, kind, name = message.topic.rsplit("/", 3)[-3:]
+        with self._lock:
+            zones, lines = self._geometry.get(camera_id, ((), ()))
+        if kind == "zones" and name not in zones:
+            self._set_retained(self._clear_geometry(camera_id, [name], []))
+        elif kind == "lines" and name not in lines:
+            self._set_retained(self._clear_geometry(camera_id, [], [name]))
 
     def _on_homeassistant_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.payload != ONLINE or self._discovery is None:

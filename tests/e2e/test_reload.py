@@ -293,6 +293,12 @@ def test_moving_to_another_mqtt_broker(site: Site, mosquitto_factory) -> None:
     second.start()
     first_view = Subscriber(site.broker, f"{PREFIX}/#")
     second_view = Subscriber(second, f"{PREFIX}/#")
+    # the second broker still keeps a zone of an earlier configuration: it must go when edgewatch connects
+    second_view.publish(f"{PREFIX}/street/zones/old", b'{"person":1}', retain=True)
+    second_view.sync()
+    assert retained(second, f"{PREFIX}/street/zones/old") == [b'{"person":1}']
+    tracked = camera_block("street", site.clips["motorcycle"], loop=True, fps=1, track=True)
+    site.cameras["street"] = tracked + ZONE.format(name="yard")
     site.start()
     first_view.wait_payload(f"{PREFIX}/availability", b"online", timeout=30)
     wait_frames(first_view, "kitchen", 2)
@@ -308,6 +314,9 @@ def test_moving_to_another_mqtt_broker(site: Site, mosquitto_factory) -> None:
     first_view.wait_payload(f"{PREFIX}/availability", b"offline", timeout=10)
     assert retained(first, f"{PREFIX}/availability") == [b"offline"]  # what the old broker tells newcomers
     assert retained(second, f"{PREFIX}/street/status") == [b"online"]
+    # the zone occupancy went over to the new broker; the old configuration's zone did not survive there
+    assert set(json.loads(retained(second, f"{PREFIX}/street/zones/yard")[-1])) <= {"motorbike"}
+    assert retained(second, f"{PREFIX}/street/zones/old") == []
     after = site.scrape()
     for camera in ("kitchen", "street"):
         assert stale(after, camera) - stale(before, camera) <= 1
