@@ -234,13 +234,13 @@ class BoundedHTTPServer:
             connection, (accepted, _, _) = next(iter(self._waiting.items()))
             if now - accepted < self._head_timeout:
                 return
+            self._dropped("head_timeout")  # before the close: a client that sees it also sees it counted
             self._close(selector, connection)
-            self._dropped("head_timeout")
 
     def _drop_oldest(self, selector: selectors.BaseSelector, reason: str) -> None:
+        self._dropped(reason)
         if self._waiting:
             self._close(selector, next(iter(self._waiting)))
-        self._dropped(reason)
 
     def _close(self, selector: selectors.BaseSelector, connection: socket.socket) -> None:
         self._waiting.pop(connection, None)

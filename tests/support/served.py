@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socketserver
 import threading
-from typing import Self
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; the suite also runs on 3.10 (JetPack 6)
+    from typing import Self
 
 
 class Served:
