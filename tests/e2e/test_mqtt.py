@@ -216,14 +216,21 @@ def test_broker_restart_reconnects_and_republishes_retained_state(mosquitto, mqt
         assert message is not None and message.payload == payload
 
 
-def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
-    mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher
-):
+def behind_a_relay(mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher):
+    """A publisher (max_queued 3) reaching the broker through a relay the test can cut; a subscriber on the
+    broker itself; the publisher's metrics."""
     relay = tcp_relay(mosquitto)
     metrics = Metrics()
     live = mqtt_subscriber(mosquitto)
     publisher = mqtt_publisher(relay, metrics=metrics, max_queued=3)
     live.wait_payload(STATUS, b"offline")
+    return relay, metrics, live, publisher
+
+
+def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
+    mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher
+):
+    relay, metrics, live, publisher = behind_a_relay(mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher)
     publisher.on_camera_status("cam-1", True)
     live.wait_payload(STATUS, b"online")
 
@@ -261,11 +268,7 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
 def test_a_burst_of_events_in_an_outage_never_crowds_out_an_alert(
     mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher
 ):
-    relay = tcp_relay(mosquitto)
-    metrics = Metrics()
-    live = mqtt_subscriber(mosquitto)
-    publisher = mqtt_publisher(relay, metrics=metrics, max_queued=3)
-    live.wait_payload(STATUS, b"offline")
+    relay, metrics, live, publisher = behind_a_relay(mosquitto, tcp_relay, mqtt_subscriber, mqtt_publisher)
 
     relay.cut()
     wait_until(lambda: connected(metrics) == 0, 5, message="edgewatch_mqtt_connected 0")
