@@ -16,11 +16,13 @@ from daemon.web.server import BoundedHTTPServer, PrefixedHandler, ServerMetrics
 from tests.support.daemon import wait_until
 
 release = threading.Event()
+holding: list[str] = []  # one entry per /hold request a handler has taken
 
 
 class Handler(PrefixedHandler):
     def do_GET(self) -> None:
         if self.path == "/hold":
+            holding.append(self.path)
             release.wait(10)
         body = f"ok {self.path}".encode()
         self.send_response(200)
@@ -48,6 +50,7 @@ def server() -> Iterator[tuple[BoundedHTTPServer, CollectorRegistry]]:
     )
     httpd.start()
     release.clear()
+    holding.clear()
     yield httpd, registry
     release.set()
     httpd.close(2)
@@ -103,9 +106,12 @@ def test_with_every_handler_busy_requests_queue_and_past_the_queue_get_503(serve
     httpd, registry = server
     holders = [threading.Thread(target=request, args=(httpd.port, b"GET /hold HTTP/1.0\r\n\r\n", 15))
                for _ in range(2 + 8)]  # 2 handlers busy, 8 complete requests queued
-    for holder in holders:
+    for taken, holder in enumerate(holders, 1):
+        # one at a time: ten connections arriving together would exceed the 8 that may wait for their head
         holder.start()
-    wait_until(lambda: httpd._ready.full(), 5, message="the queue to fill")
+        wait_until(lambda taken=taken: len(holding) + httpd._ready.qsize() == taken, 5,
+                   message=f"request {taken} to be taken or queued")
+    assert httpd._ready.full()
     assert request(httpd.port, b"GET /more HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 503")
     assert dropped(registry, "busy") == 1
     release.set()
