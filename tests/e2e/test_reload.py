@@ -437,6 +437,22 @@ def test_changing_a_cameras_zones_and_lines_applies_without_touching_the_others(
     text = site.scrape()
     assert sample(text, "edgewatch_zone_dwell_seconds_count", camera="street", zone="dock") == 0
     wait_frames(subscriber, "kitchen", 3)
+    # tracking turned off: the camera keeps reporting detections, and its zones and lines leave no trace
+    site.cameras["street"] = camera_block("street", site.clips["motorcycle"], loop=True, fps=1)
+    site.write()
+    status, outcome = site.reload()
+    assert (status, outcome["message"]) == (200, "cameras ~street(track, zones, lines)"), outcome
+    entity = "homeassistant/sensor/edgewatch_test-box/street_{}/config".format
+    gone_topics = (f"{PREFIX}/street/zones/dock", f"{PREFIX}/street/lines/gate", entity("zone_dock"),
+                   entity("line_gate_in"), entity("line_gate_out"))
+    for gone in gone_topics:
+        wait_until(lambda gone=gone: retained(site.broker, gone) == [], 10, message=f"{gone} cleared")
+    street = f"{PREFIX}/street/detections"
+    seen = len(subscriber.payloads(street))
+    subscriber.wait_for(lambda: len(subscriber.payloads(street)) >= seen + 2, 30, "street's frames after it")
+    after = [json.loads(payload)["predictions"] for payload in subscriber.payloads(street)[seen + 1:]]
+    assert any(after) and all("tracker_id" not in p for predictions in after for p in predictions)
+    wait_frames(subscriber, "kitchen", 4)
     assert_no_gap(subscriber, "kitchen")
     assert site.daemon.terminate() == 0
     subscriber.close()
