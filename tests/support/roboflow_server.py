@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.served import Served
+from tests.support.served import Scripted, Served, next_scripted, read_body, send_json
 
 ENDPOINTS = ("workspace", "report", "metadata")
 
@@ -42,14 +42,6 @@ class Recorded:
 
 
 @dataclass
-class _Script:
-    status: int
-    times: int | None  # None: until clear()
-    retry_after: str | None
-    delay: float
-
-
-@dataclass
 class RoboflowServer(Served):
     api_key: str = "rf_test_key"
     workspace: str = "edge-tests"
@@ -59,7 +51,7 @@ class RoboflowServer(Served):
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
-        self._scripts: dict[str, list[_Script]] = {name: [] for name in ENDPOINTS}
+        self._scripts: dict[str, list[Scripted]] = {name: [] for name in ENDPOINTS}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -97,7 +89,7 @@ class RoboflowServer(Served):
         after `delay` seconds (a slow network; longer than the client's timeout makes it time out)."""
         assert endpoint in ENDPOINTS
         with self._changed:
-            self._scripts[endpoint].append(_Script(status, times, retry_after, delay))
+            self._scripts[endpoint].append(Scripted(status, times, retry_after, delay))
 
     def clear(self, endpoint: str | None = None) -> None:
         with self._changed:
@@ -151,8 +143,7 @@ class RoboflowServer(Served):
         arrived = time.monotonic()
         split = urllib.parse.urlsplit(handler.path)
         query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
+        raw = read_body(handler)
         try:
             body = json.loads(raw) if raw else None
             parsed = True
@@ -162,17 +153,12 @@ class RoboflowServer(Served):
         headers: dict[str, str] = {}
         delay = 0.0
         with self._changed:
-            scripts = self._scripts.get(endpoint)
-            script = scripts[0] if scripts else None
+            script = next_scripted(self._scripts.get(endpoint, []))
             if script is not None:
                 status, delay = script.status, script.delay
                 answer: Any = {"error": f"scripted {status}"}
                 if script.retry_after is not None:
                     headers["Retry-After"] = script.retry_after
-                if script.times is not None:
-                    script.times -= 1
-                    if script.times <= 0:
-                        scripts.pop(0)
             elif endpoint == "unknown":
                 status, answer = 404, {"error": "no such endpoint"}
             elif query.get("api_key") != self.api_key:
@@ -193,17 +179,7 @@ class RoboflowServer(Served):
             self._changed.notify_all()
         if delay:
             time.sleep(delay)  # the server's answer is slow; the client's timeout decides
-        payload = json.dumps(answer).encode()
-        try:
-            handler.send_response(status)
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
-        except OSError:  # the client gave up (timed out) before the answer
-            pass
+        send_json(handler, status, answer, headers)
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
-"""A local test server's lifecycle: one serving thread, started and stopped the same way by every stand-in."""
+"""What the local stand-in servers share: one serving thread, scripted failures and JSON answers."""
 
 from __future__ import annotations
 
+import json
 import socketserver
 import threading
-from typing import TYPE_CHECKING
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+; the suite also runs on 3.10 (JetPack 6)
     from typing import Self
@@ -25,3 +29,59 @@ class Served:
         self._served.shutdown()
         self._served.server_close()
         self._serving.join(5)
+
+
+@dataclass
+class Scripted:
+    """An answer the test asked for instead of the real one: `status`, the next `times` requests (None: until
+    cleared), with `Retry-After` and after `delay` seconds (a slow network) when given."""
+
+    status: int
+    times: int | None
+    retry_after: str | None
+    delay: float = 0.0
+
+
+def next_scripted(scripts: list[Scripted]) -> Scripted | None:
+    """The answer scripted for this request, if any, counted against its `times` (caller holds the lock)."""
+    if not scripts:
+        return None
+    script = scripts[0]
+    if script.times is not None:
+        script.times -= 1
+        if script.times <= 0:
+            scripts.pop(0)
+    return script
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+def send_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    answer: Any,
+    headers: dict[str, str],
+    trickle: float | None = None,
+) -> None:
+    """Answer `answer` as JSON; with `trickle`, one byte every `trickle` seconds. A client that gave up (timed
+    out, hung up) is not an error of the server's."""
+    payload = json.dumps(answer).encode()
+    try:
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        if trickle is None:
+            handler.wfile.write(payload)
+            return
+        for byte in payload:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(trickle)  # the slow server under test, not a synchronisation
+    except OSError:
+        pass

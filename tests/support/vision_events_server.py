@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.served import Served
+from tests.support.served import Scripted, Served, next_scripted, read_body, send_json
 
 ENDPOINTS = ("upload", "batch", "single")
 EVENT_TYPES = {"quality_check", "inventory_count", "safety_alert", "custom", "operator_feedback"}
@@ -53,13 +53,6 @@ class Recorded:
     raw: bytes
     status: int
     at: float
-
-
-@dataclass
-class _Script:
-    status: int
-    times: int | None
-    retry_after: str | None
 
 
 def _event_problem(event: Any, images: dict[str, bytes]) -> str | None:
@@ -141,7 +134,7 @@ class VisionEventsServer(Served):
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
-        self._scripts: dict[str, list[_Script]] = {name: [] for name in ENDPOINTS}
+        self._scripts: dict[str, list[Scripted]] = {name: [] for name in ENDPOINTS}
         self._trickle: dict[str, float] = {}
         server = self
 
@@ -173,7 +166,7 @@ class VisionEventsServer(Served):
         """Answer the next `times` requests to `endpoint` (all until clear() if None) with `status`."""
         assert endpoint in ENDPOINTS
         with self._changed:
-            self._scripts[endpoint].append(_Script(status, times, retry_after))
+            self._scripts[endpoint].append(Scripted(status, times, retry_after))
 
     def trickle(self, endpoint: str, interval: float) -> None:
         """Answer `endpoint` one byte every `interval` seconds (until clear())."""
@@ -214,12 +207,11 @@ class VisionEventsServer(Served):
         path = handler.path.split("?")[0]
         endpoint = {"/vision-events/upload": "upload", "/vision-events/batch": "batch",
                     "/vision-events": "single"}.get(path, "unknown")
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
+        raw = read_body(handler)
         headers: dict[str, str] = {}
         body: Any = None
         with self._changed:
-            script = self._scripts[endpoint][0] if self._scripts.get(endpoint) else None
+            script = next_scripted(self._scripts.get(endpoint, []))
             trickle = self._trickle.get(endpoint)
             if script is not None:
                 status, answer = script.status, {"error": f"scripted {script.status}"}
@@ -228,10 +220,6 @@ class VisionEventsServer(Served):
                         body = json.loads(raw)
                 if script.retry_after is not None:
                     headers["Retry-After"] = script.retry_after
-                if script.times is not None:
-                    script.times -= 1
-                    if script.times <= 0:
-                        self._scripts[endpoint].pop(0)
             elif endpoint == "unknown":
                 status, answer = 404, {"error": "no such endpoint"}
             elif handler.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -241,23 +229,7 @@ class VisionEventsServer(Served):
             arrived = Recorded(endpoint, dict(handler.headers), body, raw, status, time.monotonic())
             self.requests.append(arrived)
             self._changed.notify_all()
-        payload = json.dumps(answer).encode()
-        try:
-            handler.send_response(status)
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            if trickle is None:
-                handler.wfile.write(payload)
-                return
-            for byte in payload:
-                handler.wfile.write(bytes([byte]))
-                handler.wfile.flush()
-                time.sleep(trickle)  # the slow server under test, not a synchronisation
-        except OSError:  # the client gave up
-            pass
+        send_json(handler, status, answer, headers, trickle)
 
     def _serve(self, endpoint: str, content_type: str, raw: bytes) -> tuple[int, Any, Any]:
         """(status, answer, what was understood of the body); the caller holds the lock."""

@@ -6,19 +6,16 @@ takes the same IO-binding calls; pinning itself needs a CUDA runtime and is only
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
 from daemon.config import ModelConfig
-from daemon.frames import Frame, FrameResult
-from daemon.metrics import Metrics
+from daemon.frames import Frame
 from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.prologue import INPUT_NAME, prepend_prologue
 from daemon.model.session import (
@@ -30,16 +27,9 @@ from daemon.model.session import (
     pin_host_memory,
 )
 from daemon.pipeline.board import FrameBoard
-from daemon.pipeline.inference import InferenceWorker
+from tests.support.edge import photo
 from tests.support.inference import infer
-
-
-def photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    image = cv2.imread(str(Path(data.data_dir) / name))
-    assert image is not None, name
-    return image
+from tests.support.worker import WorkerRig
 
 
 def test_physical_cores_count_smt_siblings_once(tmp_path: Path) -> None:
@@ -109,71 +99,32 @@ def test_model_prepare_run_detections_is_infer(model: Model) -> None:
         np.testing.assert_allclose(one.xyxy, other.xyxy, atol=0.5)
 
 
-class Collected:
-    def __init__(self) -> None:
-        self.results: list[FrameResult] = []
-        self.arrived = threading.Condition()
-
-    def submit(self, result: FrameResult) -> bool:
-        with self.arrived:
-            self.results.append(result)
-            self.arrived.notify_all()
-        return True
-
-    def wait(self, count: int, timeout: float = 10) -> list[FrameResult]:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: len(self.results) >= count, timeout), self.results
-            return list(self.results)
-
-
-def make_worker(
-    model: Model, cameras: list[str]
-) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
-    board = FrameBoard(cameras, lambda _: None)
-    collected = Collected()
-    stop = threading.Event()
-    metrics = Metrics()
-    worker = InferenceWorker(
-        model, "coco/3", board, collected.submit, metrics.frames, metrics.inference, 4, 0.01, stop
-    )
-    return board, collected, stop, worker
-
-
-def start_worker(
-    model: Model, cameras: list[str]
-) -> tuple[FrameBoard, Collected, threading.Event, InferenceWorker]:
-    board, collected, stop, worker = make_worker(model, cameras)
-    worker.start()
-    return board, collected, stop, worker
-
-
 def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(model: Model) -> None:
-    board, collected, stop, worker = start_worker(model, ["cam"])
+    rig = WorkerRig(model, ["cam"])
+    rig.worker.start()
     try:
-        board.put(Frame("cam", 1, time.time(), time.monotonic(), photo("coffee.png")))
-        (result,) = collected.wait(1, timeout=5)  # no second frame ever comes
+        rig.board.put(Frame("cam", 1, time.time(), time.monotonic(), photo("coffee.png")))
+        (result,) = rig.collected.wait(1, timeout=5)  # no second frame ever comes
         assert result.frame_id == 1 and "cup" in result.detections.data["class_name"].tolist()
     finally:
-        stop.set()
-        board.close()
-        worker.join(5)
+        rig.close(5)
 
 
 def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
     cameras = [f"cam-{i}" for i in range(6)]
-    board, collected, stop, worker = make_worker(model, cameras)
+    rig = WorkerRig(model, cameras)
     image = photo("coffee.png")
     for number, camera in enumerate(cameras, 1):
-        board.put(Frame(camera, number, time.time(), time.monotonic(), image))
-    stop.set()  # the cameras have stopped and the daemon is stopping: the worker sees that at once
-    board.close()
+        rig.board.put(Frame(camera, number, time.time(), time.monotonic(), image))
+    rig.stop.set()  # the cameras have stopped and the daemon is stopping: the worker sees that at once
+    rig.board.close()
 
-    worker.start()
-    worker.join(10)
+    rig.worker.start()
+    rig.worker.join(10)
 
-    assert not worker.is_alive() and worker.error is None
-    assert sorted(result.camera_id for result in collected.results) == cameras
-    assert board.take_batch(4, 0, 0) == []  # drained
+    assert not rig.worker.is_alive() and rig.worker.error is None
+    assert sorted(result.camera_id for result in rig.collected.results) == cameras
+    assert rig.board.take_batch(4, 0, 0) == []  # drained
 
 
 def test_a_stalled_live_camera_stops_holding_batches(monkeypatch: pytest.MonkeyPatch) -> None:

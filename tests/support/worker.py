@@ -1,0 +1,59 @@
+"""The inference worker on the real model and a real board, its results collected in order."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from daemon.frames import FrameResult
+from daemon.metrics import Metrics
+from daemon.model.session import Model
+from daemon.pipeline.board import FrameBoard
+from daemon.pipeline.inference import InferenceWorker
+
+
+class Collected:
+    """What the worker hands on, in order; the test waits for a count."""
+
+    def __init__(self) -> None:
+        self.results: list[FrameResult] = []
+        self.arrived = threading.Condition()
+
+    def submit(self, result: FrameResult) -> bool:
+        with self.arrived:
+            self.results.append(result)
+            self.arrived.notify_all()
+        return True
+
+    def wait(self, count: int, timeout: float = 10) -> list[FrameResult]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.results) >= count, timeout), self.results
+            return list(self.results)
+
+
+@dataclass
+class WorkerRig:
+    """A worker (not started) that takes batches of up to 4 from `board`, waiting 10 ms for one to fill."""
+
+    model: Model
+    cameras: list[str]
+    board: FrameBoard = field(init=False)
+    collected: Collected = field(default_factory=Collected)
+    metrics: Metrics = field(default_factory=Metrics)
+    stop: threading.Event = field(default_factory=threading.Event)
+    worker: InferenceWorker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.board = FrameBoard(self.cameras, lambda _: None)
+        self.worker = InferenceWorker(
+            self.model, "coco/3", self.board, self.collected.submit, self.metrics.frames,
+            self.metrics.inference, 4, 0.01, self.stop,
+        )
+
+    def inferred(self, camera: str) -> float | None:
+        return self.metrics.registry.get_sample_value("edgewatch_frames_inferred_total", {"camera": camera})
+
+    def close(self, timeout: float = 10) -> None:
+        self.stop.set()
+        self.board.close()
+        self.worker.join(timeout)
