@@ -54,8 +54,13 @@ class ModelConfig(_Section):
     confidence: Annotated[float, Field(ge=0, le=1)] = 0.25
     iou: Annotated[float, Field(ge=0, le=1)] = 0.45
     providers: Annotated[list[Provider], Field(min_length=1)] = ["tensorrt", "cuda", "cpu"]
-    max_batch: Annotated[int, Field(ge=1, le=64)] = 8
-    batch_timeout_ms: Annotated[float, Field(ge=0, le=1000)] = 10
+    max_batch: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        default=None,
+        description="frames per batch, across cameras; unset: 8 on CUDA/TensorRT, 1 on CPU (best p95 there)",
+    )
+    batch_timeout_ms: Annotated[float, Field(ge=0, le=1000)] | None = Field(
+        default=None, description="how long a batch waits to fill; unset: 10 on CUDA/TensorRT, 0 on CPU"
+    )
     labels: Path | None = None
     layout: Literal["auto", "yolov8", "yolov5", "rfdetr"] = "auto"
     max_detections: Annotated[int, Field(ge=1)] = 300

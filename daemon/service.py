@@ -202,8 +202,8 @@ class Service:
             self.events_thread.submit,
             frames,
             inference,
-            config.model.max_batch,
-            config.model.batch_timeout_ms / 1000,
+            self.model.max_batch,
+            self.model.batch_timeout,
             self._worker_stop,
         )
         self._camera_factory = camera_factory

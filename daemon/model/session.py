@@ -60,6 +60,22 @@ def short_provider_name(ort_name: str) -> str:
     return _SHORT_NAMES.get(ort_name, ort_name.removesuffix("ExecutionProvider").lower())
 
 
+# (max_batch, batch_timeout_ms) where the config leaves them unset, by the provider that runs the model.
+# On a CPU a batch of B costs B single runs, so a frame batched with others only waits longer; on a GPU a
+# batch of 8 costs about one run. Measurements: docs/performance.md, "Latency policy".
+BATCH_DEFAULTS = {"cpu": (1, 0.0), "cuda": (8, 10.0), "tensorrt": (8, 10.0)}
+
+
+def batch_settings(config: ModelConfig, provider: str) -> tuple[int, float]:
+    """`max_batch` and the batch timeout (seconds) on `provider`: as configured, else its default."""
+    max_batch, timeout_ms = BATCH_DEFAULTS.get(provider, BATCH_DEFAULTS["cpu"])
+    if config.max_batch is not None:
+        max_batch = config.max_batch
+    if config.batch_timeout_ms is not None:
+        timeout_ms = config.batch_timeout_ms
+    return max_batch, timeout_ms / 1000
+
+
 def session_providers(
     config: ModelConfig, available: list[str], cache: bool = True
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -297,8 +313,7 @@ class Model:
         output_names: list[str],
         class_names: list[str],
         input_size: tuple[int, int],
-        fixed_batch: bool,
-        max_batch: int,
+        fixed_batch: int | None,
         config: ModelConfig,
         threads: int = 0,
     ) -> None:
@@ -306,9 +321,11 @@ class Model:
         self.layout = layout
         self.class_names = class_names
         self.input_size = input_size  # (height, width)
-        self.fixed_batch = fixed_batch  # the model's batch dim is a fixed number: every run is max_batch
-        self.max_batch = max_batch
+        self.fixed_batch = fixed_batch is not None  # the model's batch dim is a fixed number: every run is it
         self.provider = short_provider_name(session.get_providers()[0])
+        self.max_batch, self.batch_timeout = batch_settings(config, self.provider)
+        if fixed_batch is not None:
+            self.max_batch = fixed_batch
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
         self._session = session
         self._input_name = session.get_inputs()[0].name
@@ -316,7 +333,7 @@ class Model:
         self._names = np.array(class_names, dtype=str)
         self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
         self._config = config
-        self._buffer = LetterboxBuffer(input_size[0], input_size[1], max_batch)
+        self._buffer = LetterboxBuffer(input_size[0], input_size[1], self.max_batch)
         self._bound: BoundRunner | None = None
         if self.provider in ("cuda", "tensorrt"):
             self._bound = BoundRunner(session, self._input_name, output_names)
@@ -385,8 +402,7 @@ class Model:
             output_names,
             class_names,
             input_size,
-            fixed_batch=batch is not None,
-            max_batch=batch or config.max_batch,
+            fixed_batch=batch,
             config=config,
             threads=threads,
         )
@@ -400,15 +416,18 @@ class Model:
             len(class_names),
             input_size[1],
             input_size[0],
-            batch if batch is not None else f"dynamic (max {config.max_batch})",
+            batch if batch is not None
+            else f"dynamic (max {model.max_batch}, waits {model.batch_timeout * 1000:g} ms to fill)",
             model.provider,
             threads,
         )
         return model
 
-    def set_thresholds(self, config: ModelConfig) -> None:
-        """New default confidence, IoU and detection cap (a config reload); used from the next batch on."""
+    def set_run_settings(self, config: ModelConfig) -> None:
+        """New default confidence, IoU, detection cap and batch timeout (a config reload); the worker reads
+        them from the next batch on."""
         self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
+        self.batch_timeout = batch_settings(config, self.provider)[1]
         self._config = config
 
     def warm_up(self) -> None:

@@ -76,16 +76,16 @@ class LiveConfig:
     def _apply_model(self, new: Config, model: Model | None) -> None:
         service = self._service
         settings = new.model
+        running = model or service.model
         if model is not None or settings.id != service.config.model.id:
-            running = model or service.model
-            paused = service.worker.swap_model(running, settings.id, settings.max_batch, SYNC_TIMEOUT)
+            paused = service.worker.swap_model(running, settings.id, SYNC_TIMEOUT)
             if paused is None:
                 raise ReloadError(
                     f"{new.source}: model: inference did not reach the end of a batch within "
                     f"{SYNC_TIMEOUT:.0f} s; the running model stays"
                 )
-        service.model.set_thresholds(settings)
-        service.worker.set_batch_timeout(settings.batch_timeout_ms / 1000)
+        running.set_run_settings(settings)
+        service.worker.set_batch_timeout(running.batch_timeout)
         if model is not None:
             service.model = model
             service.metrics.set_provider(model.provider)

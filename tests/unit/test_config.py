@@ -34,7 +34,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert config.model.path == tmp_path / "models/m.onnx"
     assert config.cameras[0].url == str(tmp_path / "clips/a.mp4")
-    assert (config.model.confidence, config.model.iou, config.model.max_batch) == (0.25, 0.45, 8)
+    assert (config.model.confidence, config.model.iou, config.model.max_batch) == (0.25, 0.45, None)
     assert config.model.providers == ["tensorrt", "cuda", "cpu"]
     assert config.roboflow.frequency == 5 and config.metrics.port == 9108
     assert config.mqtt.topic_prefix == "edgewatch" and config.api.host == "127.0.0.1"

@@ -137,6 +137,21 @@ def test_dynamic_batch_runs_in_batches_of_max_batch(tmp_path: Path) -> None:
     assert infer(model, []) == ([], 0.0)
 
 
+def test_unset_batch_settings_follow_the_provider_and_set_ones_win(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = brightness_model(tmp_path / "dyn.onnx", ["batch", 3, INPUT_H, INPUT_W])
+    with caplog.at_level(logging.INFO, logger="edgewatch.model"):
+        on_cpu = Model.load(config(path))
+    assert (on_cpu.provider, on_cpu.max_batch, on_cpu.batch_timeout) == ("cpu", 1, 0.0)
+    assert "batch dynamic (max 1, waits 0 ms to fill), provider cpu" in caplog.text
+
+    chosen = Model.load(config(path, max_batch=8, batch_timeout_ms=20))
+    assert (chosen.max_batch, chosen.batch_timeout) == (8, 0.02)
+    chosen.set_run_settings(config(path, max_batch=8))  # a reload that drops the timeout: the CPU's again
+    assert chosen.batch_timeout == 0.0
+
+
 P = 0.8
 LOGIT = float(np.log(P / (1 - P)))
 
