@@ -26,6 +26,8 @@ RAW_BATCHES = (1, 2, 4, 8)
 OVERLOAD_FPS = 15.0
 OVERLOAD_CAMERAS = 4
 MAX_DROP_RATIO = 0.01
+UNPACED_RATIO = 0.96  # the targets: the full daemon against raw session.run, unpaced and under overload
+OVERLOAD_RATIO = 0.97
 
 
 @dataclass
@@ -78,23 +80,28 @@ def commit() -> str:
 # 1. raw
 
 
+def raw_fps(model: Model, frames: list[np.ndarray], size: int, seconds: float) -> float:
+    """Frames/s of `session.run` alone, in a tight loop on a letterboxed batch of `size` real frames."""
+    buffer = LetterboxBuffer(*model.input_size, max_batch=size)
+    batch, _ = buffer.fill((frames * size)[:size])
+    for _ in range(2):
+        model.run(batch)
+    runs = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        model.run(batch)
+        runs += 1
+    return runs * size / elapsed
+
+
 def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
     print("raw: session.run on letterboxed batches", flush=True)
     for size in (b for b in RAW_BATCHES if b <= model.max_batch):
-        buffer = LetterboxBuffer(*model.input_size, max_batch=size)
-        batch, _ = buffer.fill(frames[:size])
-        for _ in range(2):
-            model.run(batch)
-        runs = 0
-        started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            model.run(batch)
-            runs += 1
-        fps = runs * size / elapsed
+        fps = raw_fps(model, frames, size, seconds)
         report.raw[size] = fps
-        report.rows.append(Row("raw", f"B={size}", 0, size, fps, run_ms=elapsed / runs / size * 1000))
+        report.rows.append(Row("raw", f"B={size}", 0, size, fps, run_ms=1000 / fps))
         print(
-            f"  B={size}: {fps:.1f} frames/s ({elapsed / runs * 1000:.1f} ms per batch), "
+            f"  B={size}: {fps:.1f} frames/s ({size / fps * 1000:.1f} ms per batch), "
             f"load average {load_average()}",
             flush=True,
         )
@@ -116,6 +123,10 @@ class Bench:
     window: float
     report: Report
     profile: Path | None = None  # where py-spy records the N=4 unpaced run (--profile)
+    # seconds of raw session.run just before and just after each run, at its batch size: the ratio's
+    # reference, so that a machine whose speed drifts between sections does not move the ratio (0: the raw
+    # section's figures instead)
+    bracket: float = 3.0
     runs: int = 0
     api: ApiConfig | None = None  # the HTTP API and the page's history: on in the soak
 
@@ -136,10 +147,18 @@ class Bench:
         window = seconds or self.window
         recorders = []
         on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
+        frames = [frame for scene in self.scenes for frame in scene]
+        expected = min(len(cameras), self.max_batch, self.model.max_batch)
+        before = raw_fps(self.model, frames, expected, self.bracket) if self.bracket else None
         measured, totals = run_pipeline(
             config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window,
             online_timeout,
         )
+        if self.bracket and measured.batches:
+            taken = max(1, min(round(measured.mean_batch), self.model.max_batch))
+            after = raw_fps(self.model, frames, taken, self.bracket)
+            # the mean of both sides when the run took the batches expected, else the side at its batch size
+            measured.raw_fps = (before + after) / 2 if before is not None and taken == expected else after
         for recorder in recorders:
             _, errors = recorder.communicate(timeout=60)
             if recorder.returncode != 0:
@@ -165,7 +184,7 @@ class Bench:
             cameras,
             m.mean_batch,
             m.fps,
-            self.report.ratio(m.fps, m.mean_batch),
+            m.fps / m.raw_fps if m.raw_fps else self.report.ratio(m.fps, m.mean_batch),
             m.latency(50),
             m.latency(95),
             m.latency(99),
@@ -176,10 +195,11 @@ class Bench:
         )
         self.report.rows.append(row)
         outside = f", outside session.run {overhead:.2f} ms/frame" if overhead is not None else ""
+        against = f" of raw {m.raw_fps:.1f} around it" if m.raw_fps else ""
         print(
-            f"  {case}: {m.fps:.1f} frames/s (ratio {row.ratio:.3f}, batch {m.mean_batch:.2f}), latency p50 "
-            f"{row.p50:.0f} / p95 {row.p95:.0f} / p99 {row.p99:.0f} ms{outside}, dropped {dropped}"
-            f"{', ' + note if note else ''}, load average {load_average()}",
+            f"  {case}: {m.fps:.1f} frames/s (ratio {row.ratio:.3f}{against}, batch {m.mean_batch:.2f}), "
+            f"latency p50 {row.p50:.0f} / p95 {row.p95:.0f} / p99 {row.p99:.0f} ms{outside}, "
+            f"dropped {dropped}{', ' + note if note else ''}, load average {load_average()}",
             flush=True,
         )
         return row

@@ -94,6 +94,8 @@ class Measured:
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
     thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
+    # raw session.run frames/s at this run's batch size, measured just before and just after it (the mean)
+    raw_fps: float | None = None
 
     @property
     def fps(self) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.events import event_cameras, events_thread_work
-from benchmarks.harness import Report, bench_raw
+from benchmarks.harness import Bench, Report, bench_raw, memory_cameras
 from benchmarks.pipeline import bench_config, run_pipeline
 from benchmarks.run import table
 from benchmarks.sources import camera_factory, demo_scenes
@@ -68,6 +68,22 @@ def test_raw_loop_and_table(model: Model, scenes: list) -> None:
     text = table(report)
     assert text.splitlines()[0].startswith("| section | case |")
     assert "| raw | B=4 |" in text
+
+
+def test_a_run_is_compared_with_raw_runs_just_before_and_after_it(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    bench = Bench(
+        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
+        scenes, max_batch=2, batch_timeout_ms=10, warmup=0.5, window=1.5, report=Report(), bracket=0.3,
+    )
+
+    measured, unaccounted = bench.pipeline(memory_cameras(2, "unpaced"))
+    row = bench.row("memory", "N=2 unpaced", measured, 2)
+
+    assert unaccounted == 0 and measured.mean_batch == pytest.approx(2, abs=0.5)
+    assert measured.raw_fps is not None and measured.raw_fps > 0
+    assert row.ratio == pytest.approx(measured.fps / measured.raw_fps)  # no raw section ran: only this one
 
 
 def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
