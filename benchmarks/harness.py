@@ -137,8 +137,10 @@ class Bench:
         rss_at: tuple[float, ...] = (),
         profile: Path | None = None,
         online_timeout: float = 0.0,
+        live: int | None = None,
     ) -> tuple[Measured, int]:
-        """Measure one run; also returns how many frames are unaccounted for (offered - inferred - drops)."""
+        """Measure one run; also returns how many frames are unaccounted for (offered - inferred - drops).
+        `live`: how many of `cameras` deliver (default all), for the batch size of the raw reference."""
         self.runs += 1
         workdir = Path(tempfile.mkdtemp(prefix=f"run-{self.runs}-", dir=self.workdir))  # copies count apart
         config = bench_config(
@@ -148,7 +150,7 @@ class Bench:
         recorders = []
         on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
         frames = [frame for scene in self.scenes for frame in scene]
-        expected = min(len(cameras), self.max_batch, self.model.max_batch)
+        expected = min(live or len(cameras), self.max_batch, self.model.max_batch)
         before = raw_fps(self.model, frames, expected, self.bracket) if self.bracket else None
         measured, totals = run_pipeline(
             config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window,

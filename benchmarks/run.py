@@ -100,7 +100,7 @@ def overload_figures(
     bench: Bench, case: str, cameras: list[CameraConfig], live: int, seconds: float
 ) -> tuple[Measured, float]:
     """One overload run, reported and checked: its figures and its ratio to raw."""
-    m, unaccounted = bench.pipeline(cameras, seconds)
+    m, unaccounted = bench.pipeline(cameras, seconds, live=live)
     period = 1000 / OVERLOAD_FPS
     batch_ms = m.run_seconds / m.batches * 1000 if m.batches else 0.0
     budget = period + 1.5 * batch_ms + bench.batch_timeout_ms
