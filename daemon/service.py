@@ -29,7 +29,7 @@ from daemon.health import NO_HEALTH, Health
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
-from daemon.model.session import Model
+from daemon.model.session import Model, batch_settings
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
 from daemon.pipeline.dispatcher import Dispatcher
@@ -183,6 +183,7 @@ class Service:
             frames.frames_dropped.labels(frame.camera_id, "stale").inc()
 
         self.board = FrameBoard(camera_ids, on_stale=count_stale, max_requests=config.api.max_pending)
+        max_batch, batch_timeout = batch_settings(config.model, self.model.provider)
         self.dispatcher = Dispatcher(
             self.sinks.after_events, frames, inference.dispatcher_queue_depth, self._dispatch_stop
         )
@@ -202,8 +203,8 @@ class Service:
             self.events_thread.submit,
             frames,
             inference,
-            self.model.max_batch,
-            self.model.batch_timeout,
+            max_batch,
+            batch_timeout,
             self._worker_stop,
         )
         self._camera_factory = camera_factory

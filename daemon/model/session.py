@@ -323,9 +323,8 @@ class Model:
         self.input_size = input_size  # (height, width)
         self.fixed_batch = fixed_batch is not None  # the model's batch dim is a fixed number: every run is it
         self.provider = short_provider_name(session.get_providers()[0])
-        self.max_batch, self.batch_timeout = batch_settings(config, self.provider)
-        if fixed_batch is not None:
-            self.max_batch = fixed_batch
+        # the input buffer's size: the largest batch the worker may hand this model
+        self.max_batch = fixed_batch if fixed_batch is not None else batch_settings(config, self.provider)[0]
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
         self._session = session
         self._input_name = session.get_inputs()[0].name
@@ -406,6 +405,7 @@ class Model:
             config=config,
             threads=threads,
         )
+        fill_wait = batch_settings(config, model.provider)[1]
         requested = short_provider_name(providers[0][0])
         if model.provider != requested:
             log.warning("model %s: asked for %s, onnxruntime runs it on %s", path, requested, model.provider)
@@ -417,17 +417,15 @@ class Model:
             input_size[1],
             input_size[0],
             batch if batch is not None
-            else f"dynamic (max {model.max_batch}, waits {model.batch_timeout * 1000:g} ms to fill)",
+            else f"dynamic (max {model.max_batch}, waits {fill_wait * 1000:g} ms to fill)",
             model.provider,
             threads,
         )
         return model
 
-    def set_run_settings(self, config: ModelConfig) -> None:
-        """New default confidence, IoU, detection cap and batch timeout (a config reload); the worker reads
-        them from the next batch on."""
+    def set_thresholds(self, config: ModelConfig) -> None:
+        """New default confidence, IoU and detection cap (a config reload); used from the next batch on."""
         self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
-        self.batch_timeout = batch_settings(config, self.provider)[1]
         self._config = config
 
     def warm_up(self) -> None:

@@ -113,7 +113,7 @@ class InferenceWorker(threading.Thread):
             control.cancelled = not control.done.is_set()
         return not control.cancelled
 
-    def swap_model(self, model: Model, model_id: str, timeout: float) -> float | None:
+    def swap_model(self, model: Model, model_id: str, max_batch: int, timeout: float) -> float | None:
         """Use `model` (loaded and warmed up by the caller) from the next batch on, its results labelled
         `model_id`. Returns how long inference paused for it (seconds), or None if the swap did not happen."""
         paused: list[float] = []
@@ -121,7 +121,7 @@ class InferenceWorker(threading.Thread):
         def swap() -> None:
             started = time.perf_counter()
             self._model, self._model_id = model, model_id
-            self._max_batch = model.max_batch
+            self._max_batch = max(1, min(max_batch, model.max_batch))
             paused.append(time.perf_counter() - started)
 
         return paused[0] if self.between_batches(swap, timeout) else None

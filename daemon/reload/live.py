@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from daemon.config import Config, ConfigError
+from daemon.model.session import Model, ModelError, batch_settings
 from daemon.reload.diff import CAMERA_IN_PLACE_KEYS, ConfigDiff
 from daemon.reload.reloader import ReloadError
 from daemon.reload.series import remove_camera_series
@@ -21,7 +22,6 @@ from daemon.sinks.mqtt import MqttPublisher
 from daemon.web.api import ModelInfo
 
 if TYPE_CHECKING:
-    from daemon.model.session import Model
     from daemon.service import Service
 
 log = logging.getLogger("edgewatch.reload")
@@ -77,15 +77,16 @@ class LiveConfig:
         service = self._service
         settings = new.model
         running = model or service.model
+        max_batch, batch_timeout = batch_settings(settings, running.provider)
         if model is not None or settings.id != service.config.model.id:
-            paused = service.worker.swap_model(running, settings.id, SYNC_TIMEOUT)
+            paused = service.worker.swap_model(running, settings.id, max_batch, SYNC_TIMEOUT)
             if paused is None:
                 raise ReloadError(
                     f"{new.source}: model: inference did not reach the end of a batch within "
                     f"{SYNC_TIMEOUT:.0f} s; the running model stays"
                 )
-        running.set_run_settings(settings)
-        service.worker.set_batch_timeout(running.batch_timeout)
+        service.model.set_thresholds(settings)
+        service.worker.set_batch_timeout(batch_timeout)
         if model is not None:
             service.model = model
             service.metrics.set_provider(model.provider)
@@ -139,8 +140,6 @@ class LiveConfig:
 
 def load_model(config: Config) -> Model:
     """The new model, loaded beside the running one and warmed up; ReloadError if it cannot be used."""
-    from daemon.model.session import Model, ModelError
-
     try:
         model = Model.load(config.model)
         model.warm_up()

@@ -18,7 +18,7 @@ import supervision as sv
 from onnx import TensorProto, helper, numpy_helper
 
 from daemon.config import ModelConfig
-from daemon.model.session import Model, ModelError, session_providers
+from daemon.model.session import Model, ModelError, batch_settings, session_providers
 from tests.support.inference import infer
 
 PHOTOS = Path(skimage.data.__file__).parent
@@ -143,13 +143,14 @@ def test_unset_batch_settings_follow_the_provider_and_set_ones_win(
     path = brightness_model(tmp_path / "dyn.onnx", ["batch", 3, INPUT_H, INPUT_W])
     with caplog.at_level(logging.INFO, logger="edgewatch.model"):
         on_cpu = Model.load(config(path))
-    assert (on_cpu.provider, on_cpu.max_batch, on_cpu.batch_timeout) == ("cpu", 1, 0.0)
+    assert (on_cpu.provider, on_cpu.max_batch, batch_settings(config(path), "cpu")) == ("cpu", 1, (1, 0.0))
     assert "batch dynamic (max 1, waits 0 ms to fill), provider cpu" in caplog.text
 
-    chosen = Model.load(config(path, max_batch=8, batch_timeout_ms=20))
-    assert (chosen.max_batch, chosen.batch_timeout) == (8, 0.02)
-    chosen.set_run_settings(config(path, max_batch=8))  # a reload that drops the timeout: the CPU's again
-    assert chosen.batch_timeout == 0.0
+    set_both = config(path, max_batch=8, batch_timeout_ms=20)
+    assert (Model.load(set_both).max_batch, batch_settings(set_both, "cpu")) == (8, (8, 0.02))
+    # a reload that drops the timeout: the CPU's again; on a GPU provider, the GPU's
+    assert batch_settings(config(path, max_batch=8), "cpu") == (8, 0.0)
+    assert batch_settings(config(path), "cuda") == batch_settings(config(path), "tensorrt") == (8, 0.01)
 
 
 P = 0.8

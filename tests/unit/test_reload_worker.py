@@ -22,7 +22,7 @@ def test_the_model_swaps_between_batches_and_no_frame_is_lost(model: Model) -> N
         for number in range(1, 31):
             if number == 15:
                 swapper = threading.Thread(
-                    target=lambda: swapped.append(worker.swap_model(model, "coco/4", 10))
+                    target=lambda: swapped.append(worker.swap_model(model, "coco/4", 4, 10))
                 )
                 swapper.start()
             assert board.wait_taken("cam", 10)
