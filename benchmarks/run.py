@@ -84,7 +84,7 @@ def bench_unpaced(bench: Bench, counts: tuple[int, ...]) -> None:
         )
         m, _ = bench.pipeline(memory_cameras(count, "unpaced"), profile=profile)
         row = bench.row("memory", f"N={count} unpaced", m, count, note="profiled (py-spy)" if profile else "")
-        print(f"    {cpu_note(m)}; session.run {m.run_seconds / m.inferred * 1000:.2f} ms/frame", flush=True)
+        print(f"    {cpu_note(m)}; session.run {m.run_ms_per_frame:.2f} ms/frame", flush=True)
         if count == OVERLOAD_CAMERAS:
             bench.report.check(
                 row.ratio is not None and row.ratio >= UNPACED_RATIO,

@@ -421,7 +421,8 @@ def test_changing_a_cameras_zones_and_lines_applies_without_touching_the_others(
     site.cameras["street"] = tracked + ZONE.format(name="yard")
     site.start()
     subscriber.wait_for(lambda: subscriber.payloads(f"{PREFIX}/street/zones/yard"), 30, "the yard zone")
-    yard_entity = "homeassistant/sensor/edgewatch_test-box/street_zone_yard/config"
+    entity = "homeassistant/sensor/edgewatch_test-box/street_{}/config".format  # Home Assistant entities
+    yard_entity = entity("zone_yard")
     wait_until(lambda: retained(site.broker, yard_entity), 10, message="the yard zone's HA entity")
     wait_frames(subscriber, "kitchen", 2)
     site.cameras["street"] = tracked + ZONE.format(name="dock") + LINE
@@ -442,7 +443,6 @@ def test_changing_a_cameras_zones_and_lines_applies_without_touching_the_others(
     site.write()
     status, outcome = site.reload()
     assert (status, outcome["message"]) == (200, "cameras ~street(track, zones, lines)"), outcome
-    entity = "homeassistant/sensor/edgewatch_test-box/street_{}/config".format
     gone_topics = (f"{PREFIX}/street/zones/dock", f"{PREFIX}/street/lines/gate", entity("zone_dock"),
                    entity("line_gate_in"), entity("line_gate_out"))
     for gone in gone_topics:
