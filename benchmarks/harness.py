@@ -122,7 +122,7 @@ class Bench:
     warmup: float
     window: float
     report: Report
-    profile: Path | None = None  # where py-spy records the N=4 unpaced run (--profile)
+    profile: Path | None = None  # where py-spy records the N=4 unpaced and the batching runs (--profile)
     # seconds of raw session.run just before and just after each run, at its batch size: the ratio's
     # reference, so that a machine whose speed drifts between sections does not move the ratio (0: the raw
     # section's figures instead)

@@ -114,6 +114,11 @@ class Measured:
     def run_ms_per_frame(self) -> float:
         return self.run_seconds / self.inferred * 1000 if self.inferred else 0.0
 
+    @property
+    def cpu_note(self) -> str:
+        """The pipeline threads' CPU time per inferred frame."""
+        return "CPU ms/frame " + ", ".join(f"{name} {ms:.2f}" for name, ms in self.thread_cpu_ms.items())
+
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
 

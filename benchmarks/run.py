@@ -84,7 +84,7 @@ def bench_unpaced(bench: Bench, counts: tuple[int, ...]) -> None:
         )
         m, _ = bench.pipeline(memory_cameras(count, "unpaced"), profile=profile)
         row = bench.row("memory", f"N={count} unpaced", m, count, note="profiled (py-spy)" if profile else "")
-        print(f"    {cpu_note(m)}; session.run {m.run_ms_per_frame:.2f} ms/frame", flush=True)
+        print(f"    {m.cpu_note}; session.run {m.run_ms_per_frame:.2f} ms/frame", flush=True)
         if count == OVERLOAD_CAMERAS:
             bench.report.check(
                 row.ratio is not None and row.ratio >= UNPACED_RATIO,
@@ -166,7 +166,7 @@ def bench_events(bench: Bench, pairs: int, seconds: float) -> None:
             what = "tracking + 2 zones + 1 line" if tracked else "no events"
             case = f"N={OVERLOAD_CAMERAS} unpaced, {what}"
             m, _ = bench.pipeline(cameras, seconds)
-            runs[tracked] = m, bench.row("events", case, m, OVERLOAD_CAMERAS, note=cpu_note(m))
+            runs[tracked] = m, bench.row("events", case, m, OVERLOAD_CAMERAS, note=m.cpu_note)
         (plain, base), (events, row) = runs[False], runs[True]
         assert base.ratio is not None and row.ratio is not None
         falls.append(base.ratio - row.ratio)
@@ -198,11 +198,6 @@ def bench_events(bench: Bench, pairs: int, seconds: float) -> None:
     print(f"  events thread per frame at 10 detections: {note}", flush=True)
 
 
-def cpu_note(m: Measured) -> str:
-    """The pipeline threads' CPU time per inferred frame."""
-    return "CPU ms/frame " + ", ".join(f"{name} {ms:.2f}" for name, ms in m.thread_cpu_ms.items())
-
-
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -210,7 +205,12 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_decode(bench: Bench, clips: dict[str, Path], counts: tuple[int, ...], quick: bool) -> None:
+def bench_decode(
+    bench: Bench, clips: dict[str, Path], counts: tuple[int, ...], quick: bool, repeats: int = 1
+) -> None:
+    """File cameras decoding H.264 unpaced and paced. The checked case (640x480, N=4 unpaced) runs `repeats`
+    times, each against raw just around it, and is checked by the median: one run moves by several percent on
+    a noisy host."""
     print("pipeline with decode: file cameras (the real capture code) playing H.264 clips", flush=True)
     for name, path in clips.items():
         for count in counts:
@@ -218,12 +218,19 @@ def bench_decode(bench: Bench, clips: dict[str, Path], counts: tuple[int, ...], 
                 CameraConfig(id=f"cam-{i + 1}", url=str(path), fps=240, loop=True, realtime=False)
                 for i in range(count)
             ]
-            m, _ = bench.pipeline(cameras)
-            row = bench.row("decode", f"{name} N={count} realtime=false", m, count)
-            if name == "640x480" and count == OVERLOAD_CAMERAS:
+            checked = name == "640x480" and count == OVERLOAD_CAMERAS
+            ratios = []
+            for _ in range(repeats if checked else 1):
+                m, _ = bench.pipeline(cameras)
+                row = bench.row("decode", f"{name} N={count} realtime=false", m, count)
+                ratios.append(row.ratio or 0.0)
+            if checked:
+                median = float(np.median(ratios))
+                listed = ", ".join(f"{ratio:.3f}" for ratio in ratios)
+                runs = f" (median of {len(ratios)}: {listed})" if repeats > 1 else ""
                 bench.report.check(
-                    row.ratio is not None and row.ratio >= UNPACED_RATIO,
-                    f"{name} N={count} unpaced files: pipeline/raw {row.ratio:.3f} >= {UNPACED_RATIO}",
+                    median >= UNPACED_RATIO,
+                    f"{name} N={count} unpaced files: pipeline/raw {median:.3f} >= {UNPACED_RATIO}{runs}",
                 )
         best = highest_paced_fps(bench, path, OVERLOAD_CAMERAS, quick)
         if best is not None:
@@ -386,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         "order, compared by their medians (default 1: one of each)",
     )
     parser.add_argument(
+        "--decode-repeats",
+        type=int,
+        default=1,
+        help="decode: run the checked case (640x480, 4 files unpaced) this many times and check the median",
+    )
+    parser.add_argument(
         "--camera-seconds",
         type=float,
         help="cameras: the measured window per count (default 20, 10 with --quick); fair shares at 64 "
@@ -407,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record the N=4 unpaced run with py-spy into DIR and print where the threads spend time",
+        help="record the N=4 unpaced run and the batching runs with py-spy into DIR and print where the "
+        "threads spend time",
     )
     args = parser.parse_args(argv)
     sections = {"soak"} if args.soak else set(args.sections.split(","))
@@ -468,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                         make_clips(CLIPS, sizes=CLIP_SIZES[:1] if quick else CLIP_SIZES),
                         (OVERLOAD_CAMERAS,) if quick else (1, OVERLOAD_CAMERAS),
                         quick,
+                        args.decode_repeats,
                     ),
                 ),
                 ("rss", lambda: bench_memory(bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.long)),

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.clips import encode_h264
 from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, memory_cameras
 from benchmarks.pipeline import bench_config, run_pipeline
-from benchmarks.run import table
+from benchmarks.run import bench_decode, table
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
@@ -85,6 +86,30 @@ def test_a_run_is_compared_with_raw_runs_just_before_and_after_it(
     assert unaccounted == 0 and measured.mean_batch == 1
     assert measured.raw_fps is not None and measured.raw_fps > 0
     assert row.ratio == pytest.approx(measured.fps / measured.raw_fps)  # no raw section ran: only this one
+
+
+def test_the_checked_decode_case_runs_repeatedly_and_is_judged_by_its_median(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    clip = encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
+    report = Report()
+    bench_raw(model, scenes[0], seconds=0.2, report=report)
+    bench = Bench(
+        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
+        scenes, max_batch=4, batch_timeout_ms=10, warmup=0.5, window=1.0, report=report, bracket=0.3,
+    )
+
+    bench_decode(bench, {"640x480": clip}, (1, 4), quick=True, repeats=3)
+
+    def ratios(case: str) -> list[float]:
+        return [row.ratio or 0.0 for row in report.rows if row.section == "decode" and row.case == case]
+
+    checked = ratios("640x480 N=4 realtime=false")
+    assert len(checked) == 3 and all(ratio > 0 for ratio in checked)
+    assert len(ratios("640x480 N=1 realtime=false")) == 1  # only the checked case repeats
+    (check,) = [text for _, text in report.checks if "unpaced files" in text]
+    assert check.startswith(f"640x480 N=4 unpaced files: pipeline/raw {sorted(checked)[1]:.3f} >= 0.96")
+    assert "(median of 3: " in check
 
 
 def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
