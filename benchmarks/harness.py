@@ -6,10 +6,12 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from benchmarks import profile as sampler
@@ -18,6 +20,7 @@ from benchmarks.sources import camera_factory
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.session import Model
+from daemon.pipeline.capture import open_capture, parse_source
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "demo" / "bench"  # made once, kept (demo/ is not committed)
@@ -92,6 +95,54 @@ def raw_fps(model: Model, frames: list[np.ndarray], size: int, seconds: float) -
         model.run(batch)
         runs += 1
     return runs * size / elapsed
+
+
+def raw_fps_beside_decoding(
+    model: Model, frames: list[np.ndarray], clip: Path, cameras: int, seconds: float
+) -> tuple[float, float]:
+    """`raw_fps` at B=`cameras` while `cameras` threads decode `clip` as the daemon's unpaced file cameras do:
+    each decodes its next frame once the previous one was taken (here: once per `session.run`), with the
+    capture's own settings. No daemon: what decoding alone costs the model on this machine's cores.
+    Returns (frames/s, the decoders' CPU time per inferred frame in ms)."""
+    if not open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10).isOpened():
+        raise RuntimeError(f"{clip}: OpenCV cannot open it")
+    taken = [threading.Semaphore(0) for _ in range(cameras)]
+    stop = threading.Event()
+    cpu: list[float] = []
+
+    def decode(turns: threading.Semaphore) -> None:
+        capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
+        try:
+            while not stop.is_set():
+                ok, _ = capture.read()
+                if not ok:
+                    capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    continue
+                while not turns.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+        finally:
+            cpu.append(time.thread_time())
+            capture.release()
+
+    decoders = [threading.Thread(target=decode, args=(turns,), name="decoder") for turns in taken]
+    for thread in decoders:
+        thread.start()
+    buffer = LetterboxBuffer(*model.input_size, max_batch=cameras)
+    batch, _ = buffer.fill((frames * cameras)[:cameras])
+    runs = 0
+    started = time.perf_counter()
+    try:
+        while (elapsed := time.perf_counter() - started) < seconds:
+            model.run(batch)
+            runs += 1
+            for turns in taken:
+                turns.release()
+    finally:
+        stop.set()
+        for thread in decoders:
+            thread.join()
+    return runs * cameras / elapsed, sum(cpu) / (runs * cameras) * 1000
 
 
 def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:

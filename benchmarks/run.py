@@ -58,6 +58,8 @@ from benchmarks.harness import (
     cpu_name,
     load_average,
     memory_cameras,
+    raw_fps,
+    raw_fps_beside_decoding,
 )
 from benchmarks.pipeline import Measured, rss_mib
 from benchmarks.scale import (
@@ -228,9 +230,11 @@ def bench_decode(
                 median = float(np.median(ratios))
                 listed = ", ".join(f"{ratio:.3f}" for ratio in ratios)
                 runs = f" (median of {len(ratios)}: {listed})" if repeats > 1 else ""
+                decoding = decoding_alone(bench, path, count, repeats)
                 bench.report.check(
                     median >= UNPACED_RATIO,
-                    f"{name} N={count} unpaced files: pipeline/raw {median:.3f} >= {UNPACED_RATIO}{runs}",
+                    f"{name} N={count} unpaced files: pipeline/raw {median:.3f} >= {UNPACED_RATIO}{runs}; "
+                    f"decoding alone, no daemon, leaves the model {decoding:.3f} of raw",
                 )
         best = highest_paced_fps(bench, path, OVERLOAD_CAMERAS, quick)
         if best is not None:
@@ -245,6 +249,31 @@ def bench_decode(
             )
         else:
             bench.report.notes.append(f"{name}: no paced rate tried held < 1% dropped")
+
+
+def decoding_alone(bench: Bench, clip: Path, count: int, pairs: int) -> float:
+    """Raw B=`count` beside `count` threads decoding `clip` (no daemon) against raw alone, in alternating
+    pairs: what decoding by itself leaves the model, the ceiling for the daemon's ratio with decode. Adds a
+    row; returns the median of the pairs' ratios."""
+    frames = [frame for scene in bench.scenes for frame in scene]
+    ratios, fps, decode_ms = [], [], []
+    for _ in range(pairs):
+        alone = raw_fps(bench.model, frames, count, bench.bracket)
+        beside, ms = raw_fps_beside_decoding(bench.model, frames, clip, count, bench.bracket)
+        ratios.append(beside / alone)
+        fps.append(beside)
+        decode_ms.append(ms)
+    ratio = float(np.median(ratios))
+    note = f"decoding {np.median(decode_ms):.2f} ms CPU per frame"
+    print(
+        f"  raw B={count} beside {count} decoders of the clip, no daemon: {np.median(fps):.1f} frames/s, "
+        f"{ratio:.3f} of raw alone (median of {pairs}: {', '.join(f'{r:.3f}' for r in ratios)}), {note} "
+        f"(load average {load_average()})",
+        flush=True,
+    )
+    case = f"{clip.stem}: raw B={count} beside {count} decoders, no daemon"
+    bench.report.rows.append(Row("decode", case, count, count, float(np.median(fps)), ratio=ratio, note=note))
+    return ratio
 
 
 def highest_paced_fps(bench: Bench, path: Path, count: int, quick: bool) -> tuple[float, Measured] | None:

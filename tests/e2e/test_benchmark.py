@@ -110,6 +110,12 @@ def test_the_checked_decode_case_runs_repeatedly_and_is_judged_by_its_median(
     (check,) = [text for _, text in report.checks if "unpaced files" in text]
     assert check.startswith(f"640x480 N=4 unpaced files: pipeline/raw {sorted(checked)[1]:.3f} >= 0.96")
     assert "(median of 3: " in check
+    # the ceiling decoding itself leaves the model: raw beside 4 decoding threads, no daemon
+    (alone,) = [row for row in report.rows if row.case == "clip: raw B=4 beside 4 decoders, no daemon"]
+    assert alone.fps > 0 and alone.ratio is not None and 0 < alone.ratio < 1.5
+    assert f"decoding alone, no daemon, leaves the model {alone.ratio:.3f} of raw" in check
+    decoding = re.fullmatch(r"decoding (\d+\.\d\d) ms CPU per frame", alone.note)
+    assert decoding and float(decoding[1]) > 0  # the decoders' own CPU time was counted
 
 
 def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
