@@ -104,7 +104,10 @@ def raw_fps_beside_decoding(
     each decodes its next frame once the previous one was taken (here: once per `session.run`), with the
     capture's own settings. No daemon: what decoding alone costs the model on this machine's cores.
     Returns (frames/s, the decoders' CPU time per inferred frame in ms)."""
-    if not open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10).isOpened():
+    probe = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
+    opened = probe.isOpened()
+    probe.release()
+    if not opened:
         raise RuntimeError(f"{clip}: OpenCV cannot open it")
     taken = [threading.Semaphore(0) for _ in range(cameras)]
     stop = threading.Event()
