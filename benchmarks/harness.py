@@ -115,6 +115,7 @@ def raw_fps_beside_decoding(
 
     def decode(turns: threading.Semaphore) -> None:
         capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
+        opened = time.thread_time()  # the decoding from here on, not FFmpeg's probing at open
         try:
             while not stop.is_set():
                 ok, _ = capture.read()
@@ -125,7 +126,7 @@ def raw_fps_beside_decoding(
                     if stop.is_set():
                         return
         finally:
-            cpu.append(time.thread_time())
+            cpu.append(time.thread_time() - opened)
             capture.release()
 
     decoders = [threading.Thread(target=decode, args=(turns,), name="decoder") for turns in taken]
