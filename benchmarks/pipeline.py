@@ -5,8 +5,8 @@ API key so nothing leaves the machine) and MQTT to a real local Mosquitto. The r
 window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
 time (the inference duration histogram), each frame's latency from capture until every sink is done (a
 recording sink placed after the daemon's own, so it sees the frame when they have all handled it), and the
-CPU time of the pipeline's threads (inference worker, events thread, dispatcher) and of the whole process
-per inferred frame.
+CPU time of the pipeline's threads (inference worker, events thread, dispatcher), of each sink's `handle`
+and of the whole process per inferred frame.
 """
 
 from __future__ import annotations
@@ -65,6 +65,29 @@ class LatencyRecorder(Sink):
                 self._latencies.append(latency)
 
 
+class SinkTimer:
+    """CPU time each of the daemon's sinks spends in `handle`, on the thread that calls it (from `arm` on)."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, float] = {}
+
+    def arm(self, sinks: list[Sink]) -> None:
+        for sink in sinks:
+            if sink.name != LatencyRecorder.name:
+                self.used[sink.name] = 0.0
+                sink.handle = self._timed(sink.name, sink.handle)  # type: ignore[method-assign]
+
+    def _timed(self, name: str, handle: Callable[[FrameResult], None]) -> Callable[[FrameResult], None]:
+        def timed(result: FrameResult) -> None:
+            started = time.thread_time()
+            try:
+                handle(result)
+            finally:
+                self.used[name] += time.thread_time() - started  # one thread per sink: no lost update
+
+        return timed
+
+
 @dataclass
 class Counters:
     at: float
@@ -94,6 +117,7 @@ class Measured:
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
     thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
+    sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink (its handle)
     # raw session.run frames/s at this run's batch size, measured just before and just after it (the mean)
     raw_fps: float | None = None
 
@@ -117,7 +141,9 @@ class Measured:
     @property
     def cpu_note(self) -> str:
         """The pipeline threads' CPU time per inferred frame."""
-        return "CPU ms/frame " + ", ".join(f"{name} {ms:.2f}" for name, ms in self.thread_cpu_ms.items())
+        threads = ", ".join(f"{name} {ms:.2f}" for name, ms in self.thread_cpu_ms.items())
+        sinks = ", ".join(f"{name} {ms:.3f}" for name, ms in self.sink_cpu_ms.items())
+        return f"CPU ms/frame {threads}" + (f"; of it the sinks' handle: {sinks}" if sinks else "")
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
@@ -238,6 +264,8 @@ def run_pipeline(
         while time.monotonic() < deadline and min(_counters(service).captured.values(), default=1) == 0:
             service.stop.wait(0.5)
         service.stop.wait(warmup)
+        sinks = SinkTimer()
+        sinks.arm(service.sinks.all)
         before, cpu_before = _counters(service), thread_cpu(service)
         recorder.arm()
         if on_window is not None:
@@ -249,6 +277,7 @@ def run_pipeline(
         service.stop.wait(max(0.0, before.at + seconds - time.monotonic()))
         rss_end = rss_mib()
         after, cpu_after = _counters(service), thread_cpu(service)
+        sink_cpu = dict(sinks.used)
         latencies = recorder.disarm()
     finally:
         service.stop.set()
@@ -275,5 +304,6 @@ def run_pipeline(
             for name in cpu_after
             if name in cpu_before
         },
+        sink_cpu_ms={name: used / inferred * 1000 if inferred else 0.0 for name, used in sink_cpu.items()},
     )
     return measured, totals

@@ -53,6 +53,10 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
     # session.run time of the batches that ended in the window; the first may have begun before it
     assert 0 < measured.run_seconds < measured.seconds + 0.5
     assert measured.mqtt_dropped == 0  # every result went to the broker
+    # each of the daemon's sinks timed on its own (the benchmark's recorder is not one of them)
+    assert {"events", "metrics", "mqtt", "monitoring"} <= measured.sink_cpu_ms.keys()
+    assert "bench-latency" not in measured.sink_cpu_ms
+    assert measured.sink_cpu_ms["mqtt"] > 0 and measured.sink_cpu_ms["monitoring"] > 0
     # after a clean stop, every frame offered was inferred or counted as a stale drop: none lost
     assert totals.dropped["stale"] > 0
     assert totals.offered == totals.inferred + totals.dropped["stale"]
