@@ -125,12 +125,13 @@ def percent_change(current: float | None, previous: float | None) -> float | Non
 
 
 def class_sums(names: np.ndarray, confidence: np.ndarray) -> list[tuple[str, int, float]]:
-    """(class, detections, confidence sum) for each class present."""
-    found, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse.reshape(-1), weights=confidence.astype(np.float64), minlength=len(found))
-    return [
-        (str(name), int(count), float(total)) for name, count, total in zip(found, counts, sums, strict=True)
-    ]
+    """(class, detections, confidence sum) for each class present, by class name."""
+    sums: dict[str, list[float]] = {}
+    for name, score in zip(names.tolist(), confidence.astype(np.float64).tolist(), strict=True):
+        entry = sums.setdefault(str(name), [0, 0.0])
+        entry[0] += 1
+        entry[1] += score
+    return [(name, int(count), total) for name, (count, total) in sorted(sums.items())]
 
 
 def _most_confident(result: FrameResult, limit: int) -> FrameResult:

@@ -28,17 +28,18 @@ def test_top_per_class_keeps_best_first_seen_order_and_first_of_ties() -> None:
     assert top_per_class(np.array([], dtype=object), np.array([])).tolist() == []
 
 
-def test_top_per_class_matches_a_plain_loop_on_random_frames() -> None:
+def test_top_per_class_matches_the_first_maximum_of_each_class_on_random_frames() -> None:
     rng = np.random.default_rng(7)
     for _ in range(50):
         n = int(rng.integers(1, 300))
         names = rng.choice(np.array(["a", "b", "c", "d", "e"], dtype=object), n)
         conf = rng.choice(np.array([0.1, 0.25, 0.5, 0.75, 0.9]), n)  # coarse, so ties happen
-        expected: dict[str, int] = {}
-        for i in range(n):
-            if names[i] not in expected or conf[i] > conf[expected[names[i]]]:
-                expected[names[i]] = i
-        assert top_per_class(names, conf).tolist() == list(expected.values())
+        # per class in order of first appearance: the first index holding that class's highest confidence
+        classes = list(dict.fromkeys(names.tolist()))
+        expected = [
+            int(np.flatnonzero((names == name) & (conf == conf[names == name].max()))[0]) for name in classes
+        ]
+        assert top_per_class(names, conf).tolist() == expected
 
 
 def test_window_reports_top_per_class_across_frames_in_first_seen_order() -> None:

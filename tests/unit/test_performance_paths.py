@@ -1,4 +1,4 @@
-"""The performance-minded paths of the model and the inference loop, as far as a CPU can check them.
+"""The performance-minded paths of the model, the inference loop and the sinks, as far as a CPU checks them.
 
 GPU paths (IO binding with a pinned input buffer for CUDA/TensorRT) run here on the CPU provider, which
 takes the same IO-binding calls; pinning itself needs a CUDA runtime and is only checked to decline cleanly.
@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import supervision as sv
 
 from daemon.config import ModelConfig
-from daemon.frames import Frame
+from daemon.frames import Frame, class_counts
 from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.prologue import INPUT_NAME, prepend_prologue
 from daemon.model.session import (
@@ -27,6 +28,7 @@ from daemon.model.session import (
     pin_host_memory,
 )
 from daemon.pipeline.board import FrameBoard
+from daemon.sinks.history import class_sums
 from tests.support.edge import photo
 from tests.support.inference import infer
 from tests.support.worker import WorkerRig
@@ -146,3 +148,24 @@ def test_a_stalled_live_camera_stops_holding_batches(monkeypatch: pytest.MonkeyP
     started = time.monotonic()
     assert [f.camera_id for f in board_with_a_stalled_camera().take_batch(4, 5, 1)] == ["live"]
     assert time.monotonic() - started < 1
+
+
+def test_per_frame_class_tallies_equal_numpys_on_random_frames() -> None:
+    """The sinks' per-frame tallies (plain loops over the class names) against np.unique / np.bincount."""
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        n = int(rng.integers(0, 300))
+        names = rng.choice(np.array(["person", "car", "dog", "cup", "bus"], dtype=object), n)
+        confidence = rng.random(n).astype(np.float32)
+        detections = sv.Detections(
+            xyxy=np.zeros((n, 4), np.float32), confidence=confidence, class_id=np.zeros(n, int),
+            data={"class_name": names},
+        )
+        found, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
+        totals = np.bincount(inverse.reshape(-1), weights=confidence.astype(np.float64), minlength=len(found))
+
+        expected_counts = list(zip(found.tolist(), counts.tolist(), strict=True))
+        assert list(class_counts(detections).items()) == expected_counts
+        assert class_sums(names, confidence) == list(
+            zip(found.tolist(), counts.tolist(), totals.tolist(), strict=True)
+        )
