@@ -9,6 +9,7 @@ Sections, in one process, one model, one set of thread settings:
    with a dead camera (a URL nothing answers) and a stalled one beside them;
 3. pipeline with decode: N file cameras (the real capture code) playing H.264 clips at 640x480, 720p, 1080p,
    read as fast as inference takes them, and paced (realtime) at the highest fps that drops < 1 % of frames;
+   for the checked case (640x480, N=4) also raw `session.run` beside the same decoding without the daemon;
 4. memory: RSS after 1 minute of steady load and later (2 minutes, or 10 with --long);
 5. events: the N=4 unpaced run without and with tracking, two zones and a line per camera (the ratio, and
    the dispatcher thread's CPU per frame), and the events thread's work per frame at 10 detections
