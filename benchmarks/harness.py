@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,8 +84,15 @@ def commit() -> str:
 # 1. raw
 
 
-def raw_fps(model: Model, frames: list[np.ndarray], size: int, seconds: float) -> float:
-    """Frames/s of `session.run` alone, in a tight loop on a letterboxed batch of `size` real frames."""
+def raw_fps(
+    model: Model,
+    frames: list[np.ndarray],
+    size: int,
+    seconds: float,
+    after_each: Callable[[], None] | None = None,
+) -> float:
+    """Frames/s of `session.run` alone, in a tight loop on a letterboxed batch of `size` real frames;
+    `after_each` is called after every measured run."""
     buffer = LetterboxBuffer(*model.input_size, max_batch=size)
     batch, _ = buffer.fill((frames * size)[:size])
     for _ in range(2):
@@ -94,6 +102,8 @@ def raw_fps(model: Model, frames: list[np.ndarray], size: int, seconds: float) -
     while (elapsed := time.perf_counter() - started) < seconds:
         model.run(batch)
         runs += 1
+        if after_each is not None:
+            after_each()
     return runs * size / elapsed
 
 
@@ -115,7 +125,7 @@ def raw_fps_beside_decoding(
 
     def decode(turns: threading.Semaphore) -> None:
         capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
-        opened = time.thread_time()  # the decoding from here on, not FFmpeg's probing at open
+        decoding = time.thread_time()  # the decoding from here on, not FFmpeg's probing at open
         try:
             while not stop.is_set():
                 ok, _ = capture.read()
@@ -126,27 +136,27 @@ def raw_fps_beside_decoding(
                     if stop.is_set():
                         return
         finally:
-            cpu.append(time.thread_time() - opened)
+            cpu.append(time.thread_time() - decoding)
             capture.release()
+
+    runs = 0
+
+    def take_one_each() -> None:
+        nonlocal runs
+        runs += 1
+        for turns in taken:
+            turns.release()
 
     decoders = [threading.Thread(target=decode, args=(turns,), name="decoder") for turns in taken]
     for thread in decoders:
         thread.start()
-    buffer = LetterboxBuffer(*model.input_size, max_batch=cameras)
-    batch, _ = buffer.fill((frames * cameras)[:cameras])
-    runs = 0
-    started = time.perf_counter()
     try:
-        while (elapsed := time.perf_counter() - started) < seconds:
-            model.run(batch)
-            runs += 1
-            for turns in taken:
-                turns.release()
+        fps = raw_fps(model, frames, cameras, seconds, after_each=take_one_each)
     finally:
         stop.set()
         for thread in decoders:
             thread.join()
-    return runs * cameras / elapsed, sum(cpu) / (runs * cameras) * 1000
+    return fps, sum(cpu) / (runs * cameras) * 1000
 
 
 def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
@@ -185,6 +195,11 @@ class Bench:
     runs: int = 0
     api: ApiConfig | None = None  # the HTTP API and the page's history: on in the soak
 
+    @property
+    def frames(self) -> list[np.ndarray]:
+        """Every scene's frames, one after the other (the raw reference's batches are cut from them)."""
+        return [frame for scene in self.scenes for frame in scene]
+
     def pipeline(
         self,
         cameras: list[CameraConfig],
@@ -204,7 +219,7 @@ class Bench:
         window = seconds or self.window
         recorders = []
         on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
-        frames = [frame for scene in self.scenes for frame in scene]
+        frames = self.frames
         expected = min(live or len(cameras), self.max_batch, self.model.max_batch)
         before = raw_fps(self.model, frames, expected, self.bracket) if self.bracket else None
         measured, totals = run_pipeline(

@@ -140,7 +140,7 @@ class Measured:
 
     @property
     def cpu_note(self) -> str:
-        """The pipeline threads' CPU time per inferred frame."""
+        """The pipeline threads' CPU time per inferred frame, and the part of it each sink's `handle` took."""
         threads = ", ".join(f"{name} {ms:.2f}" for name, ms in self.thread_cpu_ms.items())
         sinks = ", ".join(f"{name} {ms:.3f}" for name, ms in self.sink_cpu_ms.items())
         return f"CPU ms/frame {threads}" + (f"; of it the sinks' handle: {sinks}" if sinks else "")

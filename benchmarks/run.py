@@ -256,11 +256,10 @@ def decoding_alone(bench: Bench, clip: Path, count: int, pairs: int) -> float:
     """Raw B=`count` beside `count` threads decoding `clip` (no daemon) against raw alone, in alternating
     pairs: what decoding by itself leaves the model, the ceiling for the daemon's ratio with decode. Adds a
     row; returns the median of the pairs' ratios."""
-    frames = [frame for scene in bench.scenes for frame in scene]
     ratios, fps, decode_ms = [], [], []
     for _ in range(pairs):
-        alone = raw_fps(bench.model, frames, count, bench.bracket)
-        beside, ms = raw_fps_beside_decoding(bench.model, frames, clip, count, bench.bracket)
+        alone = raw_fps(bench.model, bench.frames, count, bench.bracket)
+        beside, ms = raw_fps_beside_decoding(bench.model, bench.frames, clip, count, bench.bracket)
         ratios.append(beside / alone)
         fps.append(beside)
         decode_ms.append(ms)
