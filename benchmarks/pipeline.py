@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec
 
 import numpy as np
 
@@ -65,8 +66,12 @@ class LatencyRecorder(Sink):
                 self._latencies.append(latency)
 
 
+P = ParamSpec("P")
+
+
 class SinkTimer:
-    """CPU time each of the daemon's sinks spends in `handle`, on the thread that calls it (from `arm` on)."""
+    """CPU time each of the daemon's sinks spends in `handle` and `drained`, on the thread that calls them
+    (from `arm` on)."""
 
     def __init__(self) -> None:
         self.used: dict[str, float] = {}
@@ -76,12 +81,13 @@ class SinkTimer:
             if sink.name != LatencyRecorder.name:
                 self.used[sink.name] = 0.0
                 sink.handle = self._timed(sink.name, sink.handle)  # type: ignore[method-assign]
+                sink.drained = self._timed(sink.name, sink.drained)  # type: ignore[method-assign]
 
-    def _timed(self, name: str, handle: Callable[[FrameResult], None]) -> Callable[[FrameResult], None]:
-        def timed(result: FrameResult) -> None:
+    def _timed(self, name: str, call: Callable[P, None]) -> Callable[P, None]:
+        def timed(*args: P.args, **kwargs: P.kwargs) -> None:
             started = time.thread_time()
             try:
-                handle(result)
+                call(*args, **kwargs)
             finally:
                 self.used[name] += time.thread_time() - started  # one thread per sink: no lost update
 

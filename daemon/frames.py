@@ -89,26 +89,32 @@ def roboflow_predictions(detections: sv.Detections) -> list[dict[str, Any]]:
     if len(detections) == 0:
         return []
     xyxy = detections.xyxy
-    widths = xyxy[:, 2] - xyxy[:, 0]
-    heights = xyxy[:, 3] - xyxy[:, 1]
-    centres_x = xyxy[:, 0] + widths / 2
-    centres_y = xyxy[:, 1] + heights / 2
+    sizes = xyxy[:, 2:] - xyxy[:, :2]  # width, height
+    centres = xyxy[:, :2] + sizes / 2
     confidence = detections.confidence if detections.confidence is not None else np.ones(len(detections))
     class_ids = detections.class_id if detections.class_id is not None else np.zeros(len(detections), int)
-    names = detections.data["class_name"]
-    ids = detections.data["detection_id"]
+    # whole columns to Python at once: indexing numpy arrays element by element costs more than the rest
+    columns = zip(
+        centres.tolist(),
+        sizes.tolist(),
+        confidence.tolist(),
+        detections.data["class_name"].tolist(),
+        class_ids.tolist(),
+        detections.data["detection_id"].tolist(),
+        strict=True,
+    )
     return [
         {
-            "x": round(float(centres_x[i]), 1),
-            "y": round(float(centres_y[i]), 1),
-            "width": round(float(widths[i]), 1),
-            "height": round(float(heights[i]), 1),
-            "confidence": round(float(confidence[i]), 4),
-            "class": str(names[i]),
-            "class_id": int(class_ids[i]),
-            "detection_id": str(ids[i]),
+            "x": round(x, 1),
+            "y": round(y, 1),
+            "width": round(width, 1),
+            "height": round(height, 1),
+            "confidence": round(score, 4),
+            "class": str(name),
+            "class_id": int(class_id),
+            "detection_id": str(detection_id),
         }
-        for i in range(len(detections))
+        for (x, y), (width, height), score, name, class_id, detection_id in columns
     ]
 
 

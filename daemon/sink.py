@@ -17,6 +17,8 @@ class Sink(ABC):
     - `handle(result)` for every result whose `source` is in `accepts`, on the dispatcher thread (the events
       sink: on the events thread before it): must not block on network or disk I/O (hand slow work to the
       sink's own bounded queue and thread);
+    - `drained()` on the same thread, after `handle`, whenever no further result waits: a sink that collects
+      what `handle` produces (MQTT: the detections of a batch) sends it now, together;
     - `flush()` after the dispatchers have drained: push out partial state (e.g. a reporting window);
     - `close(timeout)`: stop threads and release files within `timeout` seconds, whatever happens.
     `threads()` names the sink's long-lived threads, which /healthz and the watchdog watch.
@@ -30,6 +32,9 @@ class Sink(ABC):
 
     @abstractmethod
     def handle(self, result: FrameResult) -> None: ...
+
+    def drained(self) -> None:
+        return None
 
     def flush(self) -> None:
         return None

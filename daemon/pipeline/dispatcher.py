@@ -6,8 +6,10 @@ for the other and the inference worker waits for neither. Results arrive through
 is full the result is dropped and counted (`reason="dispatch_full"`). Frame latency (capture -> every sink
 done) is measured at the end of the chain. Each sink gets the results whose `source` it `accepts`:
 per-camera sinks (metrics, MQTT) take configured cameras only; the sinks that aggregate per stream (Model
-Monitoring, history) also take HTTP API requests. At stop a dispatcher hands over what is queued and ends;
-the service stops them in chain order, then flushes and closes the sinks.
+Monitoring, history) also take HTTP API requests. Whenever a dispatcher's queue runs empty it tells its sinks
+(`drained`), so that what they collected from a burst of results (a batch) goes out together. At stop a
+dispatcher hands over what is queued and ends; the service stops them in chain order, then flushes and closes
+the sinks.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Dispatcher(threading.Thread):
     ) -> None:
         """`depth` shows the queue's length; `then`, if any, takes every result once these sinks are done."""
         super().__init__(name=name, daemon=True)
+        self._sinks = list(sinks)
         self._by_source = {
             source: [sink for sink in sinks if source in sink.accepts] for source in ("camera", "api")
         }
@@ -92,6 +95,8 @@ class Dispatcher(threading.Thread):
             except queue.Empty:
                 continue
             self._dispatch(result)
+            if self._queue.empty():
+                self._drained()
             with self._handed:
                 self._done += 1
                 self._handed.notify_all()
@@ -100,15 +105,14 @@ class Dispatcher(threading.Thread):
                 self._dispatch(self._queue.get_nowait())
             except queue.Empty:
                 break
+        self._drained()
 
     def _dispatch(self, result: FrameResult) -> None:
         for sink in self._by_source[result.source]:
             try:
                 sink.handle(result)
             except Exception:
-                if sink.name not in self._failing:
-                    self._failing.add(sink.name)
-                    log.exception("sink %s failed on a result from camera %s", sink.name, result.camera_id)
+                self._log_failure(sink, f"on a result from camera {result.camera_id}")
             else:
                 self._failing.discard(sink.name)
         self._depth.set(self._queue.qsize())
@@ -121,3 +125,16 @@ class Dispatcher(threading.Thread):
         if latency is None:
             latency = self._latency[result.camera_id] = self._frames.frame_latency.labels(result.camera_id)
         latency.observe(time.monotonic() - result.captured_mono)  # type: ignore[attr-defined]
+
+    def _drained(self) -> None:
+        for sink in self._sinks:
+            try:
+                sink.drained()
+            except Exception:
+                self._log_failure(sink, "sending what it collected")
+
+    def _log_failure(self, sink: Sink, context: str) -> None:
+        """Log (with its traceback) the first failure of a failing streak; called in an `except` block."""
+        if sink.name not in self._failing:
+            self._failing.add(sink.name)
+            log.exception("sink %s failed %s", sink.name, context)

@@ -22,12 +22,19 @@ class MqttSwitch(Sink):
 
     def __init__(self, publisher: MqttPublisher) -> None:
         self.publisher = publisher
+        self._collecting = publisher  # dispatcher thread: given the results since the last `drained`
 
     def start(self) -> None:
         self.publisher.start()
 
     def handle(self, result: FrameResult) -> None:
-        self.publisher.handle(result)
+        if self._collecting is not self.publisher:  # replaced: what the old one collected goes, or is counted
+            self._collecting.drained()
+            self._collecting = self.publisher
+        self._collecting.handle(result)
+
+    def drained(self) -> None:
+        self._collecting.drained()
 
     def flush(self) -> None:
         self.publisher.flush()

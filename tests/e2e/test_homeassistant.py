@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support.results import car, frame_result, person
+from tests.support.results import car, dispatch, frame_result, person
 
 PREFIX = "homeassistant"
 CAM1_STATUS = f"{PREFIX}/binary_sensor/edgewatch_edge-01/cam-1_status/config"
@@ -50,15 +50,15 @@ def test_discovery_configs_for_camera_connectivity_and_each_class_seen(
     assert status["origin"]["name"] == "edgewatch"
     assert not live.on(CAM1_PERSON)  # no count sensor before the class is seen
 
-    publisher.handle(frame_result("cam-1", 1, [person(), person(x=300)]))
+    dispatch(publisher, frame_result("cam-1", 1, [person(), person(x=300)]))
     sensor = config_of(live, CAM1_PERSON)
     assert sensor["unique_id"] == "edgewatch_edge-01_cam-1_count_person"
     assert sensor["state_topic"] == "edgewatch/edge-01/cam-1/counts"
     assert sensor["value_template"] == '{{ value_json.get("person", 0) }}'
     assert sensor["state_class"] == "measurement"
     assert sensor["availability"] == AVAILABILITY and sensor["device"] == device
-    publisher.handle(frame_result("cam-1", 2, [person()]))
-    publisher.handle(frame_result("cam-1", 3, [car()]))
+    dispatch(publisher, frame_result("cam-1", 2, [person()]))
+    dispatch(publisher, frame_result("cam-1", 3, [car()]))
     config_of(live, CAM1_CAR)
     live.sync()
     assert len(live.on(CAM1_PERSON)) == 1 and len(live.on(CAM1_STATUS)) == 1
@@ -74,8 +74,8 @@ def test_removed_camera_loses_its_configs_and_sensors_survive_restarts(
 ):
     state = tmp_path / "ha.json"
     first = mqtt_publisher(mosquitto, cameras=("cam-1", "cam-2"), homeassistant=True, discovery_state=state)
-    first.handle(frame_result("cam-2", 1, [(0, 0, 10, 10, 0.9, 9, "traffic light")]))
-    first.handle(frame_result("cam-1", 1, [person()]))
+    dispatch(first, frame_result("cam-2", 1, [(0, 0, 10, 10, 0.9, 9, "traffic light")]))
+    dispatch(first, frame_result("cam-1", 1, [person()]))
     live = mqtt_subscriber(mosquitto)
     for topic in (CAM1_STATUS, CAM1_PERSON, CAM2_STATUS, CAM2_TRAFFIC_LIGHT):
         config_of(live, topic)
@@ -105,7 +105,7 @@ def test_configs_republished_when_home_assistant_comes_online(mosquitto, mqtt_su
     live = mqtt_subscriber(mosquitto)
     publisher = mqtt_publisher(mosquitto, cameras=("cam-1",), homeassistant=True)
     config_of(live, CAM1_STATUS)
-    publisher.handle(frame_result("cam-1", 1, [person()]))
+    dispatch(publisher, frame_result("cam-1", 1, [person()]))
     config_of(live, CAM1_PERSON)
 
     live.publish(f"{PREFIX}/status", b"offline")

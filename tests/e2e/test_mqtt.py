@@ -17,7 +17,7 @@ from daemon.events.event import Event
 from daemon.metrics import Metrics
 from daemon.sinks.mqtt import MqttPublisher
 from tests.support.daemon import REPO, wait_until
-from tests.support.results import car, frame_result, person
+from tests.support.results import car, dispatch, frame_result, person
 
 AVAILABILITY = "edgewatch/edge-01/availability"
 STATUS = "edgewatch/edge-01/cam-1/status"
@@ -124,7 +124,7 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
     live.wait_payload(STATUS, b"online")
 
     first = frame_result("cam-1", 7, [person(0.9), car(0.8), person(0.7, x=400)])
-    publisher.handle(first)
+    dispatch(publisher, first)
     message = live.wait_for(lambda: live.on(DETECTIONS), what="detections")[0]
     assert message.qos == 0
     payload = json.loads(message.payload)
@@ -171,10 +171,10 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
     }
     live.wait_payload(COUNTS, b'{"car":1,"person":2}')
 
-    publisher.handle(frame_result("cam-1", 8, [car(0.6), person(0.5), person(0.4, x=300)]))  # same counts
-    publisher.handle(frame_result("cam-1", 9, [person(0.9)]))
+    dispatch(publisher, frame_result("cam-1", 8, [car(0.6), person(0.5), person(0.4, x=300)]))  # same counts
+    dispatch(publisher, frame_result("cam-1", 9, [person(0.9)]))
     live.wait_payload(COUNTS, b'{"person":1}')
-    publisher.handle(frame_result("cam-1", 10, []))
+    dispatch(publisher, frame_result("cam-1", 10, []))
     live.wait_payload(COUNTS, b"{}")
     assert live.payloads(COUNTS) == [b'{"car":1,"person":2}', b'{"person":1}', b"{}"]
     live.wait_for(lambda: len(live.on(DETECTIONS)) == 4, what="4 detection messages")
@@ -194,18 +194,42 @@ def test_detections_counts_status_and_alert_payloads(mosquitto, mqtt_subscriber,
     assert retained(mosquitto, mqtt_subscriber, ALERTS) is None
 
 
+def test_a_batch_of_results_from_two_cameras_reaches_the_broker_whole_and_in_order(
+    mosquitto, mqtt_subscriber, mqtt_publisher
+):
+    metrics = Metrics()
+    live = mqtt_subscriber(mosquitto)
+    publisher = mqtt_publisher(mosquitto, cameras=("cam-1", "cam-2"), metrics=metrics)
+    wait_until(lambda: connected(metrics) == 1, 5, message="connected")
+    other = "edgewatch/edge-01/cam-2/detections"
+    burst = [
+        frame_result(camera, frame_id, [person()] * (frame_id % 3))
+        for frame_id in range(1, 12)
+        for camera in ("cam-1", "cam-2")
+    ]  # 22 results: more than the publisher collects before it sends
+    dispatch(publisher, *burst)
+
+    live.wait_for(lambda: len(live.on(DETECTIONS)) + len(live.on(other)) == 22, what="22 detections messages")
+    for topic in (DETECTIONS, other):
+        payloads = [json.loads(m.payload) for m in live.on(topic)]
+        assert [p["frame_id"] for p in payloads] == list(range(1, 12))
+        assert [len(p["predictions"]) for p in payloads] == [frame_id % 3 for frame_id in range(1, 12)]
+    live.wait_payload("edgewatch/edge-01/cam-2/counts", b'{"person":2}')  # the last frame's: 11 % 3
+    assert dropped(metrics) == 0
+
+
 def test_broker_restart_reconnects_and_republishes_retained_state(mosquitto, mqtt_subscriber, mqtt_publisher):
     metrics = Metrics()
     publisher = mqtt_publisher(mosquitto, metrics=metrics)
     publisher.on_camera_status("cam-1", True)
-    publisher.handle(frame_result("cam-1", 1, [person()]))
+    dispatch(publisher, frame_result("cam-1", 1, [person()]))
     live = mqtt_subscriber(mosquitto)
     live.wait_payload(COUNTS, b'{"person":1}')
     live.wait_payload(STATUS, b"online")
 
     mosquitto.stop()
     wait_until(lambda: connected(metrics) == 0, 5, message="edgewatch_mqtt_connected 0")
-    publisher.handle(frame_result("cam-1", 2, [person(), car()]))  # changes while the broker is away
+    dispatch(publisher, frame_result("cam-1", 2, [person(), car()]))  # changes while the broker is away
     mosquitto.start()  # persistence is off: the broker has forgotten every retained message
 
     after = mqtt_subscriber(mosquitto)
@@ -239,7 +263,7 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
     wait_until(lambda: connected(metrics) == 0, 5, message="edgewatch_mqtt_connected 0")
     started = time.monotonic()
     for frame_id in range(1, 11):
-        publisher.handle(frame_result("cam-1", frame_id, [person()]))
+        dispatch(publisher, frame_result("cam-1", frame_id, [person()]))
     for number in range(5):
         publisher.on_alert(Alert("test", "", str(number), "warning", "firing", 1_700_000_000.0))
     publisher.on_camera_status("cam-1", False)
@@ -261,7 +285,7 @@ def test_network_outage_drops_detections_keeps_alerts_and_sends_latest_state(
     assert retained(mosquitto, mqtt_subscriber, STATUS).payload == b"offline"
     assert not live.on(DETECTIONS)
 
-    publisher.handle(frame_result("cam-1", 11, [person()]))
+    dispatch(publisher, frame_result("cam-1", 11, [person()]))
     live.wait_for(lambda: live.on(DETECTIONS), what="detections after the outage")
 
 
@@ -295,7 +319,7 @@ def test_broker_down_at_start_does_not_block_and_connects_later(
     started = time.monotonic()
     publisher = mqtt_publisher(broker, metrics=metrics)
     publisher.on_camera_status("cam-1", True)
-    publisher.handle(frame_result("cam-1", 1, [car()]))
+    dispatch(publisher, frame_result("cam-1", 1, [car()]))
     assert time.monotonic() - started < 1
     assert connected(metrics) == 0
     assert dropped(metrics) == 1
@@ -318,7 +342,7 @@ def test_stalled_broker_drops_detections_instead_of_queueing_them(mosquitto, mqt
     try:
         started = time.monotonic()
         for frame_id in range(frames):
-            publisher.handle(frame_result("cam-1", frame_id, many))
+            dispatch(publisher, frame_result("cam-1", frame_id, many))
         elapsed = time.monotonic() - started
     finally:
         mosquitto.resume()
@@ -338,7 +362,7 @@ def test_tls_with_password_connects_and_never_logs_the_password(
         mosquitto_tls, metrics=metrics, tls=True, ca_file=tls_files.ca, username="edge", password=password
     )
     live.wait_payload(AVAILABILITY, b"online")
-    publisher.handle(frame_result("cam-1", 1, [person()]))
+    dispatch(publisher, frame_result("cam-1", 1, [person()]))
     live.wait_for(lambda: live.on(DETECTIONS), what="detections over TLS")
 
     wrong = Metrics()

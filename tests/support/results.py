@@ -8,6 +8,7 @@ import numpy as np
 import supervision as sv
 
 from daemon.frames import FrameResult
+from daemon.sink import Sink
 
 Box = tuple[float, float, float, float, float, int, str]  # x1, y1, x2, y2, confidence, class id, class name
 
@@ -60,3 +61,10 @@ def person(confidence: float = 0.9, x: float = 10.0) -> Box:
 
 def car(confidence: float = 0.8) -> Box:
     return (200.0, 100.0, 300.0, 160.0, confidence, 2, "car")
+
+
+def dispatch(sink: Sink, *results: FrameResult) -> None:
+    """Hand `results` to `sink` as the dispatcher does a burst of them: each to `handle`, then `drained`."""
+    for result in results:
+        sink.handle(result)
+    sink.drained()
