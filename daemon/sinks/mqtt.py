@@ -8,8 +8,8 @@ Every outgoing queue is bounded by us (paho's own queue is left unlimited):
 - per-frame detections (QoS 0) are published from the dispatcher thread, a burst of them (a batch) together
   once the dispatcher has no further result (`drained`; at most `PUBLISH_GROUP` wait for it); they are
   dropped (and counted) while the broker is away, and while `max_queued` of them still wait for the socket.
-  Together, because each `publish` wakes paho's network thread, and waking a thread costs more than building
-  the message (30-50 us of CPU in a VM): a batch of 8 wakes it about once instead of 8 times;
+  Together, because each `publish` wakes paho's network thread, which in a VM costs the waking thread 30-50 us
+  of CPU, about what building the message does: a batch of 8 wakes it about once instead of 8 times;
 - alerts and events (QoS 1) and retained state (each camera's status, its latest counts, zone occupancy and
   line totals, Home Assistant discovery) are handed to one small thread of ours ("mqtt-publish"), so callers
   never block: alerts and events wait through an outage, at most `max_queued` of each (so that a burst of
