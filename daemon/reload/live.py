@@ -85,7 +85,7 @@ class LiveConfig:
                     f"{new.source}: model: inference did not reach the end of a batch within "
                     f"{SYNC_TIMEOUT:.0f} s; the running model stays"
                 )
-        service.model.set_thresholds(settings)
+        running.set_thresholds(settings)
         service.worker.set_batch_timeout(batch_timeout)
         if model is not None:
             service.model = model
