@@ -5,8 +5,8 @@ API key so nothing leaves the machine) and MQTT to a real local Mosquitto. The r
 window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
 time (the inference duration histogram), each frame's latency from capture until every sink is done (a
 recording sink placed after the daemon's own, so it sees the frame when they have all handled it), and the
-CPU time of the pipeline's threads (inference worker, events thread, dispatcher), of each sink's `handle`
-and of the whole process per inferred frame.
+CPU time of the pipeline's threads (inference worker, events thread, dispatcher), of each sink (its `handle`
+and `drained`) and of the whole process per inferred frame.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Measured:
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
     thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
-    sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink (its handle)
+    sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink
     # raw session.run frames/s at this run's batch size, measured just before and just after it (the mean)
     raw_fps: float | None = None
 
@@ -146,10 +146,10 @@ class Measured:
 
     @property
     def cpu_note(self) -> str:
-        """The pipeline threads' CPU time per inferred frame, and the part of it each sink's `handle` took."""
+        """The pipeline threads' CPU time per inferred frame, and the part of it each sink took."""
         threads = ", ".join(f"{name} {ms:.2f}" for name, ms in self.thread_cpu_ms.items())
         sinks = ", ".join(f"{name} {ms:.3f}" for name, ms in self.sink_cpu_ms.items())
-        return f"CPU ms/frame {threads}" + (f"; of it the sinks' handle: {sinks}" if sinks else "")
+        return f"CPU ms/frame {threads}" + (f"; of it the sinks: {sinks}" if sinks else "")
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
