@@ -326,10 +326,11 @@ class Service:
         return self.shutdown()
 
     def start(self) -> None:
-        """Start every thread, sinks first and cameras last, then tell systemd we are ready."""
-        if self.exporter:
-            self.exporter.start()
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.exporter.port)
+        """Start every thread, sinks first and cameras next, then tell systemd we are ready.
+
+        The exporter comes last: its `/healthz` counts a thread not yet started as dead, so it answers only
+        once every thread runs (a client that connects earlier waits in the listening socket's backlog).
+        """
         for sink in self.sinks.all:
             sink.start()
         self.dispatcher.start()
@@ -342,6 +343,9 @@ class Service:
         self.alerts.start()
         if self.reloader:
             self.reloader.start()
+        if self.exporter:
+            self.exporter.start()
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.exporter.port)
         sdnotify.ready()
         log.info(
             "edgewatch %s running: device %s, %d camera(s), model %s on %s",

@@ -3,7 +3,9 @@ when one hangs or fails, and every long-lived thread watched by /healthz."""
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from daemon.frames import FrameResult
 from daemon.model.session import Model
 from daemon.service import Service
 from daemon.sink import Sink
-from tests.support.daemon import wait_until
+from tests.support.daemon import free_port, wait_until
 from tests.support.edge import PhotoCamera, edge_config
 
 
@@ -114,6 +116,40 @@ def test_healthz_names_every_long_lived_thread(tmp_path: Path, demo_model: Path,
         assert all(detail["threads"].values())
     finally:
         service.shutdown()
+
+
+class SlowToStart(Recording):
+    """A sink whose start takes a second, as opening a large spool can."""
+
+    def start(self) -> None:
+        super().start()
+        threading.Event().wait(1.0)
+
+
+def test_healthz_asked_during_start_answers_200_once_every_thread_runs(
+    tmp_path: Path, demo_model: Path, model: Model
+) -> None:
+    config = edge_config(tmp_path, demo_model, {"kitchen": "coffee.png"}, "http://127.0.0.1:9")
+    port = free_port()
+    metrics = config.metrics.model_copy(update={"enabled": True, "host": "127.0.0.1", "port": port})
+    config = config.model_copy(update={"metrics": metrics})
+    service = Service(
+        config, model, camera_factory=PhotoCamera, extra_sinks=[SlowToStart("slow")], shutdown_budget=10.0
+    )
+    try:
+        # a probe that arrives while the daemon starts (the port is bound, nothing serves it yet)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            service.start()
+            response = b""
+            while chunk := probe.recv(65536):
+                response += chunk
+        status = response.split(b"\r\n", 1)[0]
+        body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+        assert status.endswith(b" 200 OK"), (status, body["threads"])
+        assert body["healthy"] is True and all(body["threads"].values())
+    finally:
+        assert service.shutdown() == 0
 
 
 def test_the_sinks_after_the_events_thread_see_track_ids_and_no_frames(
