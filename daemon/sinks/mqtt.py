@@ -461,7 +461,6 @@ class MqttPublisher(Sink):
             return
         self._problem = None
         log.info("MQTT: connected to %s:%d", self._config.host, self._config.port)
-        self._metrics.mqtt_connected.set(1)
         if self._discovery is not None:
             client.subscribe(self._discovery.status_topic, qos=1)
         # the broker answers with what it retained: zones and lines no longer configured are cleared
@@ -470,6 +469,7 @@ class MqttPublisher(Sink):
         with self._lock:
             self._connected = True
             self._barrier_mid = barrier.mid
+        self._metrics.mqtt_connected.set(1)  # only now: a 1 means detections go out, not dropped
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         tls = " over TLS" if self._config.tls else ""
