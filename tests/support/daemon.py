@@ -18,10 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_MODEL = REPO / "models" / "yolov3-tiny-coco.onnx"
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before in this run. The kernel may offer a just-closed port again,
+    and two servers of one daemon given the same port would fail its start."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05, message: str = "condition"):
