@@ -15,7 +15,8 @@ from benchmarks.clips import encode_h264
 from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, memory_cameras
 from benchmarks.pipeline import bench_config, run_pipeline
-from benchmarks.run import bench_decode, table
+from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, table
+from benchmarks.scale import bench_frame_cost
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
@@ -90,6 +91,34 @@ def test_a_run_is_compared_with_raw_runs_just_before_and_after_it(
     assert unaccounted == 0 and measured.mean_batch == 1
     assert measured.raw_fps is not None and measured.raw_fps > 0
     assert row.ratio == pytest.approx(measured.fps / measured.raw_fps)  # no raw section ran: only this one
+
+
+def test_the_daemons_own_cpu_per_frame_is_checked_as_the_sum_of_the_loops_steps_and_the_sink_threads(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    report = Report()
+    bench = Bench(
+        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
+        scenes, max_batch=4, batch_timeout_ms=10, warmup=0.5, window=1.5, report=report, bracket=0.3,
+    )
+
+    loop_cost = bench_frame_cost(model, scenes[0], report)
+    bench_unpaced(bench, (4,), loop_cost)
+
+    assert loop_cost.keys() == {"letterbox", "decode"} and all(ms > 0 for ms in loop_cost.values())
+    [(ok, text)] = [(ok, text) for ok, text in report.checks if "own CPU per frame" in text]
+    found = re.search(
+        r"own CPU per frame ([\d.]+) ms \(letterbox ([\d.]+) \+ decode ([\d.]+) \+ events thread ([\d.]+) "
+        r"\+ dispatcher thread ([\d.]+)\) <= 0.5$",
+        text,
+    )
+    assert found, text
+    total, letterbox, decode, events, dispatcher = (float(value) for value in found.groups())
+    assert (letterbox, decode) == (round(loop_cost["letterbox"], 2), round(loop_cost["decode"], 2))
+    assert events > 0 and dispatcher > 0  # measured on the run's own threads
+    assert total == pytest.approx(letterbox + decode + events + dispatcher, abs=0.021)  # each part rounded
+    if abs(total - OWN_CPU_PER_FRAME_MS) > 0.005:  # the printed total is rounded: at the limit, either
+        assert ok == (total < OWN_CPU_PER_FRAME_MS)
 
 
 def test_the_checked_decode_case_runs_repeatedly_and_is_judged_by_its_median(
