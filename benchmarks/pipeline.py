@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ParamSpec
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class LatencyRecorder(Sink):
 
 
 P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class SinkTimer:
@@ -90,6 +91,52 @@ class SinkTimer:
                 call(*args, **kwargs)
             finally:
                 self.used[name] += time.thread_time() - started  # one thread per sink: no lost update
+
+        return timed
+
+
+class LoopTimer:
+    """The inference thread's CPU time from `arm` on, split: in the model's `prepare` (letterboxing), `run`
+    (session.run) and `detections` (decoding the outputs), and the rest between them (building and handing
+    over the results, taking the next batch). Counted on that thread alone, over whole calls, so a call under
+    way when the window opens or closes does not skew it. The model is shared by the benchmark's runs:
+    `disarm` restores it."""
+
+    STEPS = ("prepare", "run", "detections")
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+        self.used = dict.fromkeys((*self.STEPS, "rest"), 0.0)
+        self.frames = 0  # frames run since `arm`
+        self._returned: float | None = None  # the thread's CPU clock when the last timed call returned
+        self._armed = False
+
+    def arm(self) -> None:
+        for step in self.STEPS:
+            setattr(self._model, step, self._timed(step, getattr(self._model, step)))
+        self._armed = True
+
+    def disarm(self) -> None:
+        if self._armed:
+            for step in self.STEPS:
+                delattr(self._model, step)  # the instance's wrapper: the class's method shows again
+            self._armed = False
+
+    def per_frame_ms(self) -> dict[str, float]:
+        return {step: used / self.frames * 1000 for step, used in self.used.items()} if self.frames else {}
+
+    def _timed(self, step: str, call: Callable[P, R]) -> Callable[P, R]:
+        def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+            started = time.thread_time()
+            if self._returned is not None:
+                self.used["rest"] += started - self._returned
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self._returned = time.thread_time()
+                self.used[step] += self._returned - started
+                if step == "run":
+                    self.frames += len(args[0])  # type: ignore[arg-type]
 
         return timed
 
@@ -123,6 +170,8 @@ class Measured:
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
     thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
+    # per inferred frame, of the inference thread: in `prepare` (letterboxing), in `run`, and the rest
+    loop_cpu_ms: dict[str, float] = field(default_factory=dict)
     sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink
     # raw session.run frames/s at this run's batch size, measured just before and just after it (the mean)
     raw_fps: float | None = None
@@ -149,7 +198,12 @@ class Measured:
         """The pipeline threads' CPU time per inferred frame, and the part of it each sink took."""
         threads = ", ".join(f"{name} {ms:.2f}" for name, ms in self.thread_cpu_ms.items())
         sinks = ", ".join(f"{name} {ms:.3f}" for name, ms in self.sink_cpu_ms.items())
-        return f"CPU ms/frame {threads}" + (f"; of it the sinks: {sinks}" if sinks else "")
+        loop = ", ".join(f"{step} {ms:.3f}" for step, ms in self.loop_cpu_ms.items())
+        return (
+            f"CPU ms/frame {threads}"
+            + (f"; of it the inference thread's: {loop}" if loop else "")
+            + (f"; the sinks': {sinks}" if sinks else "")
+        )
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
@@ -265,6 +319,7 @@ def run_pipeline(
     runner.start()
     rss: list[tuple[float, float]] = []
     counts: list[tuple[int, int, int]] = []
+    loop = LoopTimer(model)
     try:
         deadline = time.monotonic() + online_timeout
         while time.monotonic() < deadline and min(_counters(service).captured.values(), default=1) == 0:
@@ -272,6 +327,7 @@ def run_pipeline(
         service.stop.wait(warmup)
         sinks = SinkTimer()
         sinks.arm(service.sinks.all)
+        loop.arm()
         before, cpu_before = _counters(service), thread_cpu(service)
         recorder.arm()
         if on_window is not None:
@@ -284,10 +340,12 @@ def run_pipeline(
         rss_end = rss_mib()
         after, cpu_after = _counters(service), thread_cpu(service)
         sink_cpu = dict(sinks.used)
+        loop_cpu = loop.per_frame_ms()
         latencies = recorder.disarm()
     finally:
         service.stop.set()
         runner.join(60)
+        loop.disarm()
     if runner.is_alive() or exit_code != [0]:
         raise RuntimeError(f"the daemon did not stop cleanly (exit code {exit_code or 'none'})")
     totals = _counters(service)
@@ -311,5 +369,6 @@ def run_pipeline(
             if name in cpu_before
         },
         sink_cpu_ms={name: used / inferred * 1000 if inferred else 0.0 for name, used in sink_cpu.items()},
+        loop_cpu_ms=loop_cpu,
     )
     return measured, totals
