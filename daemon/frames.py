@@ -6,6 +6,7 @@ Detections are `sv.Detections` in the original frame's pixel coordinates (xyxy),
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +18,21 @@ import supervision as sv
 
 # "camera": a configured camera; "api": an HTTP inference request, whose camera_id is its stream name
 Source = Literal["camera", "api"]
+
+
+def uuid4_strings(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs in their text form, as `str(uuid.uuid4())` writes them, from one read
+    of the OS's random source: a batch's inference and detection ids at a third of the cost of one `uuid4()`
+    each."""
+    octets = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
+    octets[:, 6] = (octets[:, 6] & 0x0F) | 0x40  # version 4
+    octets[:, 8] = (octets[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
+    digits = octets.tobytes().hex()
+    return [
+        f"{digits[i : i + 8]}-{digits[i + 8 : i + 12]}-{digits[i + 12 : i + 16]}-{digits[i + 16 : i + 20]}-"
+        f"{digits[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
 
 
 @dataclass(slots=True, eq=False)

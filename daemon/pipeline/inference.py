@@ -14,12 +14,11 @@ import math
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 
-from daemon.frames import Frame, FrameResult
+from daemon.frames import Frame, FrameResult, uuid4_strings
 from daemon.metrics.frames import FrameMetrics
 from daemon.metrics.inference import InferenceMetrics
 from daemon.model.session import Model
@@ -173,11 +172,11 @@ class InferenceWorker(threading.Thread):
         self._metrics.inference_duration.observe(seconds)
         self._metrics.batch_size.observe(len(frames))
         done = time.monotonic()
-        for frame, found in zip(frames, detections, strict=True):
-            inference_id = str(uuid.uuid4())
-            found.data["detection_id"] = np.array(
-                [str(uuid.uuid4()) for _ in range(len(found))], dtype=object
-            )
+        ids = uuid4_strings(len(frames) + sum(len(found) for found in detections))
+        taken = len(frames)  # the first ids are the frames' inference ids, the rest the detections'
+        for inference_id, frame, found in zip(ids[:taken], frames, detections, strict=True):
+            found.data["detection_id"] = np.array(ids[taken : taken + len(found)], dtype=object)
+            taken += len(found)
             height, width = frame.image.shape[:2]
             result = FrameResult(
                 camera_id=frame.camera_id,

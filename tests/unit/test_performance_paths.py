@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,7 +19,7 @@ import pytest
 import supervision as sv
 
 from daemon.config import ModelConfig
-from daemon.frames import Frame, class_counts, roboflow_predictions
+from daemon.frames import Frame, class_counts, roboflow_predictions, uuid4_strings
 from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.prologue import INPUT_NAME, prepend_prologue
 from daemon.model.session import (
@@ -128,6 +130,39 @@ def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
     assert not rig.worker.is_alive() and rig.worker.error is None
     assert sorted(result.camera_id for result in rig.collected.results) == cameras
     assert rig.board.take_batch(4, 0, 0) == []  # drained
+
+
+def test_ids_drawn_for_a_batch_at_once_are_distinct_version_4_uuids_as_uuid4_writes_them() -> None:
+    ids = uuid4_strings(20_000)
+
+    assert uuid4_strings(0) == []
+    assert len(set(ids)) == 20_000
+    for text in ids[:2000]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_every_frame_and_detection_of_a_batch_gets_its_own_id(model: Model) -> None:
+    cup, motorbike = photo("coffee.png"), photo("motorcycle_left.png")
+    both = np.hstack([cup, cv2.resize(motorbike, (motorbike.shape[1], cup.shape[0]))])  # two objects a frame
+    cameras = [f"cam-{i}" for i in range(4)]
+    rig = WorkerRig(model, cameras)
+    for number, camera in enumerate(cameras, 1):
+        rig.board.put(Frame(camera, number, time.time(), time.monotonic(), both if number % 2 else cup))
+    rig.stop.set()  # the worker infers what is on the board, in one batch of 4, and ends
+    rig.board.close()
+
+    rig.worker.start()
+    rig.worker.join(10)
+
+    results = rig.collected.results
+    assert len(results) == 4 and {result.batch_size for result in results} == {4}
+    detection_ids = [result.detections.data["detection_id"].tolist() for result in results]
+    assert [len(ids) for ids in detection_ids] == [len(result.detections) for result in results]
+    assert sum(len(ids) for ids in detection_ids) > 4
+    every_id = [result.inference_id for result in results] + [one for ids in detection_ids for one in ids]
+    assert len(set(every_id)) == len(every_id)
+    assert all(uuid.UUID(one).version == 4 for one in every_id)
 
 
 def test_a_stalled_live_camera_stops_holding_batches(monkeypatch: pytest.MonkeyPatch) -> None:
