@@ -30,6 +30,9 @@ class TensorInfo(Protocol):
     def shape(self) -> Sequence[Any]: ...
 
 
+PAIRWISE_NMS_LIMIT = 256  # boxes; above it NMS loops box by box rather than hold [K, K] overlaps
+
+
 def _empty() -> Decoded:
     return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
 
@@ -43,9 +46,13 @@ def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.ndarray:
     """Greedy NMS: indices of the kept boxes, best first, at most `max_det`."""
+    order = np.argsort(-scores, kind="stable").astype(np.int64, copy=False)
+    if order.size <= 1:
+        return order[:max_det]
+    if order.size <= PAIRWISE_NMS_LIMIT:
+        return _nms_pairwise(xyxy, order, iou, max_det)
     x1, y1, x2, y2 = xyxy.T
     areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
     while order.size and len(keep) < max_det:
         best, rest = order[0], order[1:]
@@ -58,10 +65,34 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.nd
     return np.array(keep, dtype=np.int64)
 
 
+def _nms_pairwise(xyxy: np.ndarray, order: np.ndarray, iou: float, max_det: int) -> np.ndarray:
+    """`nms` for a few boxes: every pair's overlap in one go, then the greedy pass over plain indices. The
+    same arithmetic, pair by pair, as the loop in `nms`, so the same boxes are kept."""
+    x1, y1, x2, y2 = xyxy[order].T[:, :, None]  # best first; each [K, 1], against its transpose [1, K]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    width = np.maximum(np.minimum(x2, x2.T) - np.maximum(x1, x1.T), 0)
+    height = np.maximum(np.minimum(y2, y2.T) - np.maximum(y1, y1.T), 0)
+    inter = width * height
+    overlap = inter / np.maximum(areas + areas.T - inter, 1e-9)
+    suppresses = ~(overlap <= iou)  # as the loop drops them: a NaN overlap drops too
+    keep: list[int] = []
+    dropped = np.zeros(order.size, dtype=bool)
+    for index in range(order.size):
+        if dropped[index]:
+            continue
+        keep.append(index)
+        if len(keep) >= max_det:
+            break
+        dropped |= suppresses[index]
+    return order[keep]
+
+
 def class_aware_nms(
     xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray, iou: float, max_det: int
 ) -> Decoded:
     """NMS within each class: boxes are shifted by class so that different classes never overlap."""
+    if len(xyxy) <= 1 and max_det >= 1:  # nothing to suppress
+        return xyxy, scores, class_id
     offset = float(np.abs(xyxy).max()) + 1 if len(xyxy) else 0.0
     keep = nms(xyxy + (class_id * offset)[:, None].astype(xyxy.dtype), scores, iou, max_det)
     return xyxy[keep], scores[keep], class_id[keep]

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from daemon.model import decoders
 from daemon.model.decoders import UnsupportedModel, decode_rfdetr, decode_yolov5, decode_yolov8, detect_layout
 
 CONF, IOU = 0.25, 0.45
@@ -108,6 +109,31 @@ def test_yolov8_iou_threshold_decides_suppression() -> None:
     ((_, loose, _),) = decode_yolov8(output, CONF, iou=0.9, max_det=300)
 
     assert len(strict) == 1 and len(loose) == 2
+
+
+def test_nms_over_every_pair_keeps_what_the_box_by_box_loop_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    cases = []
+    for _ in range(400):
+        count = int(rng.integers(0, 60))
+        corner = rng.uniform(0, 400, (count, 2)).astype(np.float32)
+        size = rng.uniform(0, 120, (count, 2)).astype(np.float32)
+        size[rng.random(count) < 0.1] = 0  # some boxes without area
+        xyxy = np.concatenate([corner, corner + size], axis=1)
+        if count > 3:
+            xyxy[1] = xyxy[0]  # an exact duplicate
+        scores = rng.choice(np.linspace(0.3, 1, 8), count).astype(np.float32)  # ties in the order
+        iou, max_det = float(rng.choice([0.0, 0.3, 0.45, 0.7, 1.0])), int(rng.choice([1, 3, 300]))
+        cases.append((xyxy, scores, iou, max_det))
+    pairwise = [decoders.nms(*case) for case in cases]
+
+    monkeypatch.setattr(decoders, "PAIRWISE_NMS_LIMIT", 1)  # every case of two boxes or more: the loop
+    looped = [decoders.nms(*case) for case in cases]
+
+    assert sum(len(kept) > 1 for kept in pairwise) > 100  # many cases keep several boxes
+    for one, other in zip(pairwise, looped, strict=True):
+        assert one.dtype == other.dtype == np.int64
+        assert one.tolist() == other.tolist()
 
 
 def test_yolov5_scores_are_objectness_times_class() -> None:
