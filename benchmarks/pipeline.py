@@ -5,8 +5,9 @@ API key so nothing leaves the machine) and MQTT to a real local Mosquitto. The r
 window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
 time (the inference duration histogram), each frame's latency from capture until every sink is done (a
 recording sink placed after the daemon's own, so it sees the frame when they have all handled it), and the
-CPU time of the pipeline's threads (inference worker, events thread, dispatcher), of each sink (its `handle`
-and `drained`) and of the whole process per inferred frame.
+CPU time of the pipeline's threads (inference worker, events thread, dispatcher), of the worker's steps
+(letterboxing, `session.run`, decoding, the rest), of each sink (its `handle` and `drained`) and of the whole
+process per inferred frame.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class Measured:
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
     thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
-    # per inferred frame, of the inference thread: in `prepare` (letterboxing), in `run`, and the rest
+    # per frame, the inference thread's CPU in `prepare`, `run` and `detections`, and the rest (`LoopTimer`)
     loop_cpu_ms: dict[str, float] = field(default_factory=dict)
     sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink
     # raw session.run frames/s at this run's batch size, measured just before and just after it (the mean)
