@@ -47,8 +47,6 @@ def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.ndarray:
     """Greedy NMS: indices of the kept boxes, best first, at most `max_det`."""
     order = np.argsort(-scores, kind="stable").astype(np.int64, copy=False)
-    if order.size <= 1:
-        return order[:max_det]
     if order.size <= PAIRWISE_NMS_LIMIT:
         return _nms_pairwise(xyxy, order, iou, max_det)
     x1, y1, x2, y2 = xyxy.T
@@ -78,11 +76,11 @@ def _nms_pairwise(xyxy: np.ndarray, order: np.ndarray, iou: float, max_det: int)
     keep: list[int] = []
     dropped = np.zeros(order.size, dtype=bool)
     for index in range(order.size):
+        if len(keep) >= max_det:
+            break
         if dropped[index]:
             continue
         keep.append(index)
-        if len(keep) >= max_det:
-            break
         dropped |= suppresses[index]
     return order[keep]
 
@@ -91,8 +89,6 @@ def class_aware_nms(
     xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray, iou: float, max_det: int
 ) -> Decoded:
     """NMS within each class: boxes are shifted by class so that different classes never overlap."""
-    if len(xyxy) <= 1 and max_det >= 1:  # nothing to suppress
-        return xyxy, scores, class_id
     offset = float(np.abs(xyxy).max()) + 1 if len(xyxy) else 0.0
     keep = nms(xyxy + (class_id * offset)[:, None].astype(xyxy.dtype), scores, iou, max_det)
     return xyxy[keep], scores[keep], class_id[keep]
@@ -111,6 +107,8 @@ def select_nms(
     if classes is not None:
         wanted = np.isin(class_id, classes)
         xyxy, scores, class_id = xyxy[wanted], scores[wanted], class_id[wanted]
+    if len(xyxy) <= 1 and max_det >= 1:  # nothing to suppress
+        return xyxy, scores, class_id
     if not agnostic:
         return class_aware_nms(xyxy, scores, class_id, iou, max_det)
     keep = nms(xyxy, scores, iou, max_det)

@@ -123,11 +123,11 @@ def test_nms_over_every_pair_keeps_what_the_box_by_box_loop_keeps(monkeypatch: p
         if count > 3:
             xyxy[1] = xyxy[0]  # an exact duplicate
         scores = rng.choice(np.linspace(0.3, 1, 8), count).astype(np.float32)  # ties in the order
-        iou, max_det = float(rng.choice([0.0, 0.3, 0.45, 0.7, 1.0])), int(rng.choice([1, 3, 300]))
+        iou, max_det = float(rng.choice([0.0, 0.3, 0.45, 0.7, 1.0])), int(rng.choice([0, 1, 3, 300]))
         cases.append((xyxy, scores, iou, max_det))
     pairwise = [decoders.nms(*case) for case in cases]
 
-    monkeypatch.setattr(decoders, "PAIRWISE_NMS_LIMIT", 1)  # every case of two boxes or more: the loop
+    monkeypatch.setattr(decoders, "PAIRWISE_NMS_LIMIT", -1)  # every case, even without boxes: the loop
     looped = [decoders.nms(*case) for case in cases]
 
     assert sum(len(kept) > 1 for kept in pairwise) > 100  # many cases keep several boxes
