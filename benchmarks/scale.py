@@ -326,9 +326,10 @@ def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, bat
         canvas, _ = model.prepare(images)
         np.multiply(canvas[..., ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
 
+    letterbox_case = "letterbox into the uint8 batch (now)"
     cases = {
         "letterbox + float conversion in numpy (before)": float_conversion,
-        "letterbox into the uint8 batch (now)": lambda: model.prepare(images),
+        letterbox_case: lambda: model.prepare(images),
         "decode + detections": lambda: model.detections(outputs, images, transforms),
     }
     letterbox = float("nan")
@@ -342,6 +343,6 @@ def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, bat
         ms = spent / runs / batch * 1000
         report.rows.append(Row("frame cost", case, 0, batch, float("nan"), overhead_ms=ms))
         print(f"  {case}: {ms:.3f} ms CPU per frame (load average {load_average()})", flush=True)
-        if case == "letterbox into the uint8 batch (now)":
+        if case == letterbox_case:
             letterbox = ms
     return letterbox
