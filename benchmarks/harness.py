@@ -14,12 +14,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 
 from benchmarks import profile as sampler
 from benchmarks.pipeline import Measured, bench_config, run_pipeline
 from benchmarks.sources import camera_factory
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
-from daemon.model.preprocess import LetterboxBuffer
 from daemon.model.session import Model
 from daemon.pipeline.capture import open_capture, parse_source
 
@@ -93,8 +93,7 @@ def raw_fps(
 ) -> float:
     """Frames/s of `session.run` alone, in a tight loop on a letterboxed batch of `size` real frames;
     `after_each` is called after every measured run."""
-    buffer = LetterboxBuffer(*model.input_size, max_batch=size)
-    batch, _ = buffer.fill((frames * size)[:size])
+    batch, _ = model.prepare((frames * size)[:size])  # the model's own buffer: pinned where the daemon's is
     for _ in range(2):
         model.run(batch)
     runs = 0
@@ -170,6 +169,42 @@ def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Re
             f"load average {load_average()}",
             flush=True,
         )
+
+
+def bench_io_binding(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
+    """On a GPU provider: `session.run` through the IO binding from the model's page-locked buffer (what the
+    daemon does, the raw rows above) against a plain `session.run` of the same batch, alternating halves."""
+    bound = model.bound
+    if bound is None:
+        return
+    print("raw: IO binding against a plain session.run", flush=True)
+    try:
+        for size in (b for b in RAW_BATCHES if b <= model.max_batch):
+            fps = {"IO binding": 0.0, "plain session.run": 0.0}
+            for _ in range(2):
+                for case in fps:
+                    model.bound = bound if case == "IO binding" else None
+                    fps[case] += raw_fps(model, frames, size, seconds / 4) / 2
+            plain = fps["plain session.run"]
+            report.rows.append(Row("raw", f"B={size} plain session.run", 0, size, plain, run_ms=1000 / plain))
+            print(
+                f"  B={size}: IO binding {fps['IO binding']:.1f}, plain session.run {plain:.1f} frames/s",
+                flush=True,
+            )
+    finally:
+        model.bound = bound
+
+
+def float16_copy(model: Path) -> Path:
+    """`model` with its weights and arithmetic in float16 (ONNX Runtime's converter; the input and outputs
+    stay float32), written once beside it: how CUDA runs a model in half precision (TensorRT converts by
+    itself)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = model.with_name(f"{model.stem}-fp16.onnx")
+    if not out.is_file() or out.stat().st_mtime < model.stat().st_mtime:
+        onnx.save(convert_float_to_float16(onnx.load(model), keep_io_types=True), out)
+    return out
 
 
 # 2-4. the daemon

@@ -15,7 +15,8 @@ Sections, in one process, one model, one set of thread settings:
    the dispatcher thread's CPU per frame), and the events thread's work per frame at 10 detections
    (benchmarks/events.py);
 6. batching (benchmarks/scale.py): the demo network at a small input, 16 cameras, max_batch 8 against 1;
-7. latency: the overload case at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the defaults' basis);
+7. latency: the overload case (or --latency-load) at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the
+   defaults' basis);
 8. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
 9. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
 Every figure is printed with the load average: on a shared machine compare only within one run.
@@ -54,9 +55,11 @@ from benchmarks.harness import (
     Bench,
     Report,
     Row,
+    bench_io_binding,
     bench_raw,
     commit,
     cpu_name,
+    float16_copy,
     load_average,
     memory_cameras,
     raw_fps,
@@ -415,6 +418,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: the default)"
     )
+    parser.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "tensorrt"),
+        default="cpu",
+        help="the ONNX Runtime execution provider (cuda, tensorrt: onnxruntime-gpu on a GPU host); on a GPU "
+        "the raw section also times a plain session.run against the IO binding the daemon uses",
+    )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="half precision on a GPU: TensorRT builds FP16 engines; for CUDA the model is first converted "
+        "to float16 (written beside it as NAME-fp16.onnx; the input and outputs stay float32)",
+    )
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
@@ -428,6 +444,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=96,
         help="batching: the input side of the small build of the demo network (models/build.py --size)",
+    )
+    parser.add_argument(
+        "--latency-load",
+        default=f"{OVERLOAD_CAMERAS}x{OVERLOAD_FPS:g}",
+        metavar="CAMERASxFPS",
+        help="latency: the paced in-memory cameras and their rate (default %(default)s, the overload case on "
+        "this CPU; a GPU needs more, e.g. 16x25)",
     )
     parser.add_argument(
         "--cameras",
@@ -473,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         "threads spend time",
     )
     args = parser.parse_args(argv)
+    if args.fp16 and args.provider == "cpu":
+        parser.error("--fp16 needs --provider cuda or tensorrt")
+    try:
+        count, fps = args.latency_load.split("x")
+        latency_load = (int(count), float(fps))
+    except ValueError:
+        parser.error(f"--latency-load {args.latency_load}: expected CAMERASxFPS, e.g. 16x25")
     sections = {"soak"} if args.soak else set(args.sections.split(","))
     # SIGTERM ends the run like Ctrl-C: the daemon stops cleanly, the broker is stopped, temporary files go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -486,8 +516,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.support.mosquitto import Mosquitto  # the test suite's broker wrapper (Debian mosquitto)
 
+    path = float16_copy(args.model) if args.fp16 and args.provider == "cuda" else args.model
     model_config = ModelConfig(
-        path=args.model, providers=["cpu"], threads=args.threads, max_batch=args.max_batch
+        path=path, providers=[args.provider], threads=args.threads, max_batch=args.max_batch, fp16=args.fp16
     )
     model = Model.load(model_config)
     model.warm_up()
@@ -497,9 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     frames = [frame for scene in scenes for frame in scene]
     raw_seconds = 1.5 if quick else 4.0
     bench_raw(model, frames, raw_seconds, report)
+    bench_io_binding(model, frames, raw_seconds * 2, report)
     letterbox_ms = float("nan")
     if not args.soak:
-        bench_prologue_cost(model, frames, raw_seconds * 2, report)
+        bench_prologue_cost(model, model_config, frames, raw_seconds * 2, report)
         letterbox_ms = bench_frame_cost(model, frames, report)
 
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmp:
@@ -537,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 ("rss", lambda: bench_memory(bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], args.long)),
                 ("batching", lambda: bench_batching(bench, args.small_size, raw_seconds)),
-                ("latency", lambda: bench_latency_policy(bench, 5.0 if quick else 15.0)),
+                ("latency", lambda: bench_latency_policy(bench, 5.0 if quick else 15.0, *latency_load)),
                 (
                     "cameras",
                     lambda: bench_cameras(
@@ -565,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()}), "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}, provider {model.provider}, "
-        f"intra-op threads {model.threads}; model {args.model.name} at {model.input_size[1]}x"
+        f"intra-op threads {model.threads}; model {path.name} at {model.input_size[1]}x"
         f"{model.input_size[0]}, max_batch {args.max_batch}, batch_timeout_ms {args.batch_timeout_ms:g}"
     )
     print(f"load average before {load_before}, after {load_average()}; peak RSS {rss_mib('VmHWM'):.0f} MiB")

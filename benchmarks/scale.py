@@ -36,7 +36,7 @@ from benchmarks.pipeline import Measured, rss_mib
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.demo import write_demo_clips
 from daemon.model.preprocess import LetterboxBuffer
-from daemon.model.session import Model, _session_options
+from daemon.model.session import Model, _session_options, session_providers
 from models import build
 
 SMALL_CAMERAS = 16
@@ -55,11 +55,12 @@ SOAK_FPS = 5.0
 SOAK_SETTLE_MINUTES = 10.0
 
 
-def small_model(size: int, threads: int) -> Model:
-    """The demo network at `size` x `size`, built once into models/ (yolov3-tiny-coco-SIZE.onnx)."""
+def small_model(size: int, config: ModelConfig) -> Model:
+    """The demo network at `size` x `size`, built once into models/ (yolov3-tiny-coco-SIZE.onnx), on the
+    provider and threads of `config`."""
     out = build.default_out(size)
     build.build(out, build.DEFAULT_CACHE, lambda line: print(f"  {line}", flush=True), size)
-    model = Model.load(ModelConfig(path=out, providers=["cpu"], threads=threads, max_batch=SMALL_BATCH))
+    model = Model.load(config.model_copy(update={"path": out, "max_batch": SMALL_BATCH}))
     model.warm_up()
     return model
 
@@ -68,7 +69,7 @@ def bench_batching(bench: Bench, size: int, raw_seconds: float) -> None:
     """16 unpaced in-memory cameras on the small model, max_batch 8 then 1, against its raw B=1/B=8."""
 
     print(f"batching: the demo network at {size}x{size}, {SMALL_CAMERAS} in-memory cameras", flush=True)
-    model = small_model(size, bench.model.threads)
+    model = small_model(size, bench.model_config)
     small = Report()
     bench_raw(model, bench.frames, raw_seconds, small)
     section = f"batching {size}px"
@@ -102,12 +103,15 @@ def bench_batching(bench: Bench, size: int, raw_seconds: float) -> None:
     )
 
 
-def bench_prologue_cost(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
+def bench_prologue_cost(
+    model: Model, config: ModelConfig, frames: list[np.ndarray], seconds: float, report: Report
+) -> None:
     """session.run of the model file as it is (float32 NCHW, converted in numpy) against the loaded model
-    (uint8 NHWC through the prologue), same threads, alternating, at the largest batch."""
+    (uint8 NHWC through the prologue), same provider and threads, alternating, at the largest batch."""
     size = min(8, model.max_batch)
     options = _session_options(model.threads)
-    plain = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+    providers = session_providers(config, ort.get_available_providers())
+    plain = ort.InferenceSession(str(model.path), sess_options=options, providers=providers)
     name = plain.get_inputs()[0].name
     canvas, _ = LetterboxBuffer(*model.input_size, max_batch=size).fill((frames * size)[:size])
     as_float = np.multiply(canvas[..., ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
@@ -290,26 +294,20 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
     )
 
 
-def bench_latency_policy(bench: Bench, seconds: float) -> None:
-    """The overload case (4 paced cameras at 15 fps) at each max_batch and batch timeout: the p95 each gives
-    on this provider, for choosing the defaults."""
+def bench_latency_policy(
+    bench: Bench, seconds: float, count: int = OVERLOAD_CAMERAS, fps: float = OVERLOAD_FPS
+) -> None:
+    """`count` paced cameras at `fps` (by default the overload case: 4 at 15 fps) at each max_batch and batch
+    timeout: the p95 each gives on this provider, for choosing the defaults."""
 
-    print(
-        f"latency policy: {OVERLOAD_CAMERAS} paced cameras at {OVERLOAD_FPS:g} fps, by max_batch and timeout",
-        flush=True,
-    )
-    cameras = memory_cameras(OVERLOAD_CAMERAS, "paced", OVERLOAD_FPS)
+    print(f"latency policy: {count} paced cameras at {fps:g} fps, by max_batch and timeout", flush=True)
+    cameras = memory_cameras(count, "paced", fps)
     for max_batch in (1, 2, 4, 8):
         for timeout_ms in (0.0, 10.0) if max_batch > 1 else (0.0,):
             run = dataclasses.replace(bench, max_batch=max_batch, batch_timeout_ms=timeout_ms)
             m, _ = run.pipeline(cameras, seconds)
-            run.row(
-                "latency policy",
-                f"max_batch {max_batch}, batch_timeout_ms {timeout_ms:g}",
-                m,
-                OVERLOAD_CAMERAS,
-                busy=False,
-            )
+            case = f"max_batch {max_batch}, batch_timeout_ms {timeout_ms:g}"
+            run.row("latency policy", case, m, count, busy=False)
 
 
 def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, batch: int = 4) -> float:

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import supervision as sv
+from onnx import TensorProto, helper
 
 from daemon.config import ModelConfig
 from daemon.frames import Frame, class_counts, roboflow_predictions, uuid4_strings
@@ -74,15 +75,30 @@ def test_io_binding_gives_the_outputs_of_a_plain_run(demo_model: Path) -> None:
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     buffer = LetterboxBuffer(416, 416, max_batch=2)
     batch, _ = buffer.fill([photo("coffee.png"), photo("motorcycle_left.png")])
-    runner = BoundRunner(session, INPUT_NAME, ["output0"])
+    runner = BoundRunner.for_session(session, INPUT_NAME, ["output0"], max_batch=2)
+    assert runner is not None
 
     (plain,) = session.run(["output0"], {INPUT_NAME: batch})
     (bound,) = runner(batch)
-    (single,) = runner(batch[:1])  # the binding follows the batch size from run to run
+    bound = bound.copy()  # the runner's host array is written again by the next run
+    (single,) = runner(batch[1:])  # the binding follows the batch size from run to run
 
-    assert bound.shape == plain.shape == (2, 84, 2535)
+    assert bound.shape == plain.shape == (2, 84, 2535) and single.shape == (1, 84, 2535)
     np.testing.assert_allclose(bound, plain, atol=1e-4)
-    np.testing.assert_allclose(single[0], plain[0], atol=1e-3)
+    np.testing.assert_allclose(single[0], plain[1], atol=1e-3)
+
+
+def test_io_binding_is_not_used_where_an_output_size_per_frame_is_not_fixed() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["images"], ["indices"])],
+        "variable",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, [2, "found"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    assert BoundRunner.for_session(session, "images", ["indices"], max_batch=4) is None
 
 
 def test_pinning_declines_without_a_gpu() -> None:
