@@ -345,8 +345,12 @@ class Model:
         self.layout = layout
         self.class_names = class_names
         self.input_size = input_size  # (height, width)
-        self.fixed_batch = fixed_batch is not None  # the model's batch dim is a fixed number: every run is it
         self.provider = short_provider_name(session.get_providers()[0])
+        # every run is the whole buffer (max_batch frames, the unused ones left as they were): with a fixed
+        # batch dim, and on CUDA, which sets up its convolutions again whenever the batch size changes from
+        # the last run (ONNX Runtime warns "Conv running in Fallback mode"; on an H200 runs of alternating
+        # sizes took 70-120 ms each, against 1-2 ms at one size)
+        self.full_batches = fixed_batch is not None or self.provider == "cuda"
         # the input buffer's size: the largest batch the worker may hand this model
         self.max_batch = fixed_batch if fixed_batch is not None else batch_settings(config, self.provider)[0]
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
@@ -454,20 +458,12 @@ class Model:
         self._config = config
 
     def warm_up(self) -> None:
-        """Run zero batches, so the first frames don't pay for lazy initialisation (TensorRT engine builds,
-        CUDA's choice of convolution algorithms).
+        """Run a zero batch, so the first frames don't pay for lazy initialisation (TensorRT engine builds).
 
-        With a dynamic batch TensorRT and the CPU run the largest batch and then a single frame: TensorRT
-        sizes its engine's shape range from the shapes it has seen, so both ends are built before live frames
-        arrive. CUDA runs every batch size: it prepares each input shape at its first run, which stalls that
-        batch (on an H200, batches of 2-7 frames not seen before ran at 10 ms per frame against 0.5).
+        With a dynamic batch it runs the largest batch and then a single frame: TensorRT sizes its engine's
+        shape range from the shapes it has seen, so both ends are built before live frames arrive.
         """
-        if self.fixed_batch or self.max_batch == 1:
-            sizes = [self.max_batch]
-        elif self.provider == "cuda":
-            sizes = list(range(self.max_batch, 0, -1))
-        else:
-            sizes = [self.max_batch, 1]
+        sizes = [self.max_batch] if self.full_batches or self.max_batch == 1 else [self.max_batch, 1]
         for size in sizes:
             outputs = self.run(np.zeros((size, *self.input_size, 3), dtype=np.uint8))
         # a symbolic class dim could not be checked at load; an unnamed class id would fail every frame
@@ -486,7 +482,7 @@ class Model:
 
         Both are views of the model's one buffer, valid until the next `prepare`."""
         batch, transforms = self._buffer.fill(images)
-        return (self._buffer.batch if self.fixed_batch else batch), transforms
+        return (self._buffer.batch if self.full_batches else batch), transforms
 
     def detections(
         self,

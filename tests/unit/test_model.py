@@ -117,7 +117,7 @@ def test_fixed_batch_one_model_runs_frames_one_by_one(tmp_path: Path) -> None:
     model = Model.load(config(brightness_model(tmp_path / "b1.onnx", [1, 3, INPUT_H, INPUT_W]), max_batch=8))
     model.warm_up()
 
-    assert model.fixed_batch and model.max_batch == 1
+    assert model.full_batches and model.max_batch == 1
     detections, seconds = infer(model, THREE_IMAGES)
 
     assert_one_by_one_results(detections)
@@ -130,11 +130,29 @@ def test_dynamic_batch_runs_in_batches_of_max_batch(tmp_path: Path) -> None:
     )
     model.warm_up()
 
-    assert not model.fixed_batch and model.max_batch == 2
+    assert not model.full_batches and model.max_batch == 2
     detections, _ = infer(model, THREE_IMAGES)
 
     assert_one_by_one_results(detections)
     assert infer(model, []) == ([], 0.0)
+
+
+def test_a_model_that_runs_full_batches_gives_each_frame_of_a_partial_batch_its_own_results(
+    tmp_path: Path,
+) -> None:
+    # what CUDA does with a dynamic batch: every run is max_batch frames, the rows past the batch unused
+    model = Model.load(
+        config(brightness_model(tmp_path / "dyn.onnx", ["batch", 3, INPUT_H, INPUT_W]), max_batch=8)
+    )
+    model.full_batches = True
+    model.warm_up()
+
+    feed, _ = model.prepare(THREE_IMAGES[:2])
+    assert len(feed) == 8
+    infer(model, [gray(128, 192, 255)] * 8)  # rows 3-8 of the buffer now hold other frames
+    detections, _ = infer(model, THREE_IMAGES)
+
+    assert_one_by_one_results(detections)
 
 
 def test_unset_batch_settings_follow_the_provider_and_set_ones_win(
