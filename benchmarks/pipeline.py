@@ -108,7 +108,7 @@ class LoopTimer:
     def __init__(self, model: Model) -> None:
         self._model = model
         self.used = dict.fromkeys((*self.STEPS, "rest"), 0.0)
-        self.frames = 0  # frames run since `arm`
+        self.frames = 0  # frames decoded since `arm`
         self._returned: float | None = None  # the thread's CPU clock when the last timed call returned
         self._armed = False
 
@@ -136,8 +136,8 @@ class LoopTimer:
             finally:
                 self._returned = time.thread_time()
                 self.used[step] += self._returned - started
-                if step == "run":
-                    self.frames += len(args[0])  # type: ignore[arg-type]
+                if step == "detections":  # its images are the batch (a run may be padded past them)
+                    self.frames += len(args[1])  # type: ignore[arg-type]
 
         return timed
 

@@ -56,10 +56,11 @@ class ModelConfig(_Section):
     providers: Annotated[list[Provider], Field(min_length=1)] = ["tensorrt", "cuda", "cpu"]
     max_batch: Annotated[int, Field(ge=1, le=64)] | None = Field(
         default=None,
-        description="frames per batch, across cameras; unset: 8 on CUDA/TensorRT, 1 on CPU (best p95 there)",
+        description="frames per batch, across cameras; unset: 8 on CUDA/TensorRT, 1 on CPU (best p95 there); "
+        "CUDA runs every batch at this size",
     )
     batch_timeout_ms: Annotated[float, Field(ge=0, le=1000)] | None = Field(
-        default=None, description="how long a batch waits to fill; unset: 10 on CUDA/TensorRT, 0 on CPU"
+        default=None, description="how long a batch waits to fill; unset: 10 on TensorRT, 0 on CUDA and CPU"
     )
     labels: Path | None = None
     layout: Literal["auto", "yolov8", "yolov5", "rfdetr"] = "auto"

@@ -62,8 +62,9 @@ def short_provider_name(ort_name: str) -> str:
 
 # (max_batch, batch_timeout_ms) where the config leaves them unset, by the provider that runs the model.
 # On a CPU a batch of B costs B single runs, so a frame batched with others only waits longer; on a GPU a
-# batch of 8 costs about one run. Measurements: docs/performance.md, "Latency policy".
-BATCH_DEFAULTS = {"cpu": (1, 0.0), "cuda": (8, 10.0), "tensorrt": (8, 10.0)}
+# batch of 8 costs about one run. CUDA runs every batch full (see Model.full_batches), so waiting for it to
+# fill saves nothing and only adds latency. Measurements: docs/performance.md, "Latency policy".
+BATCH_DEFAULTS = {"cpu": (1, 0.0), "cuda": (8, 0.0), "tensorrt": (8, 10.0)}
 
 
 def batch_settings(config: ModelConfig, provider: str) -> tuple[int, float]:

@@ -7,19 +7,25 @@ daemon: in-memory cameras through `Service`, the drop accounting it relies on, t
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto
 
 from benchmarks.clips import encode_h264
 from benchmarks.events import event_cameras, events_thread_work
-from benchmarks.harness import Bench, Report, bench_raw, memory_cameras
-from benchmarks.pipeline import bench_config, run_pipeline
-from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, table
+from benchmarks.harness import Bench, Report, bench_raw, float16_copy, memory_cameras
+from benchmarks.pipeline import LoopTimer, bench_config, run_pipeline
+from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, main, table
 from benchmarks.scale import bench_frame_cost
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
+from tests.support.edge import photo
+from tests.support.inference import infer
 from tests.support.mosquitto import Mosquitto
 
 
@@ -203,3 +209,62 @@ def test_the_reload_benchmark_runs_both_reloads_and_prints_its_figures(
     assert re.search(r"swap the model: \d+ frames lost .* the worker stopped [\d.]+ ms to swap", printed)
     assert "load average before: " in printed
     assert markdown.read_text().strip() == printed.strip()[printed.index("# edgewatch reload"):].strip()
+
+
+def test_the_float16_copy_computes_in_half_precision_and_finds_what_the_model_finds(
+    tmp_path: Path, model: Model, demo_model: Path
+) -> None:
+    source = tmp_path / demo_model.name
+    shutil.copyfile(demo_model, source)
+
+    half = float16_copy(source)
+
+    assert half == tmp_path / f"{demo_model.stem}-fp16.onnx"
+    graph = onnx.load(str(half)).graph
+    weights = [initializer.data_type for initializer in graph.initializer]
+    assert weights.count(TensorProto.FLOAT16) > weights.count(TensorProto.FLOAT)  # the convolutions' weights
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # what the daemon feeds, unchanged
+    images = [photo("coffee.png"), photo("motorcycle_left.png")]
+    expected, _ = infer(model, images)
+    found, _ = infer(Model.load(ModelConfig(path=half, providers=["cpu"])), images)
+    for one, other in zip(found, expected, strict=True):
+        assert one.data["class_name"].tolist() == other.data["class_name"].tolist() != []
+        np.testing.assert_allclose(one.xyxy, other.xyxy, atol=0.5)
+        np.testing.assert_allclose(one.confidence, other.confidence, atol=0.005)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--fp16"], "--fp16 needs --provider cuda or tensorrt"),
+        (["--latency-load", "16"], "--latency-load 16: expected CAMERASxFPS, e.g. 16x25"),
+        (["--latency-load", "16xfast"], "--latency-load 16xfast: expected CAMERASxFPS, e.g. 16x25"),
+        (["--provider", "rocm"], "argument --provider: invalid choice: 'rocm'"),
+    ],
+)
+def test_benchmark_options_that_cannot_run_are_refused_before_anything_starts(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_inference_threads_split_counts_the_frames_of_a_batch_not_the_rows_it_was_padded_to(
+    demo_model: Path,
+) -> None:
+    model = Model.load(ModelConfig(path=demo_model, providers=["cpu"], max_batch=4))
+    model.full_batches = True  # as on CUDA: every run is the whole buffer of 4
+    timer = LoopTimer(model)
+    timer.arm()
+    try:
+        infer(model, [photo("coffee.png")])
+        infer(model, [photo("coffee.png"), photo("motorcycle_left.png")])
+    finally:
+        timer.disarm()
+
+    assert timer.frames == 3
+    assert timer.per_frame_ms()["run"] == pytest.approx(timer.used["run"] / 3 * 1000)
+    assert "run" not in vars(model)  # the model's own methods again
