@@ -160,6 +160,8 @@ def raw_fps_beside_decoding(
 
 def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
     print("raw: session.run on letterboxed batches", flush=True)
+    if model.full_batches:
+        print(f"  (as in the daemon, every run is the whole buffer: {model.max_batch} frames)", flush=True)
     for size in (b for b in RAW_BATCHES if b <= model.max_batch):
         fps = raw_fps(model, frames, size, seconds)
         report.raw[size] = fps
