@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -271,9 +272,12 @@ CUDA_RUNTIMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudar
 
 
 def pin_host_memory(array: np.ndarray) -> bool:
-    """Page-lock `array`'s memory with the CUDA runtime (`cudaHostRegister`), so that host-to-device copies
-    from it go by DMA instead of through a staging buffer. False where there is no CUDA runtime or it refuses
-    (the copies then work as before, only slower). The memory stays registered for the process's life."""
+    """Page-lock the memory of `array` (which owns it) with the CUDA runtime (`cudaHostRegister`), so that
+    copies between it and the device go by DMA instead of through a staging buffer. False where there is no
+    CUDA runtime or it refuses (the copies then work as before, only slower). The memory is unregistered when
+    the array goes (a model replaced by a reload), before it is freed."""
+    if array.base is not None:
+        raise ValueError("pin_host_memory needs an array that owns its memory, not a view")
     for name in CUDA_RUNTIMES:
         try:
             runtime = ctypes.CDLL(name)
@@ -283,7 +287,16 @@ def pin_host_memory(array: np.ndarray) -> bool:
         register.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
         register.restype = ctypes.c_int
         # cudaHostRegisterPortable (1): pinned for every CUDA context, whichever runtime ONNX Runtime loaded
-        return register(array.ctypes.data, array.nbytes, 1) == 0  # 0: cudaSuccess
+        if register(array.ctypes.data, array.nbytes, 1) != 0:  # 0: cudaSuccess
+            return False
+        unregister = runtime.cudaHostUnregister
+        unregister.argtypes = [ctypes.c_void_p]
+        # Freed while still registered, the pages would stay locked for the process's life, and memory
+        # allocated later at the same addresses would be taken for registered (undefined behaviour). The
+        # callback runs as the array is deallocated, before numpy frees its memory; not at exit, when the
+        # CUDA runtime may already be gone.
+        weakref.finalize(array, unregister, array.ctypes.data).atexit = False
+        return True
     return False
 
 

@@ -106,6 +106,8 @@ def test_pinning_declines_without_a_gpu() -> None:
         pytest.skip("this onnxruntime has the CUDA provider")
     # no CUDA runtime to load, or one that finds no device: the buffer stays pageable, nothing fails
     assert pin_host_memory(np.zeros(16, np.float32)) is False
+    with pytest.raises(ValueError, match="owns its memory"):  # a view's memory goes with its base, not itself
+        pin_host_memory(np.zeros(16, np.float32)[:8])
 
 
 def test_model_prepare_run_detections_is_infer(model: Model) -> None:
