@@ -474,8 +474,9 @@ class Model:
     def warm_up(self) -> None:
         """Run a zero batch, so the first frames don't pay for lazy initialisation (TensorRT engine builds).
 
-        With a dynamic batch it runs the largest batch and then a single frame: TensorRT sizes its engine's
-        shape range from the shapes it has seen, so both ends are built before live frames arrive.
+        A model that runs full batches (a fixed batch dim, CUDA) runs its one size. Otherwise, with a dynamic
+        batch, it runs the largest batch and then a single frame: TensorRT sizes its engine's shape range from
+        the shapes it has seen, so both ends are built before live frames arrive.
         """
         sizes = [self.max_batch] if self.full_batches or self.max_batch == 1 else [self.max_batch, 1]
         for size in sizes:
