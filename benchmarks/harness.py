@@ -91,9 +91,11 @@ def raw_fps(
     seconds: float,
     after_each: Callable[[], None] | None = None,
 ) -> float:
-    """Frames/s of `session.run` alone, in a tight loop on a letterboxed batch of `size` real frames;
-    `after_each` is called after every measured run."""
+    """Frames/s of `session.run` alone, in a tight loop on a letterboxed batch of `size` real frames (on a
+    model with a fixed batch dim, in its full runs); `after_each` is called after every measured run."""
     batch, _ = model.prepare((frames * size)[:size])  # the model's own buffer: pinned where the daemon's is
+    if model.fixed_batch is None:
+        batch = batch[:size]  # not the rows a CUDA model pads its runs with
     for _ in range(2):
         model.run(batch)
     runs = 0
@@ -160,8 +162,8 @@ def raw_fps_beside_decoding(
 
 def bench_raw(model: Model, frames: list[np.ndarray], seconds: float, report: Report) -> None:
     print("raw: session.run on letterboxed batches", flush=True)
-    if model.full_batches:
-        print(f"  (as in the daemon, every run is the whole buffer: {model.max_batch} frames)", flush=True)
+    if model.fixed_batch is not None:
+        print(f"  (a fixed batch dim: every run is {model.fixed_batch} frames)", flush=True)
     for size in (b for b in RAW_BATCHES if b <= model.max_batch):
         fps = raw_fps(model, frames, size, seconds)
         report.raw[size] = fps

@@ -5,9 +5,9 @@ API key so nothing leaves the machine) and MQTT to a real local Mosquitto. The r
 window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
 time (the inference duration histogram), each frame's latency from capture until every sink is done (a
 recording sink placed after the daemon's own, so it sees the frame when they have all handled it), and the
-CPU time of the pipeline's threads (inference worker, events thread, dispatcher), of the worker's steps
-(letterboxing, `session.run`, decoding, the rest), of each sink (its `handle` and `drained`) and of the whole
-process per inferred frame.
+CPU time of the pipeline's threads (inference worker and its session.run thread, events thread, dispatcher),
+of the worker's steps (letterboxing, `session.run`, decoding, the rest), of each sink (its `handle` and
+`drained`) and of the whole process per inferred frame.
 """
 
 from __future__ import annotations
@@ -97,11 +97,11 @@ class SinkTimer:
 
 
 class LoopTimer:
-    """The inference thread's CPU time from `arm` on, split: in the model's `prepare` (letterboxing), `run`
-    (session.run) and `detections` (decoding the outputs), and the rest between them (building and handing
-    over the results, taking the next batch). Counted on that thread alone, over whole calls, so a call under
-    way when the window opens or closes does not skew it. The model is shared by the benchmark's runs:
-    `disarm` restores it."""
+    """The inference threads' CPU time from `arm` on, split: in the model's `prepare` (letterboxing), `run`
+    (session.run, on the run thread) and `detections` (decoding the outputs), and the rest between them
+    (building and handing over the results, taking the next batch; handing runs over). Counted per thread on
+    the threads that call them, over whole calls, so a call under way when the window opens or closes does
+    not skew it. The model is shared by the benchmark's runs: `disarm` restores it."""
 
     STEPS = ("prepare", "run", "detections")
 
@@ -109,7 +109,7 @@ class LoopTimer:
         self._model = model
         self.used = dict.fromkeys((*self.STEPS, "rest"), 0.0)
         self.frames = 0  # frames decoded since `arm`
-        self._returned: float | None = None  # the thread's CPU clock when the last timed call returned
+        self._returned: dict[int, float] = {}  # by thread: its CPU clock when its last timed call returned
         self._armed = False
 
     def arm(self) -> None:
@@ -128,14 +128,15 @@ class LoopTimer:
 
     def _timed(self, step: str, call: Callable[P, R]) -> Callable[P, R]:
         def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+            thread = threading.get_ident()
             started = time.thread_time()
-            if self._returned is not None:
-                self.used["rest"] += started - self._returned
+            if thread in self._returned:
+                self.used["rest"] += started - self._returned[thread]
             try:
                 return call(*args, **kwargs)
             finally:
-                self._returned = time.thread_time()
-                self.used[step] += self._returned - started
+                self._returned[thread] = time.thread_time()
+                self.used[step] += self._returned[thread] - started
                 if step == "detections":  # its images are the batch (a run may be padded past them)
                     self.frames += len(args[1])  # type: ignore[arg-type]
 
@@ -229,9 +230,11 @@ def process_counts() -> tuple[int, int, int]:
 def thread_cpu(service: Service) -> dict[str, float]:
     """CPU seconds each pipeline thread, and the whole process, has used so far (waiting for a core does not
     count)."""
-    threads = (service.worker, service.events_thread, service.dispatcher)
+    runs = [thread for thread in threading.enumerate() if thread.name.startswith("inference-run")]
+    threads = (service.worker, *runs, service.events_thread, service.dispatcher)
     used = {
-        thread.name: time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        # the worker's one session.run thread is named by its pool: inference-run_0
+        thread.name.removesuffix("_0"): time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
         for thread in threads
         if thread.ident is not None and thread.is_alive()
     }
@@ -313,6 +316,8 @@ def run_pipeline(
     slowly, e.g. many RTSP streams probing at 2 fps); the warm-up starts after.
     """
     recorder = LatencyRecorder()
+    if model.fixed_batch is None:  # runs are as large as the largest batch so far: start as a new model does
+        model.run_size = 1
     service = Service(config, model, camera_factory=factory, extra_sinks=[recorder])
     exit_code: list[int] = []
     runner = threading.Thread(target=lambda: exit_code.append(service.run()), name="bench-service")

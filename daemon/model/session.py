@@ -63,8 +63,8 @@ def short_provider_name(ort_name: str) -> str:
 
 # (max_batch, batch_timeout_ms) where the config leaves them unset, by the provider that runs the model.
 # On a CPU a batch of B costs B single runs, so a frame batched with others only waits longer; on a GPU a
-# batch of 8 costs about one run. CUDA runs every batch full (see Model.full_batches), so waiting for it to
-# fill saves nothing and only adds latency. Measurements: docs/performance.md, "Latency policy".
+# batch of 8 costs about one run. CUDA pads every run to one size (see Model.full_batches), so waiting for a
+# batch to fill saves nothing and only adds latency. Measurements: docs/performance.md, "Latency policy".
 BATCH_DEFAULTS = {"cpu": (1, 0.0), "cuda": (8, 0.0), "tensorrt": (8, 10.0)}
 
 
@@ -308,42 +308,59 @@ class BoundRunner:
     """
 
     def __init__(
-        self, session: ort.InferenceSession, input_name: str, outputs: dict[str, np.ndarray]
+        self, session: ort.InferenceSession, input_name: str, outputs: list[dict[str, np.ndarray]]
     ) -> None:
         self._session = session
         self._input_name = input_name
+        # per slot (Model.SLOTS): one batch's outputs are decoded while the next batch runs
         self._outputs = outputs
         self._binding = session.io_binding()
 
     @classmethod
     def for_session(
-        cls, session: ort.InferenceSession, input_name: str, output_names: list[str], max_batch: int
+        cls,
+        session: ort.InferenceSession,
+        input_name: str,
+        output_names: list[str],
+        max_batch: int,
+        slots: int,
     ) -> BoundRunner | None:
-        """A runner with host arrays for `max_batch` frames; None where an output's size per frame is not
-        fixed (symbolic dims past the batch, or a type other than float32/float16): a plain run then."""
+        """A runner with host arrays for `max_batch` frames in each of `slots`; None where an output's size
+        per frame is not fixed (symbolic dims past the batch, or a type other than float32/float16): a plain
+        run then."""
         dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
         found = {output.name: output for output in session.get_outputs()}
-        outputs: dict[str, np.ndarray] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for name in output_names:
             per_frame = found[name].shape[1:]
             if found[name].type not in dtypes or not all(isinstance(dim, int) for dim in per_frame):
                 return None
-            outputs[name] = np.empty((max_batch, *per_frame), dtype=dtypes[found[name].type])
-            pin_host_memory(outputs[name])
+            shapes[name] = (max_batch, *per_frame)
+        outputs = [
+            {name: np.empty(shape, dtype=dtypes[found[name].type]) for name, shape in shapes.items()}
+            for _ in range(slots)
+        ]
+        for arrays in outputs:
+            for array in arrays.values():
+                pin_host_memory(array)
         return cls(session, input_name, outputs)
 
-    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, batch: np.ndarray, slot: int = 0) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch)
         size = len(batch)
         binding = self._binding
         binding.bind_input(self._input_name, "cpu", 0, batch.dtype, list(batch.shape), batch.ctypes.data)
-        for name, array in self._outputs.items():
+        for name, array in self._outputs[slot].items():
             binding.bind_output(name, "cpu", 0, array.dtype, [size, *array.shape[1:]], array.ctypes.data)
         self._session.run_with_iobinding(self._binding)
-        return [array[:size] for array in self._outputs.values()]
+        return [array[:size] for array in self._outputs[slot].values()]
 
 
 class Model:
+    # buffers the model keeps: the inference worker letterboxes one batch into one slot, and decodes the
+    # batch before, while the other slot's batch runs
+    SLOTS = 2
+
     def __init__(
         self,
         session: ort.InferenceSession,
@@ -360,13 +377,17 @@ class Model:
         self.class_names = class_names
         self.input_size = input_size  # (height, width)
         self.provider = short_provider_name(session.get_providers()[0])
-        # every run is the whole buffer (max_batch frames, the unused ones left as they were): with a fixed
-        # batch dim, and on CUDA, which sets up its convolutions again whenever the batch size changes from
-        # the last run (ONNX Runtime warns "Conv running in Fallback mode"; on an H200 runs of alternating
-        # sizes took 70-120 ms each, against 1-2 ms at one size)
+        # every run is `run_size` frames, a smaller batch padded with the buffer's other rows as they were:
+        # with a fixed batch dim, and on CUDA, which sets up its convolutions again whenever the batch size
+        # changes from the last run (ONNX Runtime warns "Conv running in Fallback mode"; on an H200 runs of
+        # alternating sizes took 70-120 ms each, against 1-2 ms at one size)
         self.full_batches = fixed_batch is not None or self.provider == "cuda"
         # the input buffer's size: the largest batch the worker may hand this model
         self.max_batch = fixed_batch if fixed_batch is not None else batch_settings(config, self.provider)[0]
+        # frames per run where runs are full: a fixed batch dim's, or on CUDA the largest batch run so far
+        # (one or two cameras then run 1 or 2 frames, not max_batch; each growth costs one slow run)
+        self.run_size = fixed_batch if fixed_batch is not None else 1
+        self.fixed_batch = fixed_batch
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
         self._session = session
         self._input_name = session.get_inputs()[0].name
@@ -374,12 +395,14 @@ class Model:
         self._names = np.array(class_names, dtype=str)
         self._defaults = DecodeParams(config.confidence, config.iou, config.max_detections)
         self._config = config
-        self._buffer = LetterboxBuffer(input_size[0], input_size[1], self.max_batch)
+        self._buffers = [LetterboxBuffer(*input_size, self.max_batch) for _ in range(self.SLOTS)]
         # None: a plain session.run (CPU); the benchmark sets it aside to time a plain run on a GPU
         self.bound: BoundRunner | None = None
         if self.provider in ("cuda", "tensorrt"):
-            self.bound = BoundRunner.for_session(session, self._input_name, output_names, self.max_batch)
-            pinned = pin_host_memory(self._buffer.batch)
+            self.bound = BoundRunner.for_session(
+                session, self._input_name, output_names, self.max_batch, self.SLOTS
+            )
+            pinned = all([pin_host_memory(buffer.batch) for buffer in self._buffers])
             how = "outputs bound to host arrays" if self.bound else "plain runs (outputs vary in size)"
             log.info("%s: %s, %s input buffer", self.provider, how, "pinned" if pinned else "pageable")
 
@@ -474,30 +497,33 @@ class Model:
     def warm_up(self) -> None:
         """Run a zero batch, so the first frames don't pay for lazy initialisation (TensorRT engine builds).
 
-        A model that runs full batches (a fixed batch dim, CUDA) runs its one size. Otherwise, with a dynamic
-        batch, it runs the largest batch and then a single frame: TensorRT sizes its engine's shape range from
-        the shapes it has seen, so both ends are built before live frames arrive.
+        A model that runs full batches runs its run size (a fixed batch dim's; on CUDA 1 at first). Otherwise,
+        with a dynamic batch, it runs the largest batch and then a single frame: TensorRT sizes its engine's
+        shape range from the shapes it has seen, so both ends are built before live frames arrive.
         """
-        sizes = [self.max_batch] if self.full_batches or self.max_batch == 1 else [self.max_batch, 1]
+        sizes = [self.run_size] if self.full_batches else sorted({self.max_batch, 1}, reverse=True)
         for size in sizes:
             outputs = self.run(np.zeros((size, *self.input_size, 3), dtype=np.uint8))
         # a symbolic class dim could not be checked at load; an unnamed class id would fail every frame
         shapes = [list(output.shape) for output in outputs]
         _check_class_count(self._config, self.layout, shapes, self.class_names)
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+    def run(self, batch: np.ndarray, slot: int = 0) -> list[np.ndarray]:
         """One `session.run` on a letterboxed batch [B, height, width, 3] uint8 BGR: the raw outputs (on a
-        GPU, views of the model's host arrays, valid until the next run)."""
+        GPU, views of the model's host arrays for `slot`, valid until the next run in that slot)."""
         if self.bound is not None:
-            return self.bound(batch)
+            return self.bound(batch, slot)
         return self._session.run(self._output_names, {self._input_name: batch})
 
-    def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Letterbox at most `max_batch` images into the input buffer: (the batch to run, their transforms).
-
-        Both are views of the model's one buffer, valid until the next `prepare`."""
-        batch, transforms = self._buffer.fill(images)
-        return (self._buffer.batch if self.full_batches else batch), transforms
+    def prepare(self, images: list[np.ndarray], slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Letterbox at most `max_batch` images into the input buffer of `slot`: (the batch to run, their
+        transforms). Both are views of that buffer, valid until the next `prepare` into it."""
+        buffer = self._buffers[slot]
+        batch, transforms = buffer.fill(images)
+        if not self.full_batches:
+            return batch, transforms
+        self.run_size = max(self.run_size, len(images))
+        return buffer.batch[: self.run_size], transforms
 
     def detections(
         self,

@@ -3,8 +3,11 @@
 It takes the freshest frame of every ready camera from the board (up to `max_batch`, waiting at most
 `batch_timeout_ms` for the batch to fill), runs them as one batch, gives every frame an `inference_id` and
 every detection a `detection_id`, and hands the results to the dispatcher without ever blocking on it.
-While frames keep coming, a batch's results are handed over when the next batch starts running (see
-`_process`); when none are waiting, at once.
+
+`session.run` itself goes on a second thread, `inference-run`, which does nothing else. While it runs one
+batch (without the GIL), this thread letterboxes the next batch into the model's other buffer and, once
+that run has started, decodes the batch before: the model runs back to back while frames keep coming.
+When none are waiting, a batch is decoded as soon as its run ends.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +42,25 @@ class _Control:
         self.done = threading.Event()
         self.cancelled = False
         self.lock = threading.Lock()
+
+
+@dataclass
+class _Batch:
+    """Frames letterboxed into one of the model's slots, to run and decode."""
+
+    frames: list[Frame]
+    model: Model
+    model_id: str
+    slot: int
+    feed: np.ndarray
+    transforms: np.ndarray
+
+
+def _timed_run(batch: _Batch) -> tuple[list[np.ndarray], float]:
+    """On the run thread: the batch's outputs and how long session.run took (seconds)."""
+    started = time.perf_counter()
+    outputs = batch.model.run(batch.feed, batch.slot)
+    return outputs, time.perf_counter() - started
 
 
 class InferenceWorker(threading.Thread):
@@ -64,7 +88,11 @@ class InferenceWorker(threading.Thread):
         self._halt = stop
         self._inferred = {camera: frames.frames_inferred.labels(camera) for camera in board.camera_ids}
         self._controls: queue.Queue[_Control] = queue.Queue(maxsize=8)  # reloads are serialised: 1 at a time
-        self._pending: list[FrameResult] = []  # the last batch's results, for the dispatcher
+        # the session.run thread: one batch at a time is given to it, so its queue holds at most one
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-run")
+        # the batch whose run is under way (or done, not yet decoded)
+        self._running: tuple[_Batch, Future[tuple[list[np.ndarray], float]]] | None = None
+        self._slot = 0  # the model's buffer the next batch is letterboxed into
         self.last_progress = time.monotonic()
         self.error: BaseException | None = None
 
@@ -73,32 +101,32 @@ class InferenceWorker(threading.Thread):
             while not self._halt.is_set():
                 self.last_progress = time.monotonic()
                 self._run_controls()
-                # with results waiting for the dispatcher, frames already there go straight on (their results
-                # are handed over while the model runs); with none there, the results go first, then we wait
-                frames = self._board.take_batch(self._max_batch, 0, 0) if self._pending else []
-                if not frames:
-                    self._hand_over()
+                if self._running is not None:  # frames already there go on while the model runs
+                    frames = self._board.take_batch(self._max_batch, 0, 0)
+                else:
                     frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
-                if frames:
-                    self._process(frames)
+                self._advance(frames)
             # the cameras stopped first: the frames they left are inferred, so that every frame captured is
             # either inferred or counted as dropped (at most one per camera; bounded if cameras still run)
             for _ in range(math.ceil(len(self._inferred) / self._max_batch)):
                 frames = self._board.take_batch(self._max_batch, 0, 0)
                 if not frames:
                     break
-                self._process(frames)
-            self._hand_over()
+                self._advance(frames)
+            self._advance([])
         except BaseException as exc:  # the process must end: systemd restarts it
             self.error = exc
             log.critical("inference worker failed: %s", exc, exc_info=True)
+        finally:
+            # after a failure a run may still be under way: the process is ending, nothing waits for it
+            self._runner.shutdown(wait=self.error is None)
 
     # live reconfiguration (called from the reload thread)
 
     def between_batches(self, action: Callable[[], None], timeout: float) -> bool:
-        """Run `action` on this thread between two batches, once every result of the batches before it has
-        been handed to the dispatcher; wait for it at most `timeout` s. False (and `action` never runs) if
-        the worker did not get there in time or has stopped."""
+        """Run `action` on this thread between two batches, with no run under way and every result of the
+        batches before it handed to the dispatcher; wait for it at most `timeout` s. False (and `action`
+        never runs) if the worker did not get there in time or has stopped."""
         if not self.is_alive():
             return False
         control = _Control(action)
@@ -141,7 +169,7 @@ class InferenceWorker(threading.Thread):
             with control.lock:
                 if control.cancelled:
                     continue
-                self._hand_over()
+                self._advance([])
                 try:
                     control.action()
                 finally:
@@ -153,22 +181,32 @@ class InferenceWorker(threading.Thread):
             counter = self._inferred[camera_id] = self._frames.frames_inferred.labels(camera_id)
         counter.inc()
 
-    def _hand_over(self) -> None:
-        for result in self._pending:
-            self._submit(result)
-        self._pending = []
+    def _advance(self, frames: list[Frame]) -> None:
+        """Letterbox `frames` (if any) while the batch before runs; once that run ends, start theirs, then
+        decode the batch before and hand its results over. With no frames: the batch under way is finished."""
+        batch = None
+        if frames:
+            images = [frame.image for frame in frames]
+            feed, transforms = self._model.prepare(images, self._slot)
+            batch = _Batch(frames, self._model, self._model_id, self._slot, feed, transforms)
+            self._slot = (self._slot + 1) % Model.SLOTS
+        finished = None
+        if self._running is not None:
+            before, run = self._running
+            finished = (before, *run.result())  # the slot it used is free again once its run is over
+            self._running = None
+        if batch is not None:
+            self._running = (batch, self._runner.submit(_timed_run, batch))
+        if finished is not None:
+            self._emit(*finished)
 
-    def _process(self, frames: list[Frame]) -> None:
+    def _emit(self, batch: _Batch, outputs: list[np.ndarray], seconds: float) -> None:
+        """Decode a batch's outputs and hand each frame's result to the dispatcher (or the API's caller)."""
+        frames = batch.frames
         images = [frame.image for frame in frames]
         params = [frame.params for frame in frames]
-        feed, transforms = self._model.prepare(images)
-        # The previous batch's results go to the dispatcher now, while session.run below releases the GIL:
-        # the sinks then run beside the model instead of contending with the letterboxing above.
-        self._hand_over()
-        started = time.perf_counter()
-        outputs = self._model.run(feed)
-        seconds = time.perf_counter() - started
-        detections = self._model.detections(outputs, images, transforms, params if any(params) else None)
+        per_frame = params if any(params) else None  # API requests may set their own thresholds
+        detections = batch.model.detections(outputs, images, batch.transforms, per_frame)
         self._metrics.inference_duration.observe(seconds)
         self._metrics.batch_size.observe(len(frames))
         done = time.monotonic()
@@ -184,7 +222,7 @@ class InferenceWorker(threading.Thread):
                 captured_at=frame.captured_at,
                 captured_mono=frame.captured_mono,
                 inference_id=inference_id,
-                model_id=self._model_id,
+                model_id=batch.model_id,
                 width=width,
                 height=height,
                 detections=found,
@@ -198,5 +236,5 @@ class InferenceWorker(threading.Thread):
                 self._count_inferred(frame.camera_id)
             else:
                 frame.reply(result)
-            self._pending.append(result)
+            self._submit(result)
         self.last_progress = done

@@ -181,7 +181,7 @@ def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
     )
     assert measured.inferred > 0 and totals.offered == totals.inferred + totals.dropped["stale"]
     # each pipeline thread's CPU time per frame: tracking runs on the events thread, the sinks on the other
-    assert set(measured.thread_cpu_ms) == {"inference", "events", "dispatcher", "process"}
+    assert set(measured.thread_cpu_ms) == {"inference", "inference-run", "events", "dispatcher", "process"}
     assert all(ms > 0 for ms in measured.thread_cpu_ms.values())
     registry = service_metrics[0]
     assert (
@@ -256,7 +256,8 @@ def test_the_inference_threads_split_counts_the_frames_of_a_batch_not_the_rows_i
     demo_model: Path,
 ) -> None:
     model = Model.load(ModelConfig(path=demo_model, providers=["cpu"], max_batch=4))
-    model.full_batches = True  # as on CUDA: every run is the whole buffer of 4
+    model.full_batches = True
+    model.run_size = 4  # as on CUDA once a batch of 4 has run: every run is 4 frames
     timer = LoopTimer(model)
     timer.arm()
     try:

@@ -33,10 +33,12 @@ class Collected:
 
 @dataclass
 class WorkerRig:
-    """A worker (not started) that takes batches of up to 4 from `board`, waiting 10 ms for one to fill."""
+    """A worker (not started) that takes batches of up to `max_batch` from `board`, waiting 10 ms for one to
+    fill."""
 
     model: Model
     cameras: list[str]
+    max_batch: int = 4
     board: FrameBoard = field(init=False)
     collected: Collected = field(default_factory=Collected)
     metrics: Metrics = field(default_factory=Metrics)
@@ -47,7 +49,7 @@ class WorkerRig:
         self.board = FrameBoard(self.cameras, lambda _: None)
         self.worker = InferenceWorker(
             self.model, "coco/3", self.board, self.collected.submit, self.metrics.frames,
-            self.metrics.inference, 4, 0.01, self.stop,
+            self.metrics.inference, self.max_batch, 0.01, self.stop,
         )
 
     def inferred(self, camera: str) -> float | None:

@@ -137,19 +137,20 @@ def test_dynamic_batch_runs_in_batches_of_max_batch(tmp_path: Path) -> None:
     assert infer(model, []) == ([], 0.0)
 
 
-def test_a_model_that_runs_full_batches_gives_each_frame_of_a_partial_batch_its_own_results(
+def test_a_model_that_runs_full_batches_pads_each_run_to_the_largest_batch_it_has_run(
     tmp_path: Path,
 ) -> None:
-    # what CUDA does with a dynamic batch: every run is max_batch frames, the rows past the batch unused
+    # what CUDA does with a dynamic batch: runs keep one size, which grows to the largest batch seen (rows
+    # past a smaller batch are run, not decoded), so one or two cameras do not pay for max_batch frames
     model = Model.load(
         config(brightness_model(tmp_path / "dyn.onnx", ["batch", 3, INPUT_H, INPUT_W]), max_batch=8)
     )
     model.full_batches = True
     model.warm_up()
 
-    feed, _ = model.prepare(THREE_IMAGES[:2])
-    assert len(feed) == 8
-    infer(model, [gray(128, 192, 255)] * 8)  # rows 3-8 of the buffer now hold other frames
+    assert [len(model.prepare(THREE_IMAGES[:count])[0]) for count in (1, 2, 1)] == [1, 2, 2]
+    infer(model, [gray(128, 192, 255)] * 8)  # rows 4-8 of the buffer now hold other frames
+    assert len(model.prepare(THREE_IMAGES[:1])[0]) == 8
     detections, _ = infer(model, THREE_IMAGES)
 
     assert_one_by_one_results(detections)
@@ -166,8 +167,8 @@ def test_unset_batch_settings_follow_the_provider_and_set_ones_win(
 
     set_both = config(path, max_batch=8, batch_timeout_ms=20)
     assert (Model.load(set_both).max_batch, batch_settings(set_both, "cpu")) == (8, (8, 0.02))
-    # a reload that drops the timeout: the CPU's again; on a GPU provider, the GPU's (CUDA runs every batch
-    # full, so it does not wait for one to fill)
+    # a reload that drops the timeout: the CPU's again; on a GPU provider, the GPU's (CUDA pads its runs to
+    # one size, so it does not wait for a batch to fill)
     assert batch_settings(config(path, max_batch=8), "cpu") == (8, 0.0)
     assert batch_settings(config(path), "cuda") == (8, 0.0)
     assert batch_settings(config(path), "tensorrt") == (8, 0.01)

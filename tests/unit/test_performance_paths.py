@@ -7,6 +7,7 @@ takes the same IO-binding calls; pinning itself needs a CUDA runtime and is only
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -75,17 +76,18 @@ def test_io_binding_gives_the_outputs_of_a_plain_run(demo_model: Path) -> None:
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     buffer = LetterboxBuffer(416, 416, max_batch=2)
     batch, _ = buffer.fill([photo("coffee.png"), photo("motorcycle_left.png")])
-    runner = BoundRunner.for_session(session, INPUT_NAME, ["output0"], max_batch=2)
+    runner = BoundRunner.for_session(session, INPUT_NAME, ["output0"], max_batch=2, slots=2)
     assert runner is not None
 
     (plain,) = session.run(["output0"], {INPUT_NAME: batch})
-    (bound,) = runner(batch)
-    bound = bound.copy()  # the runner's host array is written again by the next run
-    (single,) = runner(batch[1:])  # the binding follows the batch size from run to run
-
+    (bound,) = runner(batch, slot=0)
+    (single,) = runner(batch[1:], slot=1)  # the binding follows the batch size from run to run
+    # each slot has its own host arrays: the first run's outputs are still there after the second
     assert bound.shape == plain.shape == (2, 84, 2535) and single.shape == (1, 84, 2535)
     np.testing.assert_allclose(bound, plain, atol=1e-4)
     np.testing.assert_allclose(single[0], plain[1], atol=1e-3)
+    (again,) = runner(batch[:1], slot=0)  # a slot's arrays are written again by its next run
+    assert again.base is bound.base
 
 
 def test_io_binding_is_not_used_where_an_output_size_per_frame_is_not_fixed() -> None:
@@ -98,7 +100,7 @@ def test_io_binding_is_not_used_where_an_output_size_per_frame_is_not_fixed() ->
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
-    assert BoundRunner.for_session(session, "images", ["indices"], max_batch=4) is None
+    assert BoundRunner.for_session(session, "images", ["indices"], max_batch=4, slots=2) is None
 
 
 def test_pinning_declines_without_a_gpu() -> None:
@@ -131,6 +133,44 @@ def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(model: 
         assert result.frame_id == 1 and "cup" in result.detections.data["class_name"].tolist()
     finally:
         rig.close(5)
+
+
+def test_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model) -> None:
+    rig = WorkerRig(model, ["cup", "motorbike"], max_batch=1)
+    second_letterboxed = threading.Event()
+    runs: list[threading.Thread] = []
+    letterboxed = 0
+
+    def prepare(images: list[np.ndarray], slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal letterboxed
+        letterboxed += 1
+        if letterboxed == 2:
+            second_letterboxed.set()
+        return Model.prepare(model, images, slot)
+
+    def run(feed: np.ndarray, slot: int = 0) -> list[np.ndarray]:
+        runs.append(threading.current_thread())
+        if len(runs) == 1:  # a worker that letterboxed only after a run ended would never get here
+            assert second_letterboxed.wait(5), "the second batch was not letterboxed during the first's run"
+        return Model.run(model, feed, slot)
+
+    model.prepare, model.run = prepare, run  # type: ignore[method-assign]
+    try:
+        rig.board.put(Frame("cup", 1, time.time(), time.monotonic(), photo("coffee.png")))
+        rig.board.put(Frame("motorbike", 2, time.time(), time.monotonic(), photo("motorcycle_left.png")))
+        rig.worker.start()
+        first, second = rig.collected.wait(2, timeout=10)
+    finally:
+        rig.close(5)
+        del model.prepare, model.run
+
+    assert rig.worker.error is None
+    # each batch decoded from its own buffer and outputs
+    assert (first.frame_id, second.frame_id) == (1, 2)
+    assert "cup" in first.detections.data["class_name"].tolist()
+    assert "motorbike" in second.detections.data["class_name"].tolist()
+    assert {thread.name for thread in runs} == {"inference-run_0"}
+    assert not runs[0].is_alive()  # the run thread ends with the worker
 
 
 def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
