@@ -357,8 +357,7 @@ class BoundRunner:
 
 
 class Model:
-    # buffers the model keeps: the inference worker letterboxes one batch into one slot, and decodes the
-    # batch before, while the other slot's batch runs
+    # input buffers (and bound outputs): the worker letterboxes one batch into one while the other runs
     SLOTS = 2
 
     def __init__(
@@ -388,6 +387,10 @@ class Model:
         # (one or two cameras then run 1 or 2 frames, not max_batch; each growth costs one slow run)
         self.run_size = fixed_batch if fixed_batch is not None else 1
         self.fixed_batch = fixed_batch
+        # the inference worker letterboxes the next batch and decodes the last one while a batch runs: on a
+        # GPU, where that CPU work takes about as long as the run. Not on a CPU: there it takes the cores the
+        # run needs, and a frame taken a run early waits that run out (measured: docs/performance.md)
+        self.overlap_runs = self.provider in ("cuda", "tensorrt")
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
         self._session = session
         self._input_name = session.get_inputs()[0].name

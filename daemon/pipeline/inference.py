@@ -4,10 +4,14 @@ It takes the freshest frame of every ready camera from the board (up to `max_bat
 `batch_timeout_ms` for the batch to fill), runs them as one batch, gives every frame an `inference_id` and
 every detection a `detection_id`, and hands the results to the dispatcher without ever blocking on it.
 
-`session.run` itself goes on a second thread, `inference-run`, which does nothing else. While it runs one
-batch (without the GIL), this thread letterboxes the next batch into the model's other buffer and, once
-that run has started, decodes the batch before: the model runs back to back while frames keep coming.
-When none are waiting, a batch is decoded as soon as its run ends.
+How the steps of a batch meet depends on the model (`Model.overlap_runs`):
+
+- CPU: letterbox, run, decode in turn. A batch's results go to the dispatcher when the next batch starts
+  running, so that the sinks run while `session.run` has released the GIL; when no frame is waiting, at once.
+- GPU: `session.run` goes on a second thread, `inference-run`, which does nothing else. While it runs one
+  batch, this thread letterboxes the next one into the model's other buffer and, once that run has started,
+  decodes the batch before and hands its results over: the GPU runs back to back while frames keep coming.
+  When none are waiting, a batch is decoded as soon as its run ends.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class _Batch:
 
 
 def _timed_run(batch: _Batch) -> tuple[list[np.ndarray], float]:
-    """On the run thread: the batch's outputs and how long session.run took (seconds)."""
+    """The batch's outputs and how long session.run took (seconds)."""
     started = time.perf_counter()
     outputs = batch.model.run(batch.feed, batch.slot)
     return outputs, time.perf_counter() - started
@@ -88,10 +92,12 @@ class InferenceWorker(threading.Thread):
         self._halt = stop
         self._inferred = {camera: frames.frames_inferred.labels(camera) for camera in board.camera_ids}
         self._controls: queue.Queue[_Control] = queue.Queue(maxsize=8)  # reloads are serialised: 1 at a time
-        # the session.run thread: one batch at a time is given to it, so its queue holds at most one
+        # the session.run thread of a model that overlaps runs (started at its first batch): one batch at a
+        # time is given to it, so its queue holds at most one
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-run")
-        # the batch whose run is under way (or done, not yet decoded)
+        # overlapped: the batch whose run is under way (or done, not yet decoded)
         self._running: tuple[_Batch, Future[tuple[list[np.ndarray], float]]] | None = None
+        self._pending: list[FrameResult] = []  # in turn: the last batch's results, for the dispatcher
         self._slot = 0  # the model's buffer the next batch is letterboxed into
         self.last_progress = time.monotonic()
         self.error: BaseException | None = None
@@ -101,7 +107,8 @@ class InferenceWorker(threading.Thread):
             while not self._halt.is_set():
                 self.last_progress = time.monotonic()
                 self._run_controls()
-                if self._running is not None:  # frames already there go on while the model runs
+                # with a run under way or results not yet handed over, frames already there go on at once
+                if self._running is not None or self._pending:
                     frames = self._board.take_batch(self._max_batch, 0, 0)
                 else:
                     frames = self._board.take_batch(self._max_batch, self._batch_timeout, IDLE_WAIT)
@@ -182,26 +189,42 @@ class InferenceWorker(threading.Thread):
         counter.inc()
 
     def _advance(self, frames: list[Frame]) -> None:
-        """Letterbox `frames` (if any) while the batch before runs; once that run ends, start theirs, then
-        decode the batch before and hand its results over. With no frames: the batch under way is finished."""
+        """Take `frames` (if any) one step through the model; with none, finish what is under way: every
+        result of the batches so far is then with the dispatcher."""
         batch = None
         if frames:
-            images = [frame.image for frame in frames]
-            feed, transforms = self._model.prepare(images, self._slot)
+            feed, transforms = self._model.prepare([frame.image for frame in frames], self._slot)
             batch = _Batch(frames, self._model, self._model_id, self._slot, feed, transforms)
             self._slot = (self._slot + 1) % Model.SLOTS
+        if self._model.overlap_runs:
+            self._advance_overlapped(batch)
+        else:
+            self._advance_in_turn(batch)
+
+    def _advance_in_turn(self, batch: _Batch | None) -> None:
+        self._hand_over()  # the batch before's results, beside this batch's session.run
+        if batch is not None:
+            self._pending = self._results(batch, *_timed_run(batch))
+
+    def _advance_overlapped(self, batch: _Batch | None) -> None:
         finished = None
-        if self._running is not None:
+        if self._running is not None:  # letterboxed while it ran; its slot is free again once its run is over
             before, run = self._running
-            finished = (before, *run.result())  # the slot it used is free again once its run is over
+            finished = (before, *run.result())
             self._running = None
         if batch is not None:
             self._running = (batch, self._runner.submit(_timed_run, batch))
-        if finished is not None:
-            self._emit(*finished)
+        if finished is not None:  # decoded while this batch runs
+            self._pending = self._results(*finished)
+            self._hand_over()
 
-    def _emit(self, batch: _Batch, outputs: list[np.ndarray], seconds: float) -> None:
-        """Decode a batch's outputs and hand each frame's result to the dispatcher (or the API's caller)."""
+    def _hand_over(self) -> None:
+        for result in self._pending:
+            self._submit(result)
+        self._pending = []
+
+    def _results(self, batch: _Batch, outputs: list[np.ndarray], seconds: float) -> list[FrameResult]:
+        """A batch's outputs decoded into each frame's result (given at once to an API request's caller)."""
         frames = batch.frames
         images = [frame.image for frame in frames]
         params = [frame.params for frame in frames]
@@ -210,6 +233,7 @@ class InferenceWorker(threading.Thread):
         self._metrics.inference_duration.observe(seconds)
         self._metrics.batch_size.observe(len(frames))
         done = time.monotonic()
+        results = []
         ids = uuid4_strings(len(frames) + sum(len(found) for found in detections))
         taken = len(frames)  # the first ids are the frames' inference ids, the rest the detections'
         for inference_id, frame, found in zip(ids[:taken], frames, detections, strict=True):
@@ -236,5 +260,6 @@ class InferenceWorker(threading.Thread):
                 self._count_inferred(frame.camera_id)
             else:
                 frame.reply(result)
-            self._submit(result)
+            results.append(result)
         self.last_progress = done
+        return results

@@ -181,7 +181,8 @@ def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
     )
     assert measured.inferred > 0 and totals.offered == totals.inferred + totals.dropped["stale"]
     # each pipeline thread's CPU time per frame: tracking runs on the events thread, the sinks on the other
-    assert set(measured.thread_cpu_ms) == {"inference", "inference-run", "events", "dispatcher", "process"}
+    # (on a CPU the worker runs session.run itself: no inference-run thread)
+    assert set(measured.thread_cpu_ms) == {"inference", "events", "dispatcher", "process"}
     assert all(ms > 0 for ms in measured.thread_cpu_ms.values())
     registry = service_metrics[0]
     assert (

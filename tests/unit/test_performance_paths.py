@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -124,8 +125,16 @@ def test_model_prepare_run_detections_is_infer(model: Model) -> None:
         np.testing.assert_allclose(one.xyxy, other.xyxy, atol=0.5)
 
 
-def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(model: Model) -> None:
-    rig = WorkerRig(model, ["cam"])
+@pytest.fixture(params=[False, True], ids=["in turn", "overlapped"])
+def worker_model(request: pytest.FixtureRequest, model: Model) -> Iterator[Model]:
+    """The demo model, run by the worker in turn (as on a CPU) and overlapped (as on a GPU)."""
+    model.overlap_runs = request.param
+    yield model
+    model.overlap_runs = False
+
+
+def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(worker_model: Model) -> None:
+    rig = WorkerRig(worker_model, ["cam"])
     rig.worker.start()
     try:
         rig.board.put(Frame("cam", 1, time.time(), time.monotonic(), photo("coffee.png")))
@@ -135,7 +144,7 @@ def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(model: 
         rig.close(5)
 
 
-def test_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model) -> None:
+def test_overlapped_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model) -> None:
     rig = WorkerRig(model, ["cup", "motorbike"], max_batch=1)
     second_letterboxed = threading.Event()
     runs: list[threading.Thread] = []
@@ -155,6 +164,7 @@ def test_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model)
         return Model.run(model, feed, slot)
 
     model.prepare, model.run = prepare, run  # type: ignore[method-assign]
+    model.overlap_runs = True  # as on a GPU
     try:
         rig.board.put(Frame("cup", 1, time.time(), time.monotonic(), photo("coffee.png")))
         rig.board.put(Frame("motorbike", 2, time.time(), time.monotonic(), photo("motorcycle_left.png")))
@@ -163,6 +173,7 @@ def test_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model)
     finally:
         rig.close(5)
         del model.prepare, model.run
+        model.overlap_runs = False
 
     assert rig.worker.error is None
     # each batch decoded from its own buffer and outputs
@@ -173,9 +184,9 @@ def test_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model)
     assert not runs[0].is_alive()  # the run thread ends with the worker
 
 
-def test_frames_left_on_the_board_at_stop_are_inferred(model: Model) -> None:
+def test_frames_left_on_the_board_at_stop_are_inferred(worker_model: Model) -> None:
     cameras = [f"cam-{i}" for i in range(6)]
-    rig = WorkerRig(model, cameras)
+    rig = WorkerRig(worker_model, cameras)
     image = photo("coffee.png")
     for number, camera in enumerate(cameras, 1):
         rig.board.put(Frame(camera, number, time.time(), time.monotonic(), image))
