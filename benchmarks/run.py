@@ -431,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         help="half precision on a GPU: TensorRT builds FP16 engines; for CUDA the model is first converted "
         "to float16 (written beside it as NAME-fp16.onnx; the input and outputs stay float32)",
     )
+    parser.add_argument(
+        "--overlap",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="letterbox the next batch and decode the last one while a batch runs (Model.overlap_runs): auto "
+        "as the daemon does (on with a GPU provider), on or off to measure what it buys on this host",
+    )
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
@@ -521,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         path=path, providers=[args.provider], threads=args.threads, max_batch=args.max_batch, fp16=args.fp16
     )
     model = Model.load(model_config)
+    if args.overlap != "auto":
+        model.overlap_runs = args.overlap == "on"
     model.warm_up()
     report = Report()
     scenes = demo_scenes((640, 480))
@@ -598,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()}), "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}, provider {model.provider}, "
         f"intra-op threads {model.threads}; model {path.name} at {model.input_size[1]}x"
-        f"{model.input_size[0]}, max_batch {args.max_batch}, batch_timeout_ms {args.batch_timeout_ms:g}"
+        f"{model.input_size[0]}, max_batch {args.max_batch}, batch_timeout_ms {args.batch_timeout_ms:g}, "
+        f"runs {'overlapped' if model.overlap_runs else 'in turn'}"
     )
     print(f"load average before {load_before}, after {load_average()}; peak RSS {rss_mib('VmHWM'):.0f} MiB")
     print()

@@ -34,8 +34,9 @@ def scenes() -> list:
     return demo_scenes((640, 480), count=6)
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["in turn", "overlapped"])
 def test_memory_cameras_through_the_daemon_every_frame_accounted(
-    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list, overlap: bool
 ) -> None:
     cameras = [
         # live cameras faster than the CPU infers: drops, and frames still waiting when the daemon stops
@@ -51,9 +52,14 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
         batch_timeout_ms=10,
     )
 
-    measured, totals = run_pipeline(config, model, camera_factory(scenes), warmup=0.5, seconds=1.5)
+    model.overlap_runs = overlap  # overlapped: as on a GPU (the benchmark's --overlap on)
+    try:
+        measured, totals = run_pipeline(config, model, camera_factory(scenes), warmup=0.5, seconds=1.5)
+    finally:
+        model.overlap_runs = False
 
     assert measured.inferred > 0 and measured.fps > 0
+    assert ("inference-run" in measured.thread_cpu_ms) is overlap  # session.run's own thread, timed too
     assert all(measured.per_camera[f"paced-{i}"] > 0 for i in range(4))
     assert measured.per_camera["dead"] == 0
     assert len(measured.latencies_ms) > 0 and measured.latency(50) > 0
@@ -241,6 +247,7 @@ def test_the_float16_copy_computes_in_half_precision_and_finds_what_the_model_fi
         (["--latency-load", "16"], "--latency-load 16: expected CAMERASxFPS, e.g. 16x25"),
         (["--latency-load", "16xfast"], "--latency-load 16xfast: expected CAMERASxFPS, e.g. 16x25"),
         (["--provider", "rocm"], "argument --provider: invalid choice: 'rocm'"),
+        (["--overlap", "maybe"], "argument --overlap: invalid choice: 'maybe'"),
     ],
 )
 def test_benchmark_options_that_cannot_run_are_refused_before_anything_starts(
