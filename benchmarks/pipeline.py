@@ -230,11 +230,10 @@ def process_counts() -> tuple[int, int, int]:
 def thread_cpu(service: Service) -> dict[str, float]:
     """CPU seconds each pipeline thread, and the whole process, has used so far (waiting for a core does not
     count)."""
-    runs = [thread for thread in threading.enumerate() if thread.name.startswith("inference-run")]
+    runs = [thread for thread in threading.enumerate() if thread.name == "inference-run"]  # GPU providers
     threads = (service.worker, *runs, service.events_thread, service.dispatcher)
     used = {
-        # the worker's one session.run thread is named by its pool: inference-run_0
-        thread.name.removesuffix("_0"): time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        thread.name: time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
         for thread in threads
         if thread.ident is not None and thread.is_alive()
     }

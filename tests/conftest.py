@@ -20,6 +20,7 @@ pytest_plugins: list[str] = [
     "tests.support.roboflow_server",
     "tests.support.rtsp",
     "tests.support.vision_events_server",
+    "tests.support.worker",
 ]
 
 GROUPS = ("unit", "e2e", "deploy")

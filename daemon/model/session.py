@@ -405,7 +405,7 @@ class Model:
             self.bound = BoundRunner.for_session(
                 session, self._input_name, output_names, self.max_batch, self.SLOTS
             )
-            pinned = all([pin_host_memory(buffer.batch) for buffer in self._buffers])
+            pinned = all([pin_host_memory(buffer.batch) for buffer in self._buffers])  # a list: pin every one
             how = "outputs bound to host arrays" if self.bound else "plain runs (outputs vary in size)"
             log.info("%s: %s, %s input buffer", self.provider, how, "pinned" if pinned else "pageable")
 

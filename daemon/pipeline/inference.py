@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +60,45 @@ class _Batch:
     transforms: np.ndarray
 
 
-def _timed_run(batch: _Batch) -> tuple[list[np.ndarray], float]:
-    """The batch's outputs and how long session.run took (seconds)."""
+Ran = tuple[list[np.ndarray], float]  # a batch's outputs, and how long session.run took (seconds)
+
+
+def _timed_run(batch: _Batch) -> Ran:
     started = time.perf_counter()
     outputs = batch.model.run(batch.feed, batch.slot)
     return outputs, time.perf_counter() - started
+
+
+class _RunThread(threading.Thread):
+    """`session.run` for a worker whose model overlaps runs, one batch at a time: the worker hands a batch
+    over only once the one before has run. A daemon thread, so that a run that never returns (a hung device)
+    cannot hold the process at exit."""
+
+    def __init__(self) -> None:
+        super().__init__(name="inference-run", daemon=True)
+        self._batches: queue.Queue[tuple[_Batch, Future[Ran]] | None] = queue.Queue(maxsize=2)  # 1 + the end
+
+    def submit(self, batch: _Batch) -> Future[Ran]:
+        if not self.is_alive():
+            self.start()  # at the first batch: a model on the CPU never needs it
+        ran: Future[Ran] = Future()
+        self._batches.put_nowait((batch, ran))
+        return ran
+
+    def close(self, wait: bool) -> None:
+        """End after the batch under way, if any; `wait`: until then."""
+        if self.is_alive():
+            self._batches.put_nowait(None)
+            if wait:
+                self.join()
+
+    def run(self) -> None:
+        while (job := self._batches.get()) is not None:
+            batch, ran = job
+            try:
+                ran.set_result(_timed_run(batch))
+            except BaseException as exc:  # the worker raises it from ran.result()
+                ran.set_exception(exc)
 
 
 class InferenceWorker(threading.Thread):
@@ -92,11 +126,9 @@ class InferenceWorker(threading.Thread):
         self._halt = stop
         self._inferred = {camera: frames.frames_inferred.labels(camera) for camera in board.camera_ids}
         self._controls: queue.Queue[_Control] = queue.Queue(maxsize=8)  # reloads are serialised: 1 at a time
-        # the session.run thread of a model that overlaps runs (started at its first batch): one batch at a
-        # time is given to it, so its queue holds at most one
-        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-run")
+        self._runner = _RunThread()
         # overlapped: the batch whose run is under way (or done, not yet decoded)
-        self._running: tuple[_Batch, Future[tuple[list[np.ndarray], float]]] | None = None
+        self._running: tuple[_Batch, Future[Ran]] | None = None
         self._pending: list[FrameResult] = []  # in turn: the last batch's results, for the dispatcher
         self._slot = 0  # the model's buffer the next batch is letterboxed into
         self.last_progress = time.monotonic()
@@ -126,7 +158,7 @@ class InferenceWorker(threading.Thread):
             log.critical("inference worker failed: %s", exc, exc_info=True)
         finally:
             # after a failure a run may still be under way: the process is ending, nothing waits for it
-            self._runner.shutdown(wait=self.error is None)
+            self._runner.close(wait=self.error is None)
 
     # live reconfiguration (called from the reload thread)
 
@@ -213,7 +245,7 @@ class InferenceWorker(threading.Thread):
             finished = (before, *run.result())
             self._running = None
         if batch is not None:
-            self._running = (batch, self._runner.submit(_timed_run, batch))
+            self._running = (batch, self._runner.submit(batch))
         if finished is not None:  # decoded while this batch runs
             self._pending = self._results(*finished)
             self._hand_over()

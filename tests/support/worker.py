@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import pytest
 
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics
@@ -59,3 +62,11 @@ class WorkerRig:
         self.stop.set()
         self.board.close()
         self.worker.join(timeout)
+
+
+@pytest.fixture(params=[False, True], ids=["in turn", "overlapped"])
+def worker_model(request: pytest.FixtureRequest, model: Model) -> Iterator[Model]:
+    """The demo model, run by the worker in turn (as on a CPU) and overlapped (as on a GPU)."""
+    model.overlap_runs = request.param
+    yield model
+    model.overlap_runs = False

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -37,6 +36,7 @@ from daemon.pipeline.board import FrameBoard
 from daemon.sinks.history import class_sums
 from tests.support.edge import photo
 from tests.support.inference import infer
+from tests.support.models import failing_model
 from tests.support.worker import WorkerRig
 
 
@@ -125,14 +125,6 @@ def test_model_prepare_run_detections_is_infer(model: Model) -> None:
         np.testing.assert_allclose(one.xyxy, other.xyxy, atol=0.5)
 
 
-@pytest.fixture(params=[False, True], ids=["in turn", "overlapped"])
-def worker_model(request: pytest.FixtureRequest, model: Model) -> Iterator[Model]:
-    """The demo model, run by the worker in turn (as on a CPU) and overlapped (as on a GPU)."""
-    model.overlap_runs = request.param
-    yield model
-    model.overlap_runs = False
-
-
 def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(worker_model: Model) -> None:
     rig = WorkerRig(worker_model, ["cam"])
     rig.worker.start()
@@ -180,7 +172,7 @@ def test_overlapped_the_next_batch_is_letterboxed_while_the_batch_before_runs(mo
     assert (first.frame_id, second.frame_id) == (1, 2)
     assert "cup" in first.detections.data["class_name"].tolist()
     assert "motorbike" in second.detections.data["class_name"].tolist()
-    assert {thread.name for thread in runs} == {"inference-run_0"}
+    assert {thread.name for thread in runs} == {"inference-run"}
     assert not runs[0].is_alive()  # the run thread ends with the worker
 
 
@@ -199,6 +191,22 @@ def test_frames_left_on_the_board_at_stop_are_inferred(worker_model: Model) -> N
     assert not rig.worker.is_alive() and rig.worker.error is None
     assert sorted(result.camera_id for result in rig.collected.results) == cameras
     assert rig.board.take_batch(4, 0, 0) == []  # drained
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["in turn", "overlapped"])
+def test_a_run_that_fails_ends_the_worker_with_its_error(tmp_path: Path, overlap: bool) -> None:
+    failing = Model.load(ModelConfig(path=failing_model(tmp_path / "fails.onnx"), providers=["cpu"]))
+    failing.overlap_runs = overlap  # overlapped: session.run fails on the run thread, as it would on a GPU
+    rig = WorkerRig(failing, ["cam"])
+    rig.board.put(Frame("cam", 1, time.time(), time.monotonic(), photo("coffee.png")))
+
+    rig.worker.start()
+    rig.worker.join(10)
+
+    assert not rig.worker.is_alive()
+    assert rig.worker.error is not None and "Reshape" in str(rig.worker.error)
+    assert rig.collected.results == []
+    rig.close(5)
 
 
 def test_ids_drawn_for_a_batch_at_once_are_distinct_version_4_uuids_as_uuid4_writes_them() -> None:

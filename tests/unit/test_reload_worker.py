@@ -12,7 +12,8 @@ from tests.support.edge import photo
 from tests.support.worker import WorkerRig
 
 
-def test_the_model_swaps_between_batches_and_no_frame_is_lost(model: Model) -> None:
+def test_the_model_swaps_between_batches_and_no_frame_is_lost(worker_model: Model) -> None:
+    model = worker_model
     rig = WorkerRig(model, ["cam"])
     board, worker = rig.board, rig.worker
     worker.start()
