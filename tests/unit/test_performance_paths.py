@@ -136,6 +136,30 @@ def test_a_lone_frame_is_handed_over_at_once_not_held_for_the_next_batch(worker_
         rig.close(5)
 
 
+def test_the_worker_finds_frame_by_frame_what_the_model_finds(worker_model: Model) -> None:
+    # three cameras in batches of at most 2: batches of 1 and 2 through both of the model's buffers in turn
+    images = {"kitchen": "coffee.png", "garage": "motorcycle_left.png", "studio": "camera.png"}
+    frames = {camera: photo(name) for camera, name in images.items()}
+    expected = {camera: infer(worker_model, [image])[0][0] for camera, image in frames.items()}
+    rig = WorkerRig(worker_model, list(frames), max_batch=2)
+    rig.worker.start()
+    try:
+        for number in range(1, 7):
+            for camera, image in frames.items():
+                assert rig.board.wait_taken(camera, 10)
+                rig.board.put(Frame(camera, number, time.time(), time.monotonic(), image))
+        results = rig.collected.wait(18, timeout=30)
+    finally:
+        rig.close(5)
+
+    assert {result.batch_size for result in results} >= {2}
+    for result in results:
+        found, want = result.detections, expected[result.camera_id]
+        assert found.data["class_name"].tolist() == want.data["class_name"].tolist()
+        np.testing.assert_allclose(found.xyxy, want.xyxy, atol=1e-3)
+        np.testing.assert_allclose(found.confidence, want.confidence, atol=1e-3)
+
+
 def test_overlapped_the_next_batch_is_letterboxed_while_the_batch_before_runs(model: Model) -> None:
     rig = WorkerRig(model, ["cup", "motorbike"], max_batch=1)
     second_letterboxed = threading.Event()
