@@ -106,7 +106,12 @@ class DaemonProcess:
                 self._new_line.wait(min(remaining, 0.5))
 
     def wait(self, timeout: float = 30) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the daemon did not exit within {timeout}s; output:\n" + "\n".join(self.lines[-60:])
+            ) from None
         self._reader.join(timeout=5)
         return code
 
