@@ -57,7 +57,7 @@ class ModelConfig(_Section):
     max_batch: Annotated[int, Field(ge=1, le=64)] | None = Field(
         default=None,
         description="frames per batch, across cameras; unset: 8 on CUDA/TensorRT, 1 on CPU (best p95 there); "
-        "CUDA runs every batch at this size",
+        "CUDA pads each run to the largest batch run so far",
     )
     batch_timeout_ms: Annotated[float, Field(ge=0, le=1000)] | None = Field(
         default=None, description="how long a batch waits to fill; unset: 10 on TensorRT, 0 on CUDA and CPU"
