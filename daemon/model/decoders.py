@@ -133,9 +133,9 @@ def decode_yolov8(
         if candidates.size == 0:
             results.append(_empty())
             continue
-        class_id = scores[:, candidates].argmax(axis=0).astype(np.int64)
+        class_id = scores[:, candidates].argmax(axis=0).astype(np.int64, copy=False)
         xyxy = cxcywh_to_xyxy(prediction[:4, candidates].T)
-        confidence = confidence[candidates].astype(np.float32)
+        confidence = confidence[candidates].astype(np.float32, copy=False)
         results.append(select_nms(xyxy, confidence, class_id, iou, max_det, agnostic, classes))
     return results
 

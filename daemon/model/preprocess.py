@@ -67,8 +67,7 @@ class LetterboxBuffer:
 
 def unletterbox(xyxy: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:
     """Boxes [K, 4] in model-input pixels -> float32 boxes in the original image's pixels, clipped to it."""
-    scale, pad_x, pad_y = (float(value) for value in transform)
+    scale, pad_x, pad_y = transform.tolist()
     boxes = (xyxy - np.array([pad_x, pad_y, pad_x, pad_y], dtype=np.float32)) / np.float32(scale)
-    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
-    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
-    return boxes.astype(np.float32, copy=False)
+    bounds = np.array([width, height, width, height], dtype=boxes.dtype)
+    return np.clip(boxes, 0, bounds, out=boxes).astype(np.float32, copy=False)
