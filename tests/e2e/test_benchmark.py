@@ -118,6 +118,8 @@ def test_the_daemons_own_cpu_per_frame_is_checked_as_the_sum_of_its_measured_par
     bench_unpaced(bench, (4,), letterbox)
 
     assert letterbox > 0
+    after_run = {row.batch: row.overhead_ms for row in report.rows if "right after session.run" in row.case}
+    assert after_run.keys() == {1, 4} and all(ms > 0 for ms in after_run.values()), after_run
     [(ok, text)] = [(ok, text) for ok, text in report.checks if "own CPU per frame" in text]
     found = re.search(
         r"own CPU per frame ([\d.]+) ms \(letterbox ([\d.]+) \+ decode ([\d.]+) \+ results and hand-over "
