@@ -325,6 +325,10 @@ def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, bat
         canvas, _ = model.prepare(images)
         np.multiply(canvas[..., ::-1].transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
 
+    def record(case: str, size: int, ms: float) -> None:
+        report.rows.append(Row("frame cost", case, 0, size, float("nan"), overhead_ms=ms))
+        print(f"  {case}: {ms:.3f} ms CPU per frame (load average {load_average()})", flush=True)
+
     letterbox_case = "letterbox into the uint8 batch (now)"
     cases = {
         "letterbox + float conversion in numpy (before)": float_conversion,
@@ -340,8 +344,7 @@ def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, bat
             work()
             runs += 1
         ms = spent / runs / batch * 1000
-        report.rows.append(Row("frame cost", case, 0, batch, float("nan"), overhead_ms=ms))
-        print(f"  {case}: {ms:.3f} ms CPU per frame (load average {load_average()})", flush=True)
+        record(case, batch, ms)
         if case == letterbox_case:
             letterbox = ms
     # as in the daemon, each decoding right after a run, which on a CPU has swept the caches it needs
@@ -355,7 +358,5 @@ def bench_frame_cost(model: Model, frames: list[np.ndarray], report: Report, bat
             model.detections(outputs, images[:size], transforms)
             spent += time.thread_time() - decode_started
             runs += 1
-        ms = spent / runs / size * 1000
-        report.rows.append(Row("frame cost", case, 0, size, float("nan"), overhead_ms=ms))
-        print(f"  {case}: {ms:.3f} ms CPU per frame (load average {load_average()})", flush=True)
+        record(case, size, spent / runs / size * 1000)
     return letterbox
