@@ -376,6 +376,7 @@ class Model:
         self.class_names = class_names
         self.input_size = input_size  # (height, width)
         self.provider = short_provider_name(session.get_providers()[0])
+        on_gpu = self.provider in ("cuda", "tensorrt")
         # every run is `run_size` frames, a smaller batch padded with the buffer's other rows as they were:
         # with a fixed batch dim, and on CUDA, which sets up its convolutions again whenever the batch size
         # changes from the last run (ONNX Runtime warns "Conv running in Fallback mode"; on an H200 runs of
@@ -390,7 +391,7 @@ class Model:
         # the inference worker letterboxes the next batch and decodes the last one while a batch runs: on a
         # GPU, where that CPU work takes about as long as the run. Not on a CPU: there it takes the cores the
         # run needs, and a frame taken a run early waits that run out (measured: docs/performance.md)
-        self.overlap_runs = self.provider in ("cuda", "tensorrt")
+        self.overlap_runs = on_gpu
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
         self._session = session
         self._input_name = session.get_inputs()[0].name
@@ -401,7 +402,7 @@ class Model:
         self._buffers = [LetterboxBuffer(*input_size, self.max_batch) for _ in range(self.SLOTS)]
         # None: a plain session.run (CPU); the benchmark sets it aside to time a plain run on a GPU
         self.bound: BoundRunner | None = None
-        if self.provider in ("cuda", "tensorrt"):
+        if on_gpu:
             self.bound = BoundRunner.for_session(
                 session, self._input_name, output_names, self.max_batch, self.SLOTS
             )
