@@ -137,6 +137,15 @@ def test_the_daemons_own_cpu_per_frame_is_checked_as_the_sum_of_its_measured_par
     assert not {"prepare", "run", "detections"} & vars(model).keys()
 
 
+def test_the_h264_clips_are_4_2_0_as_cameras_send_them(tmp_path: Path, scenes: list) -> None:
+    clip = encode_h264(scenes[0][:15], (640, 480), 15, tmp_path / "clip.mp4")
+    data = clip.read_bytes()
+    profile = data[data.index(b"avcC") + 5]  # AVCProfileIndication, after the box's version byte
+    # Baseline, Main and High carry 4:2:0; x264 left to itself takes BGR as High 4:4:4 (244), which costs
+    # twice as much to decode
+    assert profile in (66, 77, 100), profile
+
+
 def test_the_checked_decode_case_runs_repeatedly_and_is_judged_by_its_median(
     tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
 ) -> None:
