@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 
@@ -22,6 +21,7 @@ from benchmarks.sources import camera_factory
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.session import Model
 from daemon.pipeline.capture import open_capture, parse_source
+from daemon.pipeline.video import VideoStream
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "demo" / "bench"  # made once, kept (demo/ is not committed)
@@ -126,12 +126,13 @@ def raw_fps_beside_decoding(
 
     def decode(turns: threading.Semaphore) -> None:
         capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
+        assert isinstance(capture, VideoStream)
         decoding = time.thread_time()  # the decoding from here on, not FFmpeg's probing at open
         try:
             while not stop.is_set():
                 ok, _ = capture.read()
                 if not ok:
-                    capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    capture.rewind()
                     continue
                 while not turns.acquire(timeout=0.1):
                     if stop.is_set():

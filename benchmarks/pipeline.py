@@ -177,6 +177,8 @@ class Measured:
     sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink
     # raw session.run frames/s at this run's batch size, measured just before and just after it (the mean)
     raw_fps: float | None = None
+    # with an online wait: seconds from the start until every camera had delivered a frame (None: not all did)
+    online_seconds: float | None = None
 
     @property
     def fps(self) -> float:
@@ -327,8 +329,11 @@ def run_pipeline(
     loop = LoopTimer(model)
     try:
         deadline = time.monotonic() + online_timeout
-        while time.monotonic() < deadline and min(_counters(service).captured.values(), default=1) == 0:
+        while (waiting := min(_counters(service).captured.values(), default=1) == 0) and (
+            time.monotonic() < deadline
+        ):
             service.stop.wait(0.5)
+        online_seconds = time.monotonic() - started if online_timeout and not waiting else None
         service.stop.wait(warmup)
         sinks = SinkTimer()
         sinks.arm(service.sinks.all)
@@ -375,5 +380,6 @@ def run_pipeline(
         },
         sink_cpu_ms={name: used / inferred * 1000 if inferred else 0.0 for name, used in sink_cpu.items()},
         loop_cpu_ms=loop_cpu,
+        online_seconds=online_seconds,
     )
     return measured, totals

@@ -1,8 +1,9 @@
 """Camera capture: one thread per camera reads its source and offers the freshest frame to inference.
 
-Sources (all through OpenCV): `rtsp://` and other FFmpeg network URLs (`http(s)://` MJPEG...), a video file,
-a V4L2 index (`0`) or device (`/dev/video0`), and `gst:<pipeline ending in appsink>` when OpenCV was built
-with GStreamer. RTSP goes over TCP unless `OPENCV_FFMPEG_CAPTURE_OPTIONS` says otherwise.
+Sources: `rtsp://` and other FFmpeg network URLs (`http(s)://` MJPEG...) and video files, decoded by FFmpeg
+through PyAV (`daemon/pipeline/video.py`); through OpenCV, a V4L2 index (`0`) or device (`/dev/video0`), and
+`gst:<pipeline ending in appsink>` when OpenCV was built with GStreamer. RTSP goes over TCP unless
+`OPENCV_FFMPEG_CAPTURE_OPTIONS` says otherwise.
 
 A camera never dies: a failure, a stall or an unexpected error closes the source and reopens it after an
 exponential backoff with jitter (1 s doubling to 30 s, reset once frames flow again). URLs may carry
@@ -36,6 +37,7 @@ from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
 from daemon.pipeline.board import FrameBoard
+from daemon.pipeline.video import OPTIONS_VARIABLE, VideoStream
 
 log = logging.getLogger("edgewatch.capture")
 
@@ -100,17 +102,15 @@ def gstreamer_available() -> bool:
 
 def prefer_rtsp_over_tcp() -> None:
     """RTSP over TCP: FFmpeg's default, UDP, loses packets and is often blocked by NAT and firewalls."""
-    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    os.environ.setdefault(OPTIONS_VARIABLE, "rtsp_transport;tcp")
 
 
-# FFmpeg's decoder threads per stream. OpenCV's default is one per CPU (up to 16), each with its own frame
-# buffers: a camera's worth of memory and threads multiplied by the host's cores. One thread decodes a
-# 1080p H.264 stream at 30 fps on a desktop core; cameras are parallel across streams instead.
-DECODER_THREADS = 1
+Capture = cv2.VideoCapture | VideoStream
 
 
-def open_capture(source: Source, open_timeout: float, read_timeout: float) -> cv2.VideoCapture:
-    """The source opened with OpenCV (check `isOpened()`); timeouts apply to FFmpeg sources only."""
+def open_capture(source: Source, open_timeout: float, read_timeout: float) -> Capture:
+    """The source opened (check `isOpened()`): files and network streams with PyAV, within the timeouts;
+    V4L2 and GStreamer with OpenCV."""
     if source.kind == "gst":
         if not gstreamer_available():
             raise SourceError(
@@ -119,15 +119,7 @@ def open_capture(source: Source, open_timeout: float, read_timeout: float) -> cv
         return cv2.VideoCapture(str(source.target), cv2.CAP_GSTREAMER)
     if source.kind == "v4l2":
         return cv2.VideoCapture(source.target, cv2.CAP_V4L2)
-    params = [
-        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-        round(open_timeout * 1000),
-        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-        round(read_timeout * 1000),
-    ]
-    if hasattr(cv2, "CAP_PROP_N_THREADS"):  # OpenCV >= 4.6
-        params += [cv2.CAP_PROP_N_THREADS, DECODER_THREADS]
-    return cv2.VideoCapture(str(source.target), cv2.CAP_FFMPEG, params)
+    return VideoStream(str(source.target), open_timeout, read_timeout)
 
 
 def missing_local_source(source: Source) -> str | None:
@@ -138,10 +130,10 @@ def missing_local_source(source: Source) -> str | None:
     return None
 
 
-def cannot_open(source: Source) -> str:
-    if source.kind == "file":
-        return "cannot read the file as video"
-    return "cannot open the source (wrong path or credentials?)"
+def cannot_open(source: Source, capture: Capture) -> str:
+    problem = "cannot read the file as video" if source.kind == "file" else "cannot open the source"
+    reason = capture.error if isinstance(capture, VideoStream) else ""  # FFmpeg's words, never the URL
+    return f"{problem}: {reason}" if reason else f"{problem} (wrong path or credentials?)"
 
 
 def next_due(due: float, now: float, interval: float) -> float | None:
@@ -178,8 +170,6 @@ class Camera(threading.Thread):
     timeout), an end of stream or an error means offline and a reopen after the backoff; each reopen
     counts in `edgewatch_camera_reconnects_total`. Stop is honoured within about a second, also during a
     slow open; only a read blocked on a connection that went silent holds on until its `stall_timeout`.
-    A camera that accepts connections but never answers delays other cameras' opens (not their streams)
-    by up to OPEN_TIMEOUT per attempt: OpenCV's FFmpeg backend opens one source at a time.
     """
 
     def __init__(
@@ -263,28 +253,27 @@ class Camera(threading.Thread):
             return None
         try:
             if not capture.isOpened():
-                return cannot_open(self._source)
+                return self._scrub(cannot_open(self._source, capture))
             if self._source.live:
                 return self._read_live(capture)
+            assert isinstance(capture, VideoStream)  # files are always read through PyAV
             if self.config.realtime:
                 return self._read_file_realtime(capture)
             return self._read_file_all(capture)
         finally:
             capture.release()
 
-    def _open(self) -> cv2.VideoCapture | None:
+    def _open(self) -> Capture | None:
         """Open in a helper thread so that stop is honoured during a slow open (unreachable host, slow
-        stream probe); an open abandoned at stop is released by its helper. None if stopped.
-
-        OpenCV's FFmpeg backend opens one source at a time, process-wide, so a host that does not answer
-        would hold up every other camera's (re)open: it is first tried with a plain TCP connect."""
+        stream probe); an open abandoned at stop is released by its helper. None if stopped. A network
+        host is first tried with a plain TCP connect, which says plainly why it cannot be reached."""
         lock = threading.Lock()
         done = threading.Event()
-        outcome: list[cv2.VideoCapture | BaseException] = []
+        outcome: list[Capture | BaseException] = []
         abandoned = False
 
         def work() -> None:
-            result: cv2.VideoCapture | BaseException
+            result: Capture | BaseException
             try:
                 problem = self._source.kind == "network" and unreachable(self.config.url, OPEN_TIMEOUT)
                 if problem:
@@ -294,7 +283,7 @@ class Camera(threading.Thread):
                 result = exc
             with lock:
                 if abandoned:
-                    if isinstance(result, cv2.VideoCapture):
+                    if not isinstance(result, BaseException):
                         result.release()
                     return
                 outcome.append(result)
@@ -312,7 +301,7 @@ class Camera(threading.Thread):
             raise result
         return result
 
-    def _read_live(self, capture: cv2.VideoCapture) -> str | None:
+    def _read_live(self, capture: Capture) -> str | None:
         interval = 1 / self.config.fps
         stall = self.config.stall_timeout
         due = time.monotonic()
@@ -341,8 +330,8 @@ class Camera(threading.Thread):
                     return f"no decodable frame for {stall:g} s"
         return None
 
-    def _read_file_realtime(self, capture: cv2.VideoCapture) -> str | None:
-        file_fps = capture.get(cv2.CAP_PROP_FPS)
+    def _read_file_realtime(self, capture: VideoStream) -> str | None:
+        file_fps = capture.fps
         if not (math.isfinite(file_fps) and 0 < file_fps <= 1000):
             file_fps = FILE_FPS_FALLBACK
         period, interval = 1 / file_fps, 1 / self.config.fps
@@ -371,7 +360,7 @@ class Camera(threading.Thread):
             else:
                 self._count_read_error()
 
-    def _read_file_all(self, capture: cv2.VideoCapture) -> str | None:
+    def _read_file_all(self, capture: VideoStream) -> str | None:
         index = 0
         while not self._halt.is_set():
             if not self._grab_file_frame(capture, index):
@@ -387,7 +376,7 @@ class Camera(threading.Thread):
             self._deliver(image)
         return None
 
-    def _grab_file_frame(self, capture: cv2.VideoCapture, index: int) -> bool:
+    def _grab_file_frame(self, capture: VideoStream, index: int) -> bool:
         """Grab the next frame; at the end rewind (loop) or finish (False)."""
         if capture.grab():
             return True
@@ -400,7 +389,7 @@ class Camera(threading.Thread):
             if self._state.online:
                 self._set_online(False, "end of file")
             return False
-        if not (capture.set(cv2.CAP_PROP_POS_FRAMES, 0) and capture.grab()):
+        if not (capture.rewind() and capture.grab()):
             raise _Retry("cannot rewind the file")
         return True
 
@@ -478,7 +467,7 @@ def probe_source(url: str, timeout: float = 10) -> str | None:
         return "OpenCV cannot open this source"
     try:
         if not capture.isOpened():
-            return cannot_open(source)
+            return cannot_open(source, capture)
         if not capture.grab():
             return "no frame could be decoded" if source.kind == "file" else f"no frame within {timeout:g} s"
         ok, image = capture.retrieve()

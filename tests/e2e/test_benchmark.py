@@ -20,7 +20,7 @@ from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, float16_copy, memory_cameras
 from benchmarks.pipeline import LoopTimer, bench_config, run_pipeline
 from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, main, table
-from benchmarks.scale import bench_frame_cost
+from benchmarks.scale import bench_cameras, bench_frame_cost
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
@@ -135,6 +135,25 @@ def test_the_daemons_own_cpu_per_frame_is_checked_as_the_sum_of_its_measured_par
         assert ok == (total < OWN_CPU_PER_FRAME_MS)
     # the model the benchmark's runs share is itself again: the timing wrappers are gone
     assert not {"prepare", "run", "detections"} & vars(model).keys()
+
+
+def test_rtsp_cameras_report_when_all_were_online_and_every_one_delivered(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    report = Report()
+    bench = Bench(
+        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
+        scenes, max_batch=4, batch_timeout_ms=10, warmup=0.5, window=1.0, report=report, bracket=0.3,
+    )
+
+    bench_cameras(bench, tmp_path, (1, 3), seconds=2.0)
+
+    rows = [row for row in report.rows if row.section == "cameras"]
+    assert [row.case for row in rows] == ["N=1 RTSP 2 fps", "N=3 RTSP 2 fps"]
+    for row in rows:
+        online = re.match(r"all online after (\d+\.\d) s, RSS \d+ MiB", row.note)
+        assert online and 0 < float(online[1]) < 60, row.note
+    assert [ok for ok, text in report.checks if "every camera delivered" in text] == [True, True]
 
 
 def test_the_h264_clips_are_4_2_0_as_cameras_send_them(tmp_path: Path, scenes: list) -> None:

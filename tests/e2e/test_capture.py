@@ -311,7 +311,6 @@ def test_stop_ends_every_camera_thread_promptly(demo_clips, rtsp_server, silent_
         camera("dead", f"rtsp://127.0.0.1:{free_port()}/x"),
         camera("silent", f"rtsp://127.0.0.1:{silent_port}/x"),  # its open hangs until the 10 s timeout
         consume=False,  # nobody takes frames: the unpaced file waits on the board
-        hold=("silent",),  # started once the others stream: OpenCV opens one FFmpeg source at a time
     )
     with rig:
         wait_until(
@@ -319,7 +318,6 @@ def test_stop_ends_every_camera_thread_promptly(demo_clips, rtsp_server, silent_
             timeout=20,
             message="the live cameras online",
         )
-        rig.cameras["silent"].start()
         captured = rig.value("edgewatch_frames_captured_total", "paced")
         wait_until(
             lambda: rig.value("edgewatch_frames_captured_total", "paced") >= captured + 3,
@@ -330,6 +328,54 @@ def test_stop_ends_every_camera_thread_promptly(demo_clips, rtsp_server, silent_
         assert rig.close() < 2
     for camera_id in ("rtsp", "file", "paced"):
         assert not rig.online(camera_id) and rig.value("edgewatch_camera_up", camera_id) == 0
+
+
+class HungCamera:
+    """Accepts TCP connections, counts them and never says a word: a camera whose RTSP server hangs."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.url = f"rtsp://127.0.0.1:{self._server.getsockname()[1]}/x"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self._held.append(connection)
+            self.connections += 1
+
+    def __enter__(self) -> HungCamera:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for connection in self._held:
+            connection.close()
+        self._server.close()
+
+
+def test_a_hung_camera_does_not_hold_up_another_cameras_open(rtsp_server) -> None:
+    """OpenCV's capture opened one FFmpeg source at a time, process-wide: a camera that connects and never
+    answers held every other camera's open (or reopen) for its whole open timeout, and 64 cameras took
+    minutes to come up one after the other."""
+    with HungCamera() as hung:
+        rig = Rig(camera("hung", hung.url), camera("door", rtsp_server.url), hold=("door",))
+        with rig:
+            # the reachability check's connection, then FFmpeg's, which now waits out the open timeout
+            wait_until(lambda: hung.connections >= 2, timeout=10, message="the hung camera's open under way")
+            rig.cameras["door"].start()
+            wait_until(lambda: rig.online("door"), timeout=20, message="the other camera online")
+            hung_state = rig.cameras["hung"].state
+            assert hung_state.last_error == "" and hung_state.reconnects == 0, hung_state
 
 
 def test_redact_url() -> None:
@@ -351,7 +397,8 @@ def test_probe_source(demo_clips, rtsp_server, tmp_path, silent_port) -> None:
     assert probe_source(str(tmp_path / "missing.mp4")) == "no such file"
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    assert probe_source(str(text)) == "cannot read the file as video"
+    problem = probe_source(str(text))
+    assert problem == "cannot read the file as video: Invalid data found when processing input"
     port = free_port()
     assert (
         probe_source(f"rtsp://u:pw@127.0.0.1:{port}/x", timeout=3)
@@ -359,7 +406,7 @@ def test_probe_source(demo_clips, rtsp_server, tmp_path, silent_port) -> None:
     )
     started = time.monotonic()
     problem = probe_source(f"rtsp://127.0.0.1:{silent_port}/x", timeout=2)
-    assert problem and problem.startswith("cannot open the source")
+    assert problem == "cannot open the source: no answer within 2 s"
     assert time.monotonic() - started < 5
     problem = probe_source("gst:videotestsrc num-buffers=5 ! videoconvert ! appsink", timeout=3)
     if gstreamer_available():

@@ -1,0 +1,149 @@
+"""Video files and network streams, decoded by FFmpeg through PyAV.
+
+OpenCV's FFmpeg capture holds one process-wide lock while it opens a source, and FFmpeg probes a stream for
+about 5 s before the open returns: 64 cameras took more than 6 minutes to come up, one after the other, and a
+camera that reconnected held up every other camera's reconnect. PyAV opens each source on its own; the
+pictures are the same BGR bytes (the same conversion by FFmpeg). V4L2 devices and GStreamer pipelines stay
+with OpenCV.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import av
+import av.container
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+# FFmpeg's decoder threads per stream. Its default is one per CPU (up to 16), each with its own frame
+# buffers: a camera's worth of memory and threads multiplied by the host's cores. One thread decodes a
+# 1080p H.264 stream at 30 fps on a desktop core; cameras are parallel across streams instead.
+DECODER_THREADS = 1
+# FFmpeg's input options, written `key;value|key;value`: the variable OpenCV's capture read, so that
+# settings made for it still hold
+OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+MAX_BAD_PACKETS = 100  # undecodable packets in a row before the stream counts as broken
+
+
+def ffmpeg_options() -> dict[str, str]:
+    """FFmpeg's input options from `OPENCV_FFMPEG_CAPTURE_OPTIONS`."""
+    options = {}
+    for pair in os.environ.get(OPTIONS_VARIABLE, "").split("|"):
+        key, _, value = pair.partition(";")
+        if key.strip():
+            options[key.strip()] = value.strip()
+    return options
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's own words for a failure, without the URL its messages carry."""
+    if isinstance(exc, av.ExitError):  # the open or read timeout interrupted FFmpeg
+        return "timed out"
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+class VideoStream:
+    """The first video stream of a file or URL, read with the calls of `cv2.VideoCapture` the cameras make:
+    `isOpened`, `grab` (decode the next picture), `retrieve` (that picture in BGR), `read`, `release`; and
+    for files `fps` and `rewind`. Nothing is raised: `grab` and `retrieve` say False, and `error` keeps the
+    last reason (never the URL)."""
+
+    def __init__(self, target: str, open_timeout: float, read_timeout: float) -> None:
+        self.error = ""
+        self._container: av.container.InputContainer | None = None
+        self._pictures: deque[av.VideoFrame] = deque()
+        self._picture: av.VideoFrame | None = None
+        self._bgr = VideoReformatter()
+        started = time.monotonic()
+        try:
+            container = av.open(target, options=ffmpeg_options(), timeout=(open_timeout, read_timeout))
+        except (av.FFmpegError, OSError) as exc:
+            # an interrupted RTSP handshake reads as invalid data: say what happened instead
+            timed_out = time.monotonic() - started >= open_timeout * 0.9
+            self.error = f"no answer within {open_timeout:g} s" if timed_out else _reason(exc)
+            return
+        if not isinstance(container, av.container.InputContainer) or not container.streams.video:
+            container.close()
+            self.error = "no video stream"
+            return
+        self._container = container
+        self._stream = container.streams.video[0]
+        self._stream.codec_context.thread_count = DECODER_THREADS
+        self._packets: Iterator[av.Packet] = container.demux(self._stream)
+
+    def isOpened(self) -> bool:  # cv2.VideoCapture's name
+        return self._container is not None
+
+    def grab(self) -> bool:
+        """Decode up to the next picture: False at the end of the stream, on a read error or a timeout."""
+        self._picture = None
+        if self._container is None:
+            return False
+        bad = 0
+        while not self._pictures:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return False
+            except (av.FFmpegError, OSError) as exc:
+                self.error = _reason(exc)
+                return False
+            try:
+                self._pictures.extend(packet.decode())
+                bad = 0
+            except av.InvalidDataError as exc:  # a damaged packet: decoding resumes at the next good one
+                bad += 1
+                if bad >= MAX_BAD_PACKETS:
+                    self.error = _reason(exc)
+                    return False
+            except av.FFmpegError as exc:
+                self.error = _reason(exc)
+                return False
+        self._picture = self._pictures.popleft()
+        return True
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        """The picture of the last `grab` in BGR, converted by FFmpeg on this thread."""
+        if self._picture is None:
+            return False, None
+        try:
+            return True, self._bgr.reformat(self._picture, format="bgr24", threads=1).to_ndarray()
+        except (av.FFmpegError, ValueError) as exc:
+            self.error = _reason(exc)
+            return False, None
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        return self.retrieve() if self.grab() else (False, None)
+
+    @property
+    def fps(self) -> float:
+        """The frame rate the file states (average, else base rate); 0 when it states none."""
+        if self._container is None:
+            return 0.0
+        rate = self._stream.average_rate or self._stream.base_rate
+        return float(rate) if rate else 0.0
+
+    def rewind(self) -> bool:
+        """Back to the first picture (files); False if the source cannot seek."""
+        if self._container is None:
+            return False
+        try:
+            self._container.seek(0)  # flushes the decoder too
+        except (av.FFmpegError, OSError) as exc:
+            self.error = _reason(exc)
+            return False
+        self._pictures.clear()
+        self._picture = None
+        self._packets = self._container.demux(self._stream)
+        return True
+
+    def release(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        self._pictures.clear()
+        self._picture = None
