@@ -34,6 +34,24 @@ def scenes() -> list:
     return demo_scenes((640, 480), count=6)
 
 
+def short_bench(
+    tmp_path: Path,
+    model: Model,
+    demo_model: Path,
+    mosquitto: Mosquitto,
+    scenes: list,
+    report: Report | None = None,
+    max_batch: int = 4,
+    window: float = 1.0,
+) -> Bench:
+    """The benchmark's harness with windows of a second or so, on the shared model and the test broker."""
+    return Bench(
+        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
+        scenes, max_batch=max_batch, batch_timeout_ms=10, warmup=0.5, window=window,
+        report=report or Report(), bracket=0.3,
+    )
+
+
 @pytest.mark.parametrize("overlap", [False, True], ids=["in turn", "overlapped"])
 def test_memory_cameras_through_the_daemon_every_frame_accounted(
     tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list, overlap: bool
@@ -91,10 +109,7 @@ def test_raw_loop_and_table(model: Model, scenes: list) -> None:
 def test_a_run_is_compared_with_raw_runs_just_before_and_after_it(
     tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
 ) -> None:
-    bench = Bench(
-        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
-        scenes, max_batch=1, batch_timeout_ms=10, warmup=0.5, window=1.5, report=Report(), bracket=0.3,
-    )
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, max_batch=1, window=1.5)
 
     measured, unaccounted = bench.pipeline(memory_cameras(2, "unpaced"))
     row = bench.row("memory", "N=2 unpaced", measured, 2)
@@ -109,10 +124,7 @@ def test_the_daemons_own_cpu_per_frame_is_checked_as_the_sum_of_its_measured_par
     tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
 ) -> None:
     report = Report()
-    bench = Bench(
-        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
-        scenes, max_batch=4, batch_timeout_ms=10, warmup=0.5, window=1.5, report=report, bracket=0.3,
-    )
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report, window=1.5)
     letterbox = bench_frame_cost(model, scenes[0], report)
 
     bench_unpaced(bench, (4,), letterbox)
@@ -141,10 +153,7 @@ def test_rtsp_cameras_report_when_all_were_online_and_every_one_delivered(
     tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
 ) -> None:
     report = Report()
-    bench = Bench(
-        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
-        scenes, max_batch=4, batch_timeout_ms=10, warmup=0.5, window=1.0, report=report, bracket=0.3,
-    )
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
 
     bench_cameras(bench, tmp_path, (1, 3), seconds=2.0)
 
@@ -171,10 +180,7 @@ def test_the_checked_decode_case_runs_repeatedly_and_is_judged_by_its_median(
     clip = encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
     report = Report()
     bench_raw(model, scenes[0], seconds=0.2, report=report)
-    bench = Bench(
-        model, ModelConfig(path=demo_model, providers=["cpu"]), (mosquitto.host, mosquitto.port), tmp_path,
-        scenes, max_batch=4, batch_timeout_ms=10, warmup=0.5, window=1.0, report=report, bracket=0.3,
-    )
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
 
     bench_decode(bench, {"640x480": clip}, (1, 4), quick=True, repeats=3)
 
