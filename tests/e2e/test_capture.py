@@ -121,13 +121,43 @@ def closest(image: np.ndarray, clip: list[np.ndarray]) -> float:
     return min(float(cv2.absdiff(image, frame).mean()) for frame in clip)
 
 
+class SilentCamera:
+    """Accepts TCP connections, counts them and never says a word: a hung camera."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self.url = f"rtsp://127.0.0.1:{self.port}/x"
+        self.connections: list[socket.socket] = []  # held open until the end
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(connection)
+
+    def __enter__(self) -> SilentCamera:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for connection in self.connections:
+            connection.close()
+        self._server.close()
+
+
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts TCP connections and never says a word (a hung camera)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        yield server.getsockname()[1]
+    with SilentCamera() as silent:
+        yield silent.port
 
 
 def test_rtsp_stream_delivers_real_frames_at_the_fps_cap(rtsp_server, mjpeg_clips) -> None:
@@ -330,48 +360,17 @@ def test_stop_ends_every_camera_thread_promptly(demo_clips, rtsp_server, silent_
         assert not rig.online(camera_id) and rig.value("edgewatch_camera_up", camera_id) == 0
 
 
-class HungCamera:
-    """Accepts TCP connections, counts them and never says a word: a camera whose RTSP server hangs."""
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
-        self.url = f"rtsp://127.0.0.1:{self._server.getsockname()[1]}/x"
-        self.connections = 0
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            self._held.append(connection)
-            self.connections += 1
-
-    def __enter__(self) -> HungCamera:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        for connection in self._held:
-            connection.close()
-        self._server.close()
-
-
 def test_a_hung_camera_does_not_hold_up_another_cameras_open(rtsp_server) -> None:
     """OpenCV's capture opened one FFmpeg source at a time, process-wide: a camera that connects and never
     answers held every other camera's open (or reopen) for its whole open timeout, and 64 cameras took
     minutes to come up one after the other."""
-    with HungCamera() as hung:
+    with SilentCamera() as hung:
         rig = Rig(camera("hung", hung.url), camera("door", rtsp_server.url), hold=("door",))
         with rig:
             # the reachability check's connection, then FFmpeg's, which now waits out the open timeout
-            wait_until(lambda: hung.connections >= 2, timeout=10, message="the hung camera's open under way")
+            wait_until(
+                lambda: len(hung.connections) >= 2, timeout=10, message="the hung camera's open under way"
+            )
             rig.cameras["door"].start()
             wait_until(lambda: rig.online("door"), timeout=20, message="the other camera online")
             hung_state = rig.cameras["hung"].state
