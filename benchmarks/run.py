@@ -67,9 +67,11 @@ from benchmarks.harness import (
 )
 from benchmarks.pipeline import Measured, rss_mib
 from benchmarks.scale import (
+    CAPACITY_COUNTS,
     STREAM_COUNTS,
     bench_batching,
     bench_cameras,
+    bench_capacity,
     bench_frame_cost,
     bench_latency_policy,
     bench_prologue_cost,
@@ -410,6 +412,17 @@ def table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def camera_counts(parser: argparse.ArgumentParser, option: str, value: str) -> tuple[int, ...]:
+    """`value` as camera counts ("1,4,16"), or the parser's error (exit 2) naming `option`."""
+    try:
+        counts = tuple(int(count) for count in value.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        parser.error(f"{option} {value}: expected camera counts, e.g. 1,4,16")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--long", action="store_true", help="memory: sample RSS at 10 minutes (default 2)")
@@ -442,9 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
         "--sections",
-        default="raw,memory,overload,events,decode,rss,batching,latency,cameras",
-        help="comma-separated subset of raw,memory,overload,events,decode,rss,batching,latency,cameras (raw "
-        "always runs; --soak runs the soak alone)",
+        default="raw,memory,overload,events,decode,rss,batching,latency,cameras,capacity",
+        help="comma-separated subset of raw,memory,overload,events,decode,rss,batching,latency,cameras,"
+        "capacity (raw always runs; --soak runs the soak alone)",
     )
     parser.add_argument(
         "--small-size",
@@ -463,6 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cameras",
         default=",".join(map(str, STREAM_COUNTS)),
         help="cameras: the camera counts to run on the RTSP server (default %(default)s)",
+    )
+    parser.add_argument(
+        "--capacity",
+        default=",".join(map(str, CAPACITY_COUNTS)),
+        metavar="COUNTS",
+        help=f"capacity: the counts of 640x480 H.264 file cameras at {CLIP_FPS} fps to run, in turn, until "
+        "one drops 1%% of its frames (default %(default)s)",
     )
     parser.add_argument(
         "--overload-pairs",
@@ -510,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         latency_load = (int(count), float(fps))
     except ValueError:
         parser.error(f"--latency-load {args.latency_load}: expected CAMERASxFPS, e.g. 16x25")
+    stream_counts = camera_counts(parser, "--cameras", args.cameras)
+    capacity_counts = camera_counts(parser, "--capacity", args.capacity)
     sections = {"soak"} if args.soak else set(args.sections.split(","))
     # SIGTERM ends the run like Ctrl-C: the daemon stops cleanly, the broker is stopped, temporary files go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -582,10 +604,13 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "cameras",
                     lambda: bench_cameras(
-                        bench,
-                        CLIPS,
-                        tuple(int(n) for n in args.cameras.split(",")),
-                        args.camera_seconds or (10.0 if quick else 20.0),
+                        bench, CLIPS, stream_counts, args.camera_seconds or (10.0 if quick else 20.0)
+                    ),
+                ),
+                (
+                    "capacity",
+                    lambda: bench_capacity(
+                        bench, make_clips(CLIPS, CLIP_SIZES[:1])["640x480"], capacity_counts, CLIP_FPS
                     ),
                 ),
                 (

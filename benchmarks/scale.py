@@ -5,6 +5,8 @@
   daemon with max_batch = 8 against the same with max_batch = 1, and both against the raw ceiling;
 - cameras: 1, 4, 16, 64 cameras on a local RTSP server (640x480 H.264 at 2 fps each), every sink on:
   throughput, fairness, latency and RSS per camera;
+- capacity: how many 640x480 H.264 file cameras at 15 fps one daemon carries on this host, every sink on:
+  1, 2, 4, ... cameras until a count drops 1 % of its frames;
 - soak: 8 file cameras at 5 fps with every sink on (MQTT, Model Monitoring's spool, the API and the page's
   history) for a given time, RSS sampled each minute; growth measured after the first 10 minutes.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.harness import (
+    MAX_DROP_RATIO,
     OVERLOAD_CAMERAS,
     OVERLOAD_FPS,
     Bench,
@@ -35,13 +38,14 @@ from benchmarks.pipeline import Measured, rss_mib
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.demo import write_demo_clips
 from daemon.model.preprocess import LetterboxBuffer
-from daemon.model.session import Model, _session_options, session_providers
+from daemon.model.session import BATCH_DEFAULTS, Model, _session_options, session_providers
 from models import build
 
 SMALL_CAMERAS = 16
 SMALL_BATCH = 8
 STREAM_FPS = 2  # the 64-camera case: each camera streams, and is read, at this rate
 STREAM_COUNTS = (1, 4, 16, 64)
+CAPACITY_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
 # cameras per local RTSP server: one gst-rtsp-server process answers its clients' requests on one thread,
 # and 64 handshakes at once outlast the cameras' open timeout on a busy machine; real cameras are servers each
 CAMERAS_PER_SERVER = 16
@@ -198,6 +202,52 @@ def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds:
             per_camera <= 12,
             f"cameras: {per_camera:.1f} MiB per camera from {first_count} to {last_count} cameras <= 12",
         )
+
+
+def bench_capacity(bench: Bench, clip: Path, counts: tuple[int, ...], fps: float) -> None:
+    """File cameras playing `clip` at `fps`, every sink on, at each of `counts` in turn until one drops
+    `MAX_DROP_RATIO` of its frames: the most cameras one daemon carries on this host, batched as the daemon
+    batches on this provider when the config leaves it unset."""
+    max_batch, timeout_ms = BATCH_DEFAULTS.get(bench.model.provider, BATCH_DEFAULTS["cpu"])
+    bench = dataclasses.replace(
+        bench, max_batch=min(max_batch, bench.model.max_batch), batch_timeout_ms=timeout_ms
+    )
+    print(
+        f"capacity: file cameras playing {clip.name} at {fps:g} fps each, every sink on, max_batch "
+        f"{bench.max_batch} and batch_timeout_ms {timeout_ms:g} (the defaults on {bench.model.provider})",
+        flush=True,
+    )
+    carried = 0
+    for count in counts:
+        cameras = [
+            CameraConfig(id=f"cam-{i + 1}", url=str(clip), fps=fps, loop=True, realtime=True)
+            for i in range(count)
+        ]
+        m, _ = bench.pipeline(cameras, online_timeout=ONLINE_TIMEOUT)
+        dropped = m.dropped_total / m.offered if m.offered else 1.0
+        spread = m.share_spread([camera.id for camera in cameras])
+        cpu = m.thread_cpu_ms.get("process", float("nan"))
+        bench.row(
+            "capacity",
+            f"N={count} at {fps:g} fps",
+            m,
+            count,
+            note=f"dropped {dropped:.1%}, shares spread {spread:.1%}, RSS {m.rss_end_mb:.0f} MiB, "
+            f"process CPU {cpu:.2f} ms per frame",
+            busy=False,
+        )
+        if dropped >= MAX_DROP_RATIO:
+            bench.report.notes.append(
+                f"capacity: one daemon carried {carried} camera{'' if carried == 1 else 's'} of {clip.name} "
+                f"at {fps:g} fps with under {MAX_DROP_RATIO:.0%} of frames dropped; {count} dropped "
+                f"{dropped:.1%}"
+            )
+            return
+        carried = count
+    bench.report.notes.append(
+        f"capacity: one daemon carried all {carried} cameras of {clip.name} at {fps:g} fps with under "
+        f"{MAX_DROP_RATIO:.0%} of frames dropped (more were not tried)"
+    )
 
 
 def start_snapshots(at: tuple[float, ...]) -> tuple[list[tracemalloc.Snapshot], list[threading.Timer]]:

@@ -20,7 +20,7 @@ from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, float16_copy, memory_cameras
 from benchmarks.pipeline import LoopTimer, bench_config, run_pipeline
 from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, main, table
-from benchmarks.scale import bench_cameras, bench_frame_cost
+from benchmarks.scale import bench_cameras, bench_capacity, bench_frame_cost
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
@@ -165,6 +165,28 @@ def test_rtsp_cameras_report_when_all_were_online_and_every_one_delivered(
     assert [ok for ok, text in report.checks if "every camera delivered" in text] == [True, True]
 
 
+def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were_carried(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    clip = encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
+    report = Report()
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
+
+    # one camera at 15 fps is well within this CPU; 16 offer 240 frames/s, several times what it infers
+    bench_capacity(bench, clip, (1, 16, 64), fps=15)
+
+    rows = [row for row in report.rows if row.section == "capacity"]
+    assert [row.case for row in rows] == ["N=1 at 15 fps", "N=16 at 15 fps"]  # 64 is never tried
+    matches = [re.match(r"dropped (\d+\.\d)%, shares spread", row.note) for row in rows]
+    dropped = [float(match[1]) for match in matches if match]
+    assert dropped[0] < 1 <= dropped[1], dropped
+    assert all(row.fps > 0 for row in rows)
+    assert (
+        f"capacity: one daemon carried 1 camera of clip.mp4 at 15 fps with under 1% of frames dropped; "
+        f"16 dropped {dropped[1]:.1f}%" in report.notes
+    )
+
+
 def test_the_h264_clips_are_4_2_0_as_cameras_send_them(tmp_path: Path, scenes: list) -> None:
     clip = encode_h264(scenes[0][:15], (640, 480), 15, tmp_path / "clip.mp4")
     data = clip.read_bytes()
@@ -284,6 +306,8 @@ def test_the_float16_copy_computes_in_half_precision_and_finds_what_the_model_fi
         (["--latency-load", "16xfast"], "--latency-load 16xfast: expected CAMERASxFPS, e.g. 16x25"),
         (["--provider", "rocm"], "argument --provider: invalid choice: 'rocm'"),
         (["--overlap", "maybe"], "argument --overlap: invalid choice: 'maybe'"),
+        (["--capacity", "4,x"], "--capacity 4,x: expected camera counts, e.g. 1,4,16"),
+        (["--cameras", "0,4"], "--cameras 0,4: expected camera counts, e.g. 1,4,16"),
     ],
 )
 def test_benchmark_options_that_cannot_run_are_refused_before_anything_starts(
