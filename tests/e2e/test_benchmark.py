@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,11 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from benchmarks import pipeline
 from benchmarks.clips import encode_h264
 from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, float16_copy, memory_cameras
-from benchmarks.pipeline import LoopTimer, bench_config, run_pipeline
+from benchmarks.pipeline import LatencyRecorder, LoopTimer, bench_config, run_pipeline
 from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, main, table
 from benchmarks.scale import bench_cameras, bench_capacity, bench_frame_cost
 from benchmarks.sources import camera_factory, demo_scenes
@@ -27,6 +30,7 @@ from daemon.model.session import Model
 from tests.support.edge import photo
 from tests.support.inference import infer
 from tests.support.mosquitto import Mosquitto
+from tests.support.results import frame_result
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +96,26 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
     assert totals.dropped["stale"] > 0
     assert totals.offered == totals.inferred + totals.dropped["stale"]
     assert totals.dropped["dispatch_full"] == 0
+
+
+def test_the_latency_recorder_keeps_an_hour_of_frames_without_a_python_object_each() -> None:
+    recorder = LatencyRecorder()
+    result = frame_result("cam", 1, [], captured_mono=time.monotonic() - 1)  # captured a second ago
+    recorder.handle(result)  # before arm: not noted
+    recorder.arm()
+    tracemalloc.start()
+    try:
+        for _ in range(20_000):  # 15 minutes of a soak's frames
+            recorder.handle(result)
+        held = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, pipeline.__file__)])
+    finally:
+        tracemalloc.stop()
+    latencies = recorder.disarm()
+
+    assert latencies.shape == (20_000,) and (latencies >= 1).all()
+    # a soak's growth must be the daemon's: 8 bytes a frame in one buffer, not a float object a frame
+    assert sum(stat.count for stat in held.statistics("filename")) < 10
+    assert sum(stat.size for stat in held.statistics("filename")) < 20_000 * 8 * 1.2
 
 
 def test_raw_loop_and_table(model: Model, scenes: list) -> None:
