@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from daemon.pipeline.capture import (
     redact_url,
 )
 from tests.support.daemon import free_port, wait_until
+from tests.support.holding import HoldingServer
 from tests.support.media import CLIP_FPS, CLIP_SECONDS, STREAM_FPS
 
 
@@ -121,42 +121,10 @@ def closest(image: np.ndarray, clip: list[np.ndarray]) -> float:
     return min(float(cv2.absdiff(image, frame).mean()) for frame in clip)
 
 
-class SilentCamera:
-    """Accepts TCP connections, counts them and never says a word: a hung camera."""
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
-        self.port = self._server.getsockname()[1]
-        self.url = f"rtsp://127.0.0.1:{self.port}/x"
-        self.connections: list[socket.socket] = []  # held open until the end
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            self.connections.append(connection)
-
-    def __enter__(self) -> SilentCamera:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        for connection in self.connections:
-            connection.close()
-        self._server.close()
-
-
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts TCP connections and never says a word (a hung camera)."""
-    with SilentCamera() as silent:
+    with HoldingServer() as silent:
         yield silent.port
 
 
@@ -364,8 +332,9 @@ def test_a_hung_camera_does_not_hold_up_another_cameras_open(rtsp_server) -> Non
     """OpenCV's capture opened one FFmpeg source at a time, process-wide: a camera that connects and never
     answers held every other camera's open (or reopen) for its whole open timeout, and 64 cameras took
     minutes to come up one after the other."""
-    with SilentCamera() as hung:
-        rig = Rig(camera("hung", hung.url), camera("door", rtsp_server.url), hold=("door",))
+    with HoldingServer() as hung:  # connects, then never answers
+        hung_url = f"rtsp://127.0.0.1:{hung.port}/x"
+        rig = Rig(camera("hung", hung_url), camera("door", rtsp_server.url), hold=("door",))
         with rig:
             # the reachability check's connection, then FFmpeg's, which now waits out the open timeout
             wait_until(

@@ -16,7 +16,6 @@ import resource
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +32,7 @@ from tests.e2e.test_cli import camera_block, sample, scrape
 from tests.support.browser import chromium
 from tests.support.daemon import free_port, run_cli, wait_until
 from tests.support.edge import PHOTOS, edge_config
+from tests.support.holding import HoldingServer
 from tests.support.roboflow_server import RoboflowServer
 from tests.unit.test_spool import overwrite_root_page
 
@@ -445,28 +445,13 @@ def test_the_page_takes_its_key_out_of_the_url(tmp_path, start_daemon, demo_mode
     assert daemon.terminate() == 0
 
 
-class TricklingServer:
+class TricklingServer(HoldingServer):
     """Answers every HTTP request with a 200 whose body comes one byte every `every` seconds: no single read
     ever times out, the answer never completes."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.every = every
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            self.connections.append(connection)
-            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+        super().__init__(serve=self._trickle)
 
     def _trickle(self, connection: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -474,15 +459,6 @@ class TricklingServer:
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
             while not self.stop.wait(self.every):
                 connection.sendall(b" ")
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        for connection in self.connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-            connection.close()
-        self.listener.close()
 
 
 def test_a_trickling_roboflow_answer_raises_upload_failing(tmp_path, start_daemon, demo_model, demo_clips):
