@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from daemon import __version__, sdnotify
+from daemon import __version__, allocator, sdnotify
 from daemon.alerts.engine import AlertEngine, ConfidenceTracker
 from daemon.config import CameraConfig, Config
 from daemon.events.sink import EventsSink, build_events_sink
@@ -331,6 +331,7 @@ class Service:
         The exporter comes last: its `/healthz` counts a thread not yet started as dead, so it answers only
         once every thread runs (a client that connects earlier waits in the listening socket's backlog).
         """
+        allocator.tune_for_frames()
         for sink in self.sinks.all:
             sink.start()
         self.dispatcher.start()

@@ -9,7 +9,6 @@ with OpenCV.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from collections import deque
@@ -20,6 +19,8 @@ import av.container
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from daemon import allocator
+
 # FFmpeg's decoder threads per stream. Its default is one per CPU (up to 16), each with its own frame
 # buffers: a camera's worth of memory and threads multiplied by the host's cores. One thread decodes a
 # 1080p H.264 stream at 30 fps on a desktop core; cameras are parallel across streams instead.
@@ -28,15 +29,6 @@ DECODER_THREADS = 1
 # settings made for it still hold
 OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 MAX_BAD_PACKETS = 100  # undecodable packets in a row before the stream counts as broken
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries lack it
-
-
-def _return_freed_memory() -> None:
-    """FFmpeg's probe at open decodes a few pictures and frees them, and glibc keeps what a thread freed in
-    that thread's heap. With cameras opening side by side, 64 of them held about 230 MiB more than when
-    they opened one at a time, until trimmed (docs/performance.md)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def ffmpeg_options() -> dict[str, str]:
@@ -77,7 +69,9 @@ class VideoStream:
             self.error = f"no answer within {open_timeout:g} s" if timed_out else _reason(exc)
             return
         finally:
-            _return_freed_memory()
+            # FFmpeg's probe decodes a few pictures and frees them, in this thread's heap: with cameras
+            # opening side by side, 64 of them held about 230 MiB more until trimmed (docs/performance.md)
+            allocator.return_freed_memory()
         if not isinstance(container, av.container.InputContainer) or not container.streams.video:
             container.close()
             self.error = "no video stream"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from daemon import allocator
 from daemon.config import Config, ConfigError
 from daemon.model.session import Model, ModelError, batch_settings
 from daemon.reload.diff import CAMERA_IN_PLACE_KEYS, ConfigDiff
@@ -94,6 +95,8 @@ class LiveConfig:
                      settings.path.name, settings.id, model.provider, paused * 1000)
         if service.api is not None:
             service.api.set_model(ModelInfo.of(service.model), new)
+        if model is not None:
+            allocator.return_freed_memory()  # the old model's, and what loading the new one left in the heaps
 
     def _remove_camera(self, camera_id: str) -> None:
         """Stop it, let its last results through the sinks, then clear what it left everywhere."""

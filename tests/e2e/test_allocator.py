@@ -1,0 +1,97 @@
+"""The daemon's allocator setting, seen from inside a fresh process: whether a decoded frame's block is mapped
+on its own (and goes back to the kernel when freed) or comes from the heap, which keeps its high water."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.allocator import MMAP_THRESHOLD, MMAP_THRESHOLD_VARIABLE, TRIM_THRESHOLD_VARIABLE
+from tests.support.daemon import REPO
+
+needs_glibc = pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc 2.33+ (mallinfo2) is needed to look inside"
+)
+FRAME_1080P = 1920 * 1080 * 3
+FRAME_720P = 1280 * 720 * 3
+# Frees a 1080p frame, as a camera does, then counts the blocks glibc maps on their own (mallinfo2's hblks)
+# before and after allocating a 720p frame: 1 if that frame is mapped, 0 if it comes from the heap.
+PROBE = f"""
+import ctypes, sys
+from daemon import allocator
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "daemon":
+    allocator.tune_for_frames()
+libc.free(libc.malloc({FRAME_1080P}))
+before = libc.mallinfo2().hblks
+frame = libc.malloc({FRAME_720P})
+print(libc.mallinfo2().hblks - before)
+"""
+# The daemon's RSS in MiB with the demo model loaded and warmed up, then once started on a photo camera
+STARTED = """
+import pathlib, re, sys, tempfile
+from daemon.model.session import Model
+from daemon.service import Service
+from tests.support.edge import PhotoCamera, edge_config
+def rss():
+    status = pathlib.Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\\s+(\\d+)", status).group(1)) // 1024
+config = edge_config(pathlib.Path(tempfile.mkdtemp()), pathlib.Path(sys.argv[1]), {"kitchen": "coffee.png"},
+                     "http://127.0.0.1:9")
+model = Model.load(config.model)
+model.warm_up()
+loaded = rss()
+service = Service(config, model, camera_factory=PhotoCamera)
+service.start()
+print(loaded, rss())
+service.shutdown()
+"""
+
+
+def _python(script: str, *args: str, environment: dict[str, str] | None = None) -> list[int]:
+    """Run `script` in a new interpreter without glibc's variables unless given; its last line's numbers."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in (MMAP_THRESHOLD_VARIABLE, TRIM_THRESHOLD_VARIABLE)}
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env | (environment or {}),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [int(number) for number in done.stdout.splitlines()[-1].split()]
+
+
+def _blocks_mapped_for_a_720p_frame(setting: str, environment: dict[str, str]) -> int:
+    return _python(PROBE, setting, environment=environment)[0]
+
+
+@needs_glibc
+def test_frames_stay_mapped_after_a_larger_one_was_freed_once_the_daemon_set_the_allocator() -> None:
+    assert MMAP_THRESHOLD < FRAME_720P
+    # glibc's default: freeing the 1080p frame raised the threshold above 720p, so the heap serves it
+    assert _blocks_mapped_for_a_720p_frame("default", {}) == 0
+    assert _blocks_mapped_for_a_720p_frame("daemon", {}) == 1
+
+
+@needs_glibc
+def test_an_operator_setting_in_the_environment_is_kept() -> None:
+    larger = {MMAP_THRESHOLD_VARIABLE: str(8 * FRAME_1080P)}
+    assert _blocks_mapped_for_a_720p_frame("daemon", larger) == 0
+    assert _blocks_mapped_for_a_720p_frame("default", {MMAP_THRESHOLD_VARIABLE: str(MMAP_THRESHOLD)}) == 1
+
+
+@needs_glibc
+def test_the_daemon_gives_back_what_loading_the_model_freed_when_it_starts(demo_model: Path) -> None:
+    loaded, started = _python(STARTED, str(demo_model))
+    # the demo model leaves about 80 MiB free in the heaps; without the daemon's trim RSS grows a little here
+    assert started < loaded - 40, (loaded, started)
