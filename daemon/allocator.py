@@ -27,7 +27,7 @@ _malloc_trim = getattr(_libc, "malloc_trim", None)
 
 def tune_for_frames() -> None:
     """Fix the mmap and trim thresholds, as if the process had started with `MALLOC_MMAP_THRESHOLD_` set, then
-    give back what the heaps hold free (loading the demo model leaves about 80 MiB of it). A threshold the
+    give back what the heaps hold free (loading the demo model leaves 87 MiB of it). A threshold the
     environment sets is kept."""
     if _mallopt is not None:
         if MMAP_THRESHOLD_VARIABLE not in os.environ:
