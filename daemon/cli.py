@@ -145,6 +145,13 @@ def _run(config: Config, duration: float | None) -> int:
 
     for warning in config_warnings(config):  # settings that work but expose something: said at every start
         log.warning("%s: %s", config.source, warning)
+    from daemon.statelock import hold_state_folder
+
+    try:  # before the model loads: a second daemon gives up at once, not after a load (minutes with TensorRT)
+        state_lock = hold_state_folder(config.roboflow.spool.parent, f"{config.source}: roboflow.spool")
+    except OSError as exc:
+        print(f"edgewatch: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     model = _load_model(config)
     if model is None:
         return EXIT_BAD_INPUT
@@ -159,7 +166,11 @@ def _run(config: Config, duration: float | None) -> int:
         print(f"edgewatch: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     service.install_signal_handlers()
-    return service.run(duration)
+    try:
+        return service.run(duration)
+    finally:
+        if state_lock is not None:
+            state_lock.release()
 
 
 def _check(config: Config) -> int:

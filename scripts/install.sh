@@ -2,7 +2,8 @@
 # Install edgewatch from this checkout as a systemd service:
 #   /opt/edgewatch/venv        the package and its dependencies (console script: venv/bin/edgewatch)
 #   /opt/edgewatch/models      the ONNX model (the demo COCO detector unless --model is given)
-#   /etc/systemd/system        edgewatch.service (+ edgewatch.service.d/cpu.conf on CPU-only hosts)
+#   /etc/systemd/system        edgewatch.service (+ edgewatch.service.d/cpu.conf on CPU-only hosts), and
+#                              edgewatch@.service for more daemons on one host (edgewatch@NAME: NAME.toml)
 #   /etc/sysusers.d, /etc/tmpfiles.d   the edgewatch user, /var/lib/edgewatch, the credential file
 #   /etc/edgewatch             config.toml (only if absent), edgewatch.env.example, roboflow_api_key
 #
@@ -128,9 +129,24 @@ relocate() { sed "s|/opt/edgewatch|$prefix|g" "$1"; }
 mkdir -p "$root/etc/systemd/system" "$root/etc/sysusers.d" "$root/etc/tmpfiles.d" "$root/etc/edgewatch" \
     "$root$prefix/docs"
 relocate "$SRC/systemd/edgewatch.service" > "$root/etc/systemd/system/edgewatch.service"
+# edgewatch@NAME: one more daemon on this host (docs/operators.md), the same unit with its own config file
+# and state folder
+{
+    echo "# edgewatch@NAME: edgewatch.service for one more daemon on this host, written by scripts/install.sh:"
+    echo "# config /etc/edgewatch/NAME.toml, state /var/lib/edgewatch-NAME (docs/operators.md)."
+    relocate "$SRC/systemd/edgewatch.service" | sed \
+        -e 's|^\(Description=.*\)$|\1 (%i)|' \
+        -e 's|/etc/edgewatch/config\.toml|/etc/edgewatch/%i.toml|g' \
+        -e 's|/var/lib/edgewatch|/var/lib/edgewatch-%i|g' \
+        -e 's|^StateDirectory=edgewatch$|StateDirectory=edgewatch-%i|' \
+        -e 's|\(systemctl [a-z-]*\) edgewatch\b|\1 edgewatch@NAME|g' \
+        -e 's|\(systemd-analyze security\) edgewatch\b|\1 edgewatch@NAME|g'
+} > "$root/etc/systemd/system/edgewatch@.service"
 if [ "$flavour" = cpu ]; then
-    mkdir -p "$root/etc/systemd/system/edgewatch.service.d"
-    install -m 0644 "$SRC/systemd/edgewatch-cpu.conf" "$root/etc/systemd/system/edgewatch.service.d/cpu.conf"
+    for unit in edgewatch edgewatch@; do
+        mkdir -p "$root/etc/systemd/system/$unit.service.d"
+        install -m 0644 "$SRC/systemd/edgewatch-cpu.conf" "$root/etc/systemd/system/$unit.service.d/cpu.conf"
+    done
 fi
 install -m 0644 "$SRC/systemd/edgewatch.sysusers" "$root/etc/sysusers.d/edgewatch.conf"
 install -m 0644 "$SRC/systemd/edgewatch.tmpfiles" "$root/etc/tmpfiles.d/edgewatch.conf"

@@ -339,6 +339,52 @@ def test_installer_puts_every_file_where_the_unit_expects_it(staged: Path) -> No
     assert Path(config).parent == Path("/etc") / settings["ConfigurationDirectory"]
 
 
+
+def _settings(unit_text: str) -> list[str]:
+    return [line for line in unit_text.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_instance_unit_is_the_unit_with_its_own_config_and_state_folder(staged: Path) -> None:
+    """edgewatch@NAME runs one more daemon on the host: every setting of edgewatch.service but the config
+    file, the state folder and the name; a config made by the recipe of docs/operators.md keeps its stores
+    and engines in that folder, the only one the unit lets it write."""
+    units = staged / "etc/systemd/system"
+    main = _settings((units / "edgewatch.service").read_text())
+    instance = _settings((units / "edgewatch@.service").read_text())
+    changed = {(a, b) for a, b in zip(main, instance, strict=True) if a != b}
+    assert changed == {
+        ("Description=edgewatch edge video-processing daemon",
+         "Description=edgewatch edge video-processing daemon (%i)"),
+        ("ExecStart=/opt/edgewatch/venv/bin/edgewatch run -c /etc/edgewatch/config.toml",
+         "ExecStart=/opt/edgewatch/venv/bin/edgewatch run -c /etc/edgewatch/%i.toml"),
+        ("ExecReload=/opt/edgewatch/venv/bin/edgewatch reload -c /etc/edgewatch/config.toml --pid $MAINPID",
+         "ExecReload=/opt/edgewatch/venv/bin/edgewatch reload -c /etc/edgewatch/%i.toml --pid $MAINPID"),
+        ("StateDirectory=edgewatch", "StateDirectory=edgewatch-%i"),
+        ("WorkingDirectory=/var/lib/edgewatch", "WorkingDirectory=/var/lib/edgewatch-%i"),
+        ("Environment=CUDA_CACHE_PATH=/var/lib/edgewatch/cuda-cache",
+         "Environment=CUDA_CACHE_PATH=/var/lib/edgewatch-%i/cuda-cache"),
+    }
+    drop_in = units / "edgewatch@.service.d/cpu.conf"
+    assert drop_in.read_bytes() == (SYSTEMD / "edgewatch-cpu.conf").read_bytes()
+
+    config = staged / "etc/edgewatch/config.toml"
+    recipe = subprocess.run(["sed", "s|/var/lib/edgewatch/|/var/lib/edgewatch-north/|g", str(config)],
+                            capture_output=True, text=True, check=True)
+    (staged / "etc/edgewatch/north.toml").write_text(recipe.stdout)
+    loaded = load_config(staged / "etc/edgewatch/north.toml")
+    assert loaded.roboflow.spool.parent == Path("/var/lib/edgewatch-north")
+    assert loaded.model.cache_dir.is_relative_to("/var/lib/edgewatch-north")
+
+
+@needs_systemd
+def test_an_instance_unit_verifies_clean_as_tight_as_the_unit(staged: Path) -> None:
+    unit = "/etc/systemd/system/edgewatch@north.service"
+    verify = _analyze("verify", f"--root={staged}", unit)
+    assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stdout + verify.stderr
+    security = _analyze("security", "--offline=yes", f"--root={staged}", unit).stdout
+    assert re.search(r"^✓ MemoryDenyWriteExecute=", security, re.M), security  # the CPU drop-in applies
+    assert _exposure(security) < MAX_EXPOSURE
+
 def _colon_table(path: Path) -> list[list[str]]:
     return [line.split(":") for line in path.read_text().splitlines()]
 

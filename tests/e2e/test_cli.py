@@ -180,6 +180,40 @@ def test_a_failing_inference_worker_ends_the_process_with_exit_1(tmp_path, start
     assert "inference worker failed" in output and "exiting with code 1" in output
 
 
+def test_a_second_daemon_on_the_same_state_folder_stops_with_one_line_until_the_first_is_gone(
+    tmp_path, start_daemon, demo_model, demo_clips
+) -> None:
+    """Two daemons on one spool folder would send every report twice: the second is refused before it opens
+    a store, the first runs on, and a first one killed with -9 leaves nothing that blocks the next start."""
+    first_port, second_port = free_port(), free_port()
+    camera = camera_block("kitchen", demo_clips["coffee"], loop=True)
+    first = start_daemon(daemon_config(demo_model, camera, tmp_path, metrics_port=first_port))
+    first.wait_for_output(r"edgewatch .* running", timeout=60)
+    lock_file = tmp_path / "edgewatch.lock"
+    assert lock_file.read_text() == f"{first.proc.pid}\n"
+
+    second_config = daemon_config(demo_model, camera, tmp_path, metrics_port=second_port)
+    second = start_daemon(second_config, name="second.toml")
+    assert second.wait(timeout=60) == 1
+    assert second.lines == [
+        f"edgewatch: cannot start: {tmp_path / 'second.toml'}: roboflow.spool: the folder {tmp_path} is in "
+        f"use by another edgewatch (pid {first.proc.pid}); each daemon needs a folder of its own"
+    ]
+    assert lock_file.read_text() == f"{first.proc.pid}\n"
+    inferred = sample(scrape(first_port), "edgewatch_frames_inferred_total", camera="kitchen")
+    wait_until(
+        lambda: sample(scrape(first_port), "edgewatch_frames_inferred_total", camera="kitchen") > inferred,
+        timeout=30,
+        message="the first daemon inferring on",
+    )
+
+    first.kill()
+    again = start_daemon(second_config, name="second.toml")
+    again.wait_for_output(r"edgewatch .* running", timeout=60)
+    assert lock_file.read_text() == f"{again.proc.pid}\n"
+    assert again.terminate(timeout=15) == 0
+
+
 def venv_without_runtime(tmp_path: Path, broken_cv2: bool = False) -> Path:
     """A virtualenv with every package of this one but OpenCV and ONNX Runtime (as after a bare
     `pip install edgewatch`); with `broken_cv2`, a cv2 that fails to import as when a library is missing."""
