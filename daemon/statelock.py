@@ -47,7 +47,7 @@ def hold_state_folder(folder: Path, key: str) -> StateLock | None:
         folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        log.warning("%s: cannot create it (%s): not guarded against a second daemon", path, exc.strerror)
+        log.warning("%s: cannot open it (%s): not guarded against a second daemon", path, exc.strerror)
         return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
