@@ -6,8 +6,10 @@ the same reports and events twice and prune the first one's stores, so the daemo
 `edgewatch.lock` there for as long as it runs. The kernel drops the lock when the process ends, however it
 ends (kill -9 included), so a stale lock file never keeps a daemon from starting.
 
-A folder the lock cannot be made in (read-only, missing and not creatable) does not stop the daemon: its
-stores then run in memory and say so (daemon/statefile.py), and no other daemon can share what is not there.
+In a folder this process may not write (read-only, or outside what its unit lets it write) the lock is taken
+on the lock file another daemon made there, if there is one: a daemon whose config names another daemon's
+folder is refused all the same. Where there is no lock file to open, the daemon runs: its stores then run in
+memory and say so (daemon/statefile.py), and no other daemon can share what is not there.
 """
 
 from __future__ import annotations
@@ -39,16 +41,23 @@ class StateLock:
 
 
 def hold_state_folder(folder: Path, key: str) -> StateLock | None:
-    """Lock `folder` for this process and write our pid into the lock file. None when no lock file can be
-    made there. Raises `StateFolderInUse` naming `key` (the config key that chose the folder) and the
+    """Lock `folder` for this process and write our pid into the lock file. None when there is no lock file
+    to open there. Raises `StateFolderInUse` naming `key` (the config key that chose the folder) and the
     holder's pid when another daemon runs on it."""
     path = folder / LOCK_NAME
+    writable = True
     try:
         folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        log.warning("%s: cannot open it (%s): not guarded against a second daemon", path, exc.strerror)
-        return None
+        # a folder we may not write (a unit's ProtectSystem=, a read-only mount) may still be another
+        # daemon's: its lock can be taken, or found taken, on a read-only descriptor too
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            writable = False
+        except OSError:
+            log.warning("%s: cannot open it (%s): not guarded against a second daemon", path, exc.strerror)
+            return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -62,9 +71,10 @@ def hold_state_folder(folder: Path, key: str) -> StateLock | None:
         os.close(descriptor)
         log.warning("%s: cannot lock (%s): not guarded against a second daemon", path, exc.strerror)
         return None
-    try:
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-    except OSError as exc:  # a full disk: the lock holds all the same, only the pid is not there to read
-        log.warning("%s: cannot write our pid (%s)", path, exc.strerror)
+    if writable:
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock holds all the same, only the pid is not there to read
+            log.warning("%s: cannot write our pid (%s)", path, exc.strerror)
     return StateLock(descriptor)

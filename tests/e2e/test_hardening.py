@@ -178,6 +178,29 @@ def test_an_unwritable_state_folder_runs_the_spool_and_history_in_memory(
     assert "Traceback" not in daemon.output()
 
 
+
+@needs_root
+def test_a_daemon_that_may_only_read_another_daemons_state_folder_is_refused_it(
+    tmp_path, start_daemon, demo_model, demo_clips
+):
+    """A second unit whose config still names the first daemon's folder sees it read-only (ProtectSystem=):
+    it finds the lock taken through a read-only descriptor and stops, rather than running on in memory."""
+    state = tmp_path / "state"
+    state.mkdir()
+    first = start_daemon(hardened_config(demo_model, demo_clips["coffee"], state, free_port(), free_port()))
+    first.wait_for_output(r"edgewatch .* running", timeout=60)
+    second = start_daemon(
+        hardened_config(demo_model, demo_clips["coffee"], state, free_port(), free_port()),
+        name="second.toml",
+        prefix=in_namespace(READ_ONLY.format(state=state)),
+    )
+    assert second.wait(timeout=60) == 1
+    assert second.lines == [
+        f"edgewatch: cannot start: {tmp_path / 'second.toml'}: roboflow.spool: the folder {state} is in use "
+        f"by another edgewatch (pid {first.proc.pid}); each daemon needs a folder of its own"
+    ]
+    assert first.proc.poll() is None and first.terminate() == 0
+
 @needs_root
 def test_a_disk_filling_while_running_counts_every_lost_window_and_recovers(
     tmp_path, start_daemon, demo_model, demo_clips
