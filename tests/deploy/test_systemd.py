@@ -340,12 +340,13 @@ def test_installer_puts_every_file_where_the_unit_expects_it(staged: Path) -> No
     assert Path(config).parent == Path("/etc") / settings["ConfigurationDirectory"]
 
 
-
 def _settings(unit_text: str) -> list[str]:
     return [line for line in unit_text.splitlines() if line and not line.startswith("#")]
 
 
-def test_the_instance_unit_is_the_unit_with_its_own_config_and_state_folder(staged: Path) -> None:
+def test_the_instance_unit_is_the_unit_with_its_own_config_and_state_folder(
+    staged: Path, tmp_path: Path
+) -> None:
     """edgewatch@NAME runs one more daemon on the host: every setting of edgewatch.service but the config
     file, the state folder and the name; a config made by the recipe of docs/operators.md keeps its stores
     and engines in that folder, the only one the unit lets it write."""
@@ -371,8 +372,9 @@ def test_the_instance_unit_is_the_unit_with_its_own_config_and_state_folder(stag
     config = staged / "etc/edgewatch/config.toml"
     recipe = subprocess.run(["sed", "s|/var/lib/edgewatch/|/var/lib/edgewatch-north/|g", str(config)],
                             capture_output=True, text=True, check=True)
-    (staged / "etc/edgewatch/north.toml").write_text(recipe.stdout)
-    loaded = load_config(staged / "etc/edgewatch/north.toml")
+    north = tmp_path / "north.toml"  # beside the staged machine, which the module's other tests share
+    north.write_text(recipe.stdout)
+    loaded = load_config(north)
     assert loaded.roboflow.spool.parent == Path("/var/lib/edgewatch-north")
     assert loaded.model.cache_dir.is_relative_to("/var/lib/edgewatch-north")
 

@@ -178,7 +178,6 @@ def test_an_unwritable_state_folder_runs_the_spool_and_history_in_memory(
     assert "Traceback" not in daemon.output()
 
 
-
 @needs_root
 def test_a_daemon_that_may_only_read_another_daemons_state_folder_is_refused_it(
     tmp_path, start_daemon, demo_model, demo_clips
@@ -200,6 +199,7 @@ def test_a_daemon_that_may_only_read_another_daemons_state_folder_is_refused_it(
         f"by another edgewatch (pid {first.proc.pid}); each daemon needs a folder of its own"
     ]
     assert first.proc.poll() is None and first.terminate() == 0
+
 
 @needs_root
 def test_a_disk_filling_while_running_counts_every_lost_window_and_recovers(
