@@ -70,6 +70,8 @@ class LatencyRecorder(Sink):
                 self._latencies.append(latency)
 
 
+FAIR_SPREAD = 0.10  # the most (max - min) / mean of the frames per camera that counts as equal shares
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -219,12 +221,34 @@ class Measured:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
-    def share_spread(self, cameras: list[str]) -> float:
-        """(max - min) / mean of the frames inferred per camera of `cameras`: 0 when all got equal shares."""
-        counts = [self.per_camera[camera] for camera in cameras]
-        if len(counts) < 2 or not sum(counts):
+    def shares(self, cameras: list[str]) -> Shares:
+        """How evenly the frames inferred in the window went to `cameras`."""
+        return Shares([self.per_camera[camera] for camera in cameras])
+
+
+@dataclass(frozen=True)
+class Shares:
+    """Frames inferred per camera in one window, and whether each camera got its fair share of them."""
+
+    counts: list[int]
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / mean: 0 when all got equal shares."""
+        if len(self.counts) < 2 or not sum(self.counts):
             return 0.0
-        return (max(counts) - min(counts)) / (sum(counts) / len(counts))
+        return (max(self.counts) - min(self.counts)) / (sum(self.counts) / len(self.counts))
+
+    @property
+    def fair(self) -> bool:
+        """Within FAIR_SPREAD of the mean, or within one frame: when a window holds fewer than ten turns per
+        camera, a round robin's last, partial turn leaves some cameras one frame ahead however fair it is."""
+        return self.spread <= FAIR_SPREAD or max(self.counts) - min(self.counts) <= 1
+
+    def __str__(self) -> str:
+        if not self.counts:
+            return "no cameras"
+        return f"spread {self.spread:.1%}, {min(self.counts)}-{max(self.counts)} frames each"
 
 
 def process_counts() -> tuple[int, int, int]:

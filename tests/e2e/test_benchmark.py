@@ -211,6 +211,24 @@ def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were
     )
 
 
+@pytest.mark.parametrize(
+    ("counts", "fair", "text"),
+    [
+        ([8, 7, 8, 7], True, "spread 13.3%, 7-8 frames each"),  # a partial last turn: one frame either way
+        ([100, 109, 104], True, "spread 8.6%, 100-109 frames each"),
+        ([6, 8, 7], False, "spread 28.6%, 6-8 frames each"),
+        ([100, 112, 106], False, "spread 11.3%, 100-112 frames each"),
+        ([0, 0], True, "spread 0.0%, 0-0 frames each"),
+    ],
+)
+def test_shares_count_as_fair_within_10_percent_or_one_frame(
+    counts: list[int], fair: bool, text: str
+) -> None:
+    shares = pipeline.Shares(counts)
+    assert shares.fair is fair
+    assert str(shares) == text
+
+
 def test_the_h264_clips_are_4_2_0_as_cameras_send_them(tmp_path: Path, scenes: list) -> None:
     clip = encode_h264(scenes[0][:15], (640, 480), 15, tmp_path / "clip.mp4")
     data = clip.read_bytes()
