@@ -102,25 +102,39 @@ class SinkTimer:
 
 
 class LoopTimer:
-    """The inference threads' CPU time from `arm` on, split: in the model's `prepare` (letterboxing), `run`
-    (session.run, on the run thread) and `detections` (decoding the outputs), and the rest between them
+    """The inference threads' CPU time from `open_window` on, split: in the model's `prepare` (letterboxing),
+    `run` (session.run, on the run thread) and `detections` (decoding the outputs), and the rest between them
     (building and handing over the results, taking the next batch; handing runs over). Counted per thread on
     the threads that call them, over whole calls, so a call under way when the window opens or closes does
-    not skew it. The model is shared by the benchmark's runs: `disarm` restores it."""
+    not skew it. The model is shared by the benchmark's runs: `disarm` restores it.
+
+    From `arm` on it also notes when each batch's decoding ended (`decoded`), so that a window can run from
+    the end of one batch to the end of another and hold whole batches only."""
 
     STEPS = ("prepare", "run", "detections")
 
     def __init__(self, model: Model) -> None:
         self._model = model
         self.used = dict.fromkeys((*self.STEPS, "rest"), 0.0)
-        self.frames = 0  # frames decoded since `arm`
+        self.frames = 0  # frames decoded since `open_window`
+        # (monotonic time when the last batch's decoding returned, frames decoded by then since `arm`)
+        self.decoded: tuple[float, int] = (time.monotonic(), 0)
         self._returned: dict[int, float] = {}  # by thread: its CPU clock when its last timed call returned
+        self._window = 0  # counts `open_window` calls: a call begun before the last one is not counted
         self._armed = False
 
     def arm(self) -> None:
         for step in self.STEPS:
             setattr(self._model, step, self._timed(step, getattr(self._model, step)))
         self._armed = True
+        self.open_window()
+
+    def open_window(self) -> None:
+        """Count CPU time from the next call on."""
+        self._window += 1
+        self.used = dict.fromkeys(self.used, 0.0)
+        self.frames = 0
+        self._returned = {}
 
     def disarm(self) -> None:
         if self._armed:
@@ -134,16 +148,20 @@ class LoopTimer:
     def _timed(self, step: str, call: Callable[P, R]) -> Callable[P, R]:
         def timed(*args: P.args, **kwargs: P.kwargs) -> R:
             thread = threading.get_ident()
+            window = self._window
             started = time.thread_time()
             if thread in self._returned:
                 self.used["rest"] += started - self._returned[thread]
             try:
                 return call(*args, **kwargs)
             finally:
-                self._returned[thread] = time.thread_time()
-                self.used[step] += self._returned[thread] - started
-                if step == "detections":  # its images are the batch (a run may be padded past them)
-                    self.frames += len(args[1])  # type: ignore[arg-type]
+                frames = len(args[1]) if step == "detections" else 0  # type: ignore[arg-type]
+                if frames:  # its images are the batch (a run may be padded past them)
+                    self.decoded = (time.monotonic(), self.decoded[1] + frames)  # one store: read whole
+                if window == self._window:
+                    self._returned[thread] = time.thread_time()
+                    self.used[step] += self._returned[thread] - started
+                    self.frames += frames
 
         return timed
 
@@ -184,10 +202,13 @@ class Measured:
     raw_fps: float | None = None
     # with an online wait: seconds from the start until every camera had delivered a frame (None: not all did)
     online_seconds: float | None = None
+    # from the end of the last batch before the window to the end of the last one in it: (seconds, frames)
+    batches_span: tuple[float, int] | None = None
 
     @property
     def fps(self) -> float:
-        return self.inferred / self.seconds if self.seconds else 0.0
+        seconds, frames = self.batches_span or (self.seconds, self.inferred)
+        return frames / seconds if seconds else 0.0
 
     @property
     def mean_batch(self) -> float:
@@ -196,7 +217,8 @@ class Measured:
     @property
     def overhead_ms(self) -> float:
         """Mean time per inferred frame the inference loop spent outside session.run."""
-        return (self.seconds - self.run_seconds) / self.inferred * 1000 if self.inferred else 0.0
+        seconds, frames = self.batches_span or (self.seconds, self.inferred)
+        return (seconds - self.run_seconds) / frames * 1000 if frames else 0.0
 
     @property
     def run_ms_per_frame(self) -> float:
@@ -349,11 +371,12 @@ def run_pipeline(
     service = Service(config, model, camera_factory=factory, extra_sinks=[recorder])
     exit_code: list[int] = []
     runner = threading.Thread(target=lambda: exit_code.append(service.run()), name="bench-service")
+    loop = LoopTimer(model)
+    loop.arm()  # before the worker's first batch: the model's methods are not swapped under it
     started = time.monotonic()
     runner.start()
     rss: list[tuple[float, float]] = []
     counts: list[tuple[int, int, int]] = []
-    loop = LoopTimer(model)
     try:
         deadline = time.monotonic() + online_timeout
         while (waiting := min(_counters(service).captured.values(), default=1) == 0) and (
@@ -364,7 +387,8 @@ def run_pipeline(
         service.stop.wait(warmup)
         sinks = SinkTimer()
         sinks.arm(service.sinks.all)
-        loop.arm()
+        loop.open_window()
+        opened = loop.decoded
         before, cpu_before = _counters(service), thread_cpu(service)
         recorder.arm()
         if on_window is not None:
@@ -375,6 +399,7 @@ def run_pipeline(
             counts.append(process_counts())
         service.stop.wait(max(0.0, before.at + seconds - time.monotonic()))
         rss_end = rss_mib()
+        closed = loop.decoded
         after, cpu_after = _counters(service), thread_cpu(service)
         sink_cpu = dict(sinks.used)
         loop_cpu = loop.per_frame_ms()
@@ -408,5 +433,8 @@ def run_pipeline(
         sink_cpu_ms={name: used / inferred * 1000 if inferred else 0.0 for name, used in sink_cpu.items()},
         loop_cpu_ms=loop_cpu,
         online_seconds=online_seconds,
+        # whole batches: a window of fixed length cuts one at each end, up to a batch of frames (3 % of an
+        # 8 s window in batches of 8 on a 2-core CPU)
+        batches_span=(closed[0] - opened[0], closed[1] - opened[1]) if closed[1] > opened[1] else None,
     )
     return measured, totals

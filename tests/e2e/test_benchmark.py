@@ -81,6 +81,11 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
         model.overlap_runs = False
 
     assert measured.inferred > 0 and measured.fps > 0
+    # measured from the end of one batch to the end of another, within about a batch of the fixed window
+    assert measured.batches_span is not None
+    span_seconds, span_frames = measured.batches_span
+    assert abs(span_seconds - measured.seconds) < 0.5 and abs(span_frames - measured.inferred) <= 8
+    assert measured.fps == span_frames / span_seconds
     assert ("inference-run" in measured.thread_cpu_ms) is overlap  # session.run's own thread, timed too
     assert all(measured.per_camera[f"paced-{i}"] > 0 for i in range(4))
     assert measured.per_camera["dead"] == 0
@@ -372,10 +377,14 @@ def test_the_inference_threads_split_counts_the_frames_of_a_batch_not_the_rows_i
     timer.arm()
     try:
         infer(model, [photo("coffee.png")])
+        first_batch_done = timer.decoded
         infer(model, [photo("coffee.png"), photo("motorcycle_left.png")])
     finally:
         timer.disarm()
 
     assert timer.frames == 3
+    # when each batch's decoding ended, and the frames by then: a window between two such moments is whole
+    assert first_batch_done[1] == 1 and timer.decoded[1] == 3
+    assert timer.decoded[0] > first_batch_done[0]
     assert timer.per_frame_ms()["run"] == pytest.approx(timer.used["run"] / 3 * 1000)
     assert "run" not in vars(model)  # the model's own methods again
