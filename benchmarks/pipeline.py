@@ -273,6 +273,17 @@ class Shares:
         return f"spread {self.spread:.1%}, {min(self.counts)}-{max(self.counts)} frames each"
 
 
+def whole_batches(opened: tuple[float, int], closed: tuple[float, int]) -> tuple[float, int] | None:
+    """(seconds, frames) from the end of the last batch decoded before a window to the end of the last one in
+    it, given `LoopTimer.decoded` at the window's two ends; None without a batch before it and one in it.
+
+    A window of fixed length cuts a batch at each end: up to a batch of frames too many or too few, 3 % of an
+    8 s window in batches of 8 on a 2-core CPU."""
+    if not 0 < opened[1] < closed[1]:
+        return None
+    return closed[0] - opened[0], closed[1] - opened[1]
+
+
 def process_counts() -> tuple[int, int, int]:
     """(Python's allocated blocks, this process's threads, its open file descriptors) (Linux)."""
     return sys.getallocatedblocks(), len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
@@ -433,8 +444,6 @@ def run_pipeline(
         sink_cpu_ms={name: used / inferred * 1000 if inferred else 0.0 for name, used in sink_cpu.items()},
         loop_cpu_ms=loop_cpu,
         online_seconds=online_seconds,
-        # whole batches: a window of fixed length cuts one at each end, up to a batch of frames (3 % of an
-        # 8 s window in batches of 8 on a 2-core CPU)
-        batches_span=(closed[0] - opened[0], closed[1] - opened[1]) if closed[1] > opened[1] else None,
+        batches_span=whole_batches(opened, closed),
     )
     return measured, totals

@@ -234,6 +234,12 @@ def test_shares_count_as_fair_within_10_percent_or_one_frame(
     assert str(shares) == text
 
 
+def test_a_window_holds_whole_batches_only_when_one_ended_before_it_and_one_in_it() -> None:
+    assert pipeline.whole_batches((10.0, 24), (18.1, 292)) == pytest.approx((8.1, 268))
+    assert pipeline.whole_batches((10.0, 0), (18.1, 268)) is None  # the window opened before any batch ended
+    assert pipeline.whole_batches((10.0, 24), (10.0, 24)) is None  # no batch ended in it (a dead camera)
+
+
 def test_the_h264_clips_are_4_2_0_as_cameras_send_them(tmp_path: Path, scenes: list) -> None:
     clip = encode_h264(scenes[0][:15], (640, 480), 15, tmp_path / "clip.mp4")
     data = clip.read_bytes()
