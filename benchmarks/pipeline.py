@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -117,8 +117,7 @@ class LoopTimer:
         self._model = model
         self.used = dict.fromkeys((*self.STEPS, "rest"), 0.0)
         self.frames = 0  # frames decoded since `open_window`
-        # (monotonic time when the last batch's decoding returned, frames decoded by then since `arm`)
-        self.decoded: tuple[float, int] = (time.monotonic(), 0)
+        self.decoded = BatchMark(time.monotonic(), 0, 0)
         self._returned: dict[int, float] = {}  # by thread: its CPU clock when its last timed call returned
         self._window = 0  # counts `open_window` calls: a call begun before the last one is not counted
         self._armed = False
@@ -157,7 +156,8 @@ class LoopTimer:
             finally:
                 frames = len(args[1]) if step == "detections" else 0  # type: ignore[arg-type]
                 if frames:  # its images are the batch (a run may be padded past them)
-                    self.decoded = (time.monotonic(), self.decoded[1] + frames)  # one store: read whole
+                    done = self.decoded  # one store of a new tuple: read whole by the benchmark's thread
+                    self.decoded = BatchMark(time.monotonic(), done.frames + frames, done.batches + 1)
                 if window == self._window:
                     self._returned[thread] = time.thread_time()
                     self.used[step] += self._returned[thread] - started
@@ -202,22 +202,23 @@ class Measured:
     raw_fps: float | None = None
     # with an online wait: seconds from the start until every camera had delivered a frame (None: not all did)
     online_seconds: float | None = None
-    # from the end of the last batch before the window to the end of the last one in it: (seconds, frames)
-    batches_span: tuple[float, int] | None = None
+    # the window's whole batches (`whole_batches`); None: counted at the window's two ends instead
+    batches_span: Span | None = None
 
     @property
     def fps(self) -> float:
-        seconds, frames = self.batches_span or (self.seconds, self.inferred)
+        seconds, frames, _ = self.batches_span or (self.seconds, self.inferred, self.batches)
         return frames / seconds if seconds else 0.0
 
     @property
     def mean_batch(self) -> float:
-        return self.inferred / self.batches if self.batches else 0.0
+        _, frames, batches = self.batches_span or (self.seconds, self.inferred, self.batches)
+        return frames / batches if batches else 0.0
 
     @property
     def overhead_ms(self) -> float:
         """Mean time per inferred frame the inference loop spent outside session.run."""
-        seconds, frames = self.batches_span or (self.seconds, self.inferred)
+        seconds, frames, _ = self.batches_span or (self.seconds, self.inferred, self.batches)
         return (seconds - self.run_seconds) / frames * 1000 if frames else 0.0
 
     @property
@@ -273,15 +274,32 @@ class Shares:
         return f"spread {self.spread:.1%}, {min(self.counts)}-{max(self.counts)} frames each"
 
 
-def whole_batches(opened: tuple[float, int], closed: tuple[float, int]) -> tuple[float, int] | None:
-    """(seconds, frames) from the end of the last batch decoded before a window to the end of the last one in
-    it, given `LoopTimer.decoded` at the window's two ends; None without a batch before it and one in it.
+class BatchMark(NamedTuple):
+    """When the last batch's decoding ended, and the frames and batches decoded by then."""
+
+    at: float  # time.monotonic()
+    frames: int
+    batches: int
+
+
+class Span(NamedTuple):
+    """A window's whole batches: from the end of the last one before it to the end of the last one in it."""
+
+    seconds: float
+    frames: int
+    batches: int
+
+
+def whole_batches(opened: BatchMark, closed: BatchMark) -> Span | None:
+    """The whole batches between `LoopTimer.decoded` at a window's two ends; None without a batch that ended
+    before it and one that ended in it.
 
     A window of fixed length cuts a batch at each end: up to a batch of frames too many or too few, 3 % of an
-    8 s window in batches of 8 on a 2-core CPU."""
-    if not 0 < opened[1] < closed[1]:
+    8 s window in batches of 8 on a 2-core CPU. Counted by the one thread that decodes, the frames and batches
+    agree, where the daemon's counters, read while a batch is being counted, may be a batch apart."""
+    if not 0 < opened.frames < closed.frames:
         return None
-    return closed[0] - opened[0], closed[1] - opened[1]
+    return Span(closed.at - opened.at, closed.frames - opened.frames, closed.batches - opened.batches)
 
 
 def process_counts() -> tuple[int, int, int]:

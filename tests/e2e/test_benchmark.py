@@ -83,9 +83,10 @@ def test_memory_cameras_through_the_daemon_every_frame_accounted(
     assert measured.inferred > 0 and measured.fps > 0
     # measured from the end of one batch to the end of another, within about a batch of the fixed window
     assert measured.batches_span is not None
-    span_seconds, span_frames = measured.batches_span
-    assert abs(span_seconds - measured.seconds) < 0.5 and abs(span_frames - measured.inferred) <= 8
-    assert measured.fps == span_frames / span_seconds
+    span = measured.batches_span
+    assert abs(span.seconds - measured.seconds) < 0.5 and abs(span.frames - measured.inferred) <= 8
+    assert measured.fps == span.frames / span.seconds
+    assert measured.mean_batch == span.frames / span.batches
     assert ("inference-run" in measured.thread_cpu_ms) is overlap  # session.run's own thread, timed too
     assert all(measured.per_camera[f"paced-{i}"] > 0 for i in range(4))
     assert measured.per_camera["dead"] == 0
@@ -235,9 +236,10 @@ def test_shares_count_as_fair_within_10_percent_or_one_frame(
 
 
 def test_a_window_holds_whole_batches_only_when_one_ended_before_it_and_one_in_it() -> None:
-    assert pipeline.whole_batches((10.0, 24), (18.1, 292)) == pytest.approx((8.1, 268))
-    assert pipeline.whole_batches((10.0, 0), (18.1, 268)) is None  # the window opened before any batch ended
-    assert pipeline.whole_batches((10.0, 24), (10.0, 24)) is None  # no batch ended in it (a dead camera)
+    mark = pipeline.BatchMark
+    assert pipeline.whole_batches(mark(10.0, 24, 6), mark(18.1, 292, 73)) == pytest.approx((8.1, 268, 67))
+    assert pipeline.whole_batches(mark(10.0, 0, 0), mark(18.1, 268, 67)) is None  # opened before any ended
+    assert pipeline.whole_batches(mark(10.0, 24, 6), mark(10.0, 24, 6)) is None  # none in it (a dead camera)
 
 
 def test_the_h264_clips_are_4_2_0_as_cameras_send_them(tmp_path: Path, scenes: list) -> None:
@@ -390,7 +392,7 @@ def test_the_inference_threads_split_counts_the_frames_of_a_batch_not_the_rows_i
 
     assert timer.frames == 3
     # when each batch's decoding ended, and the frames by then: a window between two such moments is whole
-    assert first_batch_done[1] == 1 and timer.decoded[1] == 3
-    assert timer.decoded[0] > first_batch_done[0]
+    assert first_batch_done[1:] == (1, 1) and timer.decoded[1:] == (3, 2)
+    assert timer.decoded.at > first_batch_done.at
     assert timer.per_frame_ms()["run"] == pytest.approx(timer.used["run"] / 3 * 1000)
     assert "run" not in vars(model)  # the model's own methods again
