@@ -39,6 +39,8 @@ from daemon.model.session import Model
 from daemon.service import CameraFactory, Service
 from daemon.sink import Sink
 
+FAIR_SPREAD = 0.10  # the most (max - min) / mean of the frames per camera that counts as equal shares
+
 
 class LatencyRecorder(Sink):
     """A Sink that notes each frame's seconds from capture until it is called. The latencies are kept as C
@@ -69,8 +71,6 @@ class LatencyRecorder(Sink):
             if self._armed:
                 self._latencies.append(latency)
 
-
-FAIR_SPREAD = 0.10  # the most (max - min) / mean of the frames per camera that counts as equal shares
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -206,19 +206,24 @@ class Measured:
     batches_span: Span | None = None
 
     @property
+    def _counted(self) -> Span:
+        """The window's whole batches where known, else what the daemon's counters said at its two ends."""
+        return self.batches_span or Span(self.seconds, self.inferred, self.batches)
+
+    @property
     def fps(self) -> float:
-        seconds, frames, _ = self.batches_span or (self.seconds, self.inferred, self.batches)
+        seconds, frames, _ = self._counted
         return frames / seconds if seconds else 0.0
 
     @property
     def mean_batch(self) -> float:
-        _, frames, batches = self.batches_span or (self.seconds, self.inferred, self.batches)
+        _, frames, batches = self._counted
         return frames / batches if batches else 0.0
 
     @property
     def overhead_ms(self) -> float:
         """Mean time per inferred frame the inference loop spent outside session.run."""
-        seconds, frames, _ = self.batches_span or (self.seconds, self.inferred, self.batches)
+        seconds, frames, _ = self._counted
         return (seconds - self.run_seconds) / frames * 1000 if frames else 0.0
 
     @property
