@@ -194,7 +194,8 @@ class Measured:
     # at the same moments: Python's allocated blocks, threads, open descriptors (what grows beside RSS)
     process: list[tuple[int, int, int]] = field(default_factory=list)
     rss_end_mb: float = 0.0  # RSS at the end of the window, the daemon still running
-    thread_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by thread, process
+    # per inferred frame: by pipeline thread, the camera threads together, the process
+    thread_cpu_ms: dict[str, float] = field(default_factory=dict)
     # per frame, the inference thread's CPU in `prepare`, `run` and `detections`, and the rest (`LoopTimer`)
     loop_cpu_ms: dict[str, float] = field(default_factory=dict)
     sink_cpu_ms: dict[str, float] = field(default_factory=dict)  # per inferred frame: by sink
@@ -313,10 +314,10 @@ def process_counts() -> tuple[int, int, int]:
 
 
 def thread_cpu(service: Service) -> dict[str, float]:
-    """CPU seconds each pipeline thread, and the whole process, has used so far (waiting for a core does not
-    count)."""
+    """CPU seconds each pipeline thread, each camera's thread (named `camera-ID`), and the whole process, have
+    used so far (waiting for a core does not count)."""
     runs = [thread for thread in threading.enumerate() if thread.name == "inference-run"]  # GPU providers
-    threads = (service.worker, *runs, service.events_thread, service.dispatcher)
+    threads = (service.worker, *runs, service.events_thread, service.dispatcher, *service.cameras)
     used = {
         thread.name: time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
         for thread in threads
@@ -324,6 +325,19 @@ def thread_cpu(service: Service) -> dict[str, float]:
     }
     used["process"] = time.process_time()
     return used
+
+
+def cpu_per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float]:
+    """Milliseconds of CPU per frame between two `thread_cpu` readings: each pipeline thread, then the camera
+    threads alive at both together (`cameras`: capture and decoding), then the whole process."""
+    used = {name: after[name] - before[name] for name in after if name in before}
+    cameras = [name for name in used if name.startswith("camera-")]
+    process = used.pop("process")
+    folded = {name: seconds for name, seconds in used.items() if name not in cameras}
+    if cameras:
+        folded["cameras"] = sum(used[name] for name in cameras)
+    folded["process"] = process
+    return {name: seconds / frames * 1000 if frames else 0.0 for name, seconds in folded.items()}
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -459,11 +473,7 @@ def run_pipeline(
         rss_mb=rss,
         process=counts,
         rss_end_mb=rss_end,
-        thread_cpu_ms={
-            name: (cpu_after[name] - cpu_before[name]) / inferred * 1000 if inferred else 0.0
-            for name in cpu_after
-            if name in cpu_before
-        },
+        thread_cpu_ms=cpu_per_frame(cpu_before, cpu_after, inferred),
         sink_cpu_ms={name: used / inferred * 1000 if inferred else 0.0 for name, used in sink_cpu.items()},
         loop_cpu_ms=loop_cpu,
         online_seconds=online_seconds,

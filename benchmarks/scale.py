@@ -227,13 +227,14 @@ def bench_capacity(bench: Bench, clip: Path, counts: tuple[int, ...], fps: float
         dropped = m.dropped_total / m.offered if m.offered else 1.0
         shares = m.shares([camera.id for camera in cameras])
         cpu = m.thread_cpu_ms.get("process", float("nan"))
+        cameras_cpu = m.thread_cpu_ms.get("cameras", float("nan"))
         bench.row(
             "capacity",
             f"N={count} at {fps:g} fps",
             m,
             count,
             note=f"dropped {dropped:.1%}, shares {shares}, RSS {m.rss_end_mb:.0f} MiB, "
-            f"process CPU {cpu:.2f} ms per frame",
+            f"process CPU {cpu:.2f} ms per frame (camera threads {cameras_cpu:.2f})",
             busy=False,
         )
         if dropped >= MAX_DROP_RATIO:

@@ -211,6 +211,10 @@ def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were
     dropped = [float(match[1]) for match in matches if match]
     assert dropped[0] < 1 <= dropped[1], dropped
     assert all(row.fps > 0 for row in rows)
+    # decoding is the cameras' threads' work, a part of the process's CPU per frame
+    pattern = r"process CPU (\d+\.\d+) ms per frame \(camera threads (\d+\.\d+)\)"
+    cpu = [re.search(pattern, row.note) for row in rows]
+    assert all(match and 0 < float(match[2]) < float(match[1]) for match in cpu), cpu
     assert (
         f"capacity: one daemon carried 1 camera of clip.mp4 at 15 fps with under 1% of frames dropped; "
         f"16 dropped {dropped[1]:.1f}%" in report.notes
@@ -233,6 +237,19 @@ def test_shares_count_as_fair_within_10_percent_or_one_frame(
     shares = pipeline.Shares(counts)
     assert shares.fair is fair
     assert str(shares) == text
+
+
+def test_cpu_per_frame_folds_the_camera_threads_alive_at_both_readings_into_one_figure() -> None:
+    before = {"inference": 1.0, "dispatcher": 0.5, "camera-a": 2.0, "camera-b": 3.0, "process": 10.0}
+    # camera-c started within the window: its time before it is unknown, so it is left out
+    after = {
+        "inference": 1.2, "dispatcher": 0.6, "camera-a": 2.3, "camera-b": 3.1, "camera-c": 0.4,
+        "process": 11.0,
+    }
+    per_frame = pipeline.cpu_per_frame(before, after, frames=100)
+    assert list(per_frame) == ["inference", "dispatcher", "cameras", "process"]
+    assert per_frame == pytest.approx({"inference": 2.0, "dispatcher": 1.0, "cameras": 4.0, "process": 10.0})
+    assert pipeline.cpu_per_frame(before, after, frames=0)["cameras"] == 0.0
 
 
 def test_a_window_holds_whole_batches_only_when_one_ended_before_it_and_one_in_it() -> None:
@@ -300,9 +317,12 @@ def test_event_cameras_track_through_the_daemon_and_the_sink_work_is_timed(
     )
     assert measured.inferred > 0 and totals.offered == totals.inferred + totals.dropped["stale"]
     # each pipeline thread's CPU time per frame: tracking runs on the events thread, the sinks on the other
-    # (on a CPU the worker runs session.run itself: no inference-run thread)
-    assert set(measured.thread_cpu_ms) == {"inference", "events", "dispatcher", "process"}
+    # (on a CPU the worker runs session.run itself: no inference-run thread); the cameras' threads together
+    assert list(measured.thread_cpu_ms) == ["inference", "events", "dispatcher", "cameras", "process"]
     assert all(ms > 0 for ms in measured.thread_cpu_ms.values())
+    assert sum(ms for name, ms in measured.thread_cpu_ms.items() if name != "process") <= (
+        measured.thread_cpu_ms["process"]
+    )
     registry = service_metrics[0]
     assert (
         sum(
