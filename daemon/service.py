@@ -29,6 +29,7 @@ from daemon.health import NO_HEALTH, Health
 from daemon.metrics import Metrics
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
+from daemon.metrics.threads import ThreadCpuCollector
 from daemon.model.session import Model, batch_settings
 from daemon.pipeline.board import FrameBoard
 from daemon.pipeline.capture import Camera
@@ -164,6 +165,7 @@ class Service:
             config, self.metrics, self._camera_states, self._dropped, extra_sinks, self.part_health
         )
         self._build_pipeline(camera_factory)
+        ThreadCpuCollector(self.metrics.registry, self._threads_by_role)
         self._build_alerts()
         self._build_http()
         self.reloader = self._build_reloader()
@@ -280,6 +282,16 @@ class Service:
         for server in (self.api, self.exporter):
             threads += server.threads() if server else []
         return {thread.name: thread for thread in threads}
+
+    def _threads_by_role(self) -> list[tuple[str, threading.Thread]]:
+        """The pipeline's threads for `edgewatch_thread_cpu_seconds_total`, each with its label."""
+        return [
+            ("inference", self.worker),
+            ("inference-run", self.worker.run_thread),
+            ("events", self.events_thread),
+            ("dispatcher", self.dispatcher),
+            *(("cameras", camera) for camera in self.cameras),
+        ]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         stalled_for = time.monotonic() - self.worker.last_progress

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Info
+from prometheus_client import CollectorRegistry, Info, ProcessCollector
 
 from daemon import __version__
 from daemon.metrics.alerts import AlertMetrics
@@ -29,6 +29,7 @@ class Metrics:
 
     def __init__(self, *, mqtt: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.frames = FrameMetrics(self.registry)
         self.cameras = CameraMetrics(self.registry)
         self.inference = InferenceMetrics(self.registry)

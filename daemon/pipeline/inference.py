@@ -160,6 +160,12 @@ class InferenceWorker(threading.Thread):
             # after a failure a run may still be under way: the process is ending, nothing waits for it
             self._runner.close(wait=self.error is None)
 
+    @property
+    def run_thread(self) -> threading.Thread:
+        """`session.run`'s own thread when the model overlaps runs (started at the first batch); never started
+        on a CPU."""
+        return self._runner
+
     # live reconfiguration (called from the reload thread)
 
     def between_batches(self, action: Callable[[], None], timeout: float) -> bool:

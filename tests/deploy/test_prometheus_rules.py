@@ -18,6 +18,7 @@ from prometheus_client import generate_latest, start_http_server
 
 from daemon.health import Health
 from daemon.metrics import Metrics
+from daemon.metrics.threads import ThreadCpuCollector
 from daemon.reload.metrics import ReloadMetrics
 from daemon.web.server import ServerMetrics
 from tests.support.daemon import REPO, free_port, wait_until
@@ -48,6 +49,7 @@ def test_rules_use_only_metrics_edgewatch_exports():
     Health(metrics.registry)  # the groups the service adds beside Metrics
     ServerMetrics(metrics.registry).init("exporter")
     ReloadMetrics(metrics.registry)
+    ThreadCpuCollector(metrics.registry, lambda: [])
     exported = set(re.findall(r"^(edgewatch_\w+?)(?:\{| )", generate_latest(metrics.registry).decode(), re.M))
     used = set(re.findall(r"\bedgewatch_\w+", RULES.read_text()))
     assert used and used <= exported, used - exported
@@ -204,6 +206,42 @@ def test_alert_rule_scenario(scenario: str, rules_without_annotations: Path, tmp
         "tests": [{"interval": "15s", "input_series": input_series, "alert_rule_test": checks}],
     }
     path = tmp_path / "test.yml"  # JSON is YAML
+    path.write_text(json.dumps(test))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cpu_per_frame_is_recorded_by_thread_and_for_the_process(tmp_path: Path):
+    record = "edgewatch:thread_cpu_seconds_per_frame:rate5m"
+    process = "edgewatch:process_cpu_seconds_per_frame:rate5m"
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [
+                # values a binary float holds exactly: promtool compares the results exactly
+                series("edgewatch_frames_inferred_total", "0+960x40", camera="cam-1"),  # 64 frames/s
+                series("edgewatch_frames_inferred_total", "0+960x40", camera="cam-2"),  # 128 in all
+                series("edgewatch_thread_cpu_seconds_total", "0+7.5x40", thread="cameras"),  # 0.5 s/s
+                series("edgewatch_thread_cpu_seconds_total", "0+3.75x40", thread="inference"),  # 0.25 s/s
+                series("process_cpu_seconds_total", "0+15x40"),  # 1 s/s
+                # another job's process: no frames inferred there, so nothing is recorded for it
+                {"series": 'process_cpu_seconds_total{job="node",instance="edge-01:9100"}',
+                 "values": "0+15x40"},
+            ],
+            "promql_expr_test": [
+                {"expr": record, "eval_time": "10m", "exp_samples": [
+                    {"labels": f'{record}{{{TARGET},thread="cameras"}}', "value": 0.00390625},
+                    {"labels": f'{record}{{{TARGET},thread="inference"}}', "value": 0.001953125},
+                ]},
+                {"expr": process, "eval_time": "10m", "exp_samples": [
+                    {"labels": f"{process}{{{TARGET}}}", "value": 0.0078125},
+                ]},
+            ],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "test.yml"
     path.write_text(json.dumps(test))
     result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -149,6 +149,20 @@ def test_metrics_page_passes_promtool_and_moves(tmp_path, start_daemon, demo_mod
     assert sample(text, "edgewatch_camera_up", camera="gone") == 0
     assert sample(text, "edgewatch_frame_latency_seconds_count", camera="kitchen") > 0
     assert sample(text, "edgewatch_inference_duration_seconds_count") > 0
+    # where the CPU goes: the pipeline's threads by role (no session.run thread on a CPU), within the process
+    wait_until(
+        lambda: sample(scrape(port), "edgewatch_thread_cpu_seconds_total", thread="cameras") > 0,
+        timeout=30,
+        message="the camera threads' CPU time (10 ms clock ticks)",
+    )
+    text = scrape(port)
+    threads = {
+        role: sample(text, "edgewatch_thread_cpu_seconds_total", thread=role)
+        for role in ("cameras", "inference", "inference-run", "events", "dispatcher")
+    }
+    assert threads["inference-run"] == 0 and threads["inference"] > 0, threads
+    assert sum(threads.values()) <= sample(text, "process_cpu_seconds_total")
+    assert sample(text, "process_resident_memory_bytes") > 100 * 2**20
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     labels = set(re.findall(r'(\w+)="([^"]*)"', text))
