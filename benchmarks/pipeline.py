@@ -228,6 +228,10 @@ class Measured:
         return (seconds - self.run_seconds) / frames * 1000 if frames else 0.0
 
     @property
+    def run_ms_per_batch(self) -> float:
+        return self.run_seconds / self.batches * 1000 if self.batches else 0.0
+
+    @property
     def run_ms_per_frame(self) -> float:
         return self.run_seconds / self.inferred * 1000 if self.inferred else 0.0
 
@@ -275,8 +279,6 @@ class Shares:
         return self.spread <= FAIR_SPREAD or max(self.counts) - min(self.counts) <= 1
 
     def __str__(self) -> str:
-        if not self.counts:
-            return "no cameras"
         return f"spread {self.spread:.1%}, {min(self.counts)}-{max(self.counts)} frames each"
 
 
@@ -316,11 +318,9 @@ def process_counts() -> tuple[int, int, int]:
 def thread_cpu(service: Service) -> dict[str, float]:
     """CPU seconds each pipeline thread, each camera's thread (named `camera-ID`), and the whole process, have
     used so far (waiting for a core does not count)."""
-    runs = [thread for thread in threading.enumerate() if thread.name == "inference-run"]  # GPU providers
-    threads = (service.worker, *runs, service.events_thread, service.dispatcher, *service.cameras)
     used = {
         thread.name: time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-        for thread in threads
+        for _, thread in service.threads_by_role()
         if thread.ident is not None and thread.is_alive()
     }
     used["process"] = time.process_time()

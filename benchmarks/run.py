@@ -130,8 +130,7 @@ def overload_figures(
     """One overload run, reported and checked: its figures and its ratio to raw."""
     m, unaccounted = bench.pipeline(cameras, seconds, live=live)
     period = 1000 / OVERLOAD_FPS
-    batch_ms = m.run_seconds / m.batches * 1000 if m.batches else 0.0
-    budget = period + 1.5 * batch_ms + bench.batch_timeout_ms
+    budget = period + 1.5 * m.run_ms_per_batch + bench.batch_timeout_ms
     shares = m.shares([camera.id for camera in cameras[:live]])
     note = f"p95 budget {budget:.0f} ms, shares {shares}"
     row = bench.row("overload", case, m, live, note=note, busy=False)

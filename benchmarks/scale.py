@@ -169,8 +169,7 @@ def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds:
             online = f"all online after {m.online_seconds:.1f} s" if m.online_seconds else "not all online"
             rss = m.rss_end_mb
             figures.append((count, rss))
-            batch_ms = m.run_seconds / m.batches * 1000 if m.batches else 0.0
-            budget = 1000 / STREAM_FPS + 1.5 * batch_ms
+            budget = 1000 / STREAM_FPS + 1.5 * m.run_ms_per_batch
             shares = m.shares([camera.id for camera in cameras])
             silent = [camera.id for camera in cameras if m.per_camera[camera.id] == 0]
             row = bench.row(

@@ -165,7 +165,7 @@ class Service:
             config, self.metrics, self._camera_states, self._dropped, extra_sinks, self.part_health
         )
         self._build_pipeline(camera_factory)
-        ThreadCpuCollector(self.metrics.registry, self._threads_by_role)
+        ThreadCpuCollector(self.metrics.registry, self.threads_by_role)
         self._build_alerts()
         self._build_http()
         self.reloader = self._build_reloader()
@@ -283,8 +283,9 @@ class Service:
             threads += server.threads() if server else []
         return {thread.name: thread for thread in threads}
 
-    def _threads_by_role(self) -> list[tuple[str, threading.Thread]]:
-        """The pipeline's threads for `edgewatch_thread_cpu_seconds_total`, each with its label."""
+    def threads_by_role(self) -> list[tuple[str, threading.Thread]]:
+        """The pipeline's threads, each with its `edgewatch_thread_cpu_seconds_total` label (some may not have
+        started: the run thread on a CPU)."""
         return [
             ("inference", self.worker),
             ("inference-run", self.worker.run_thread),
