@@ -40,8 +40,10 @@ COPY --from=build /opt/edgewatch/venv /opt/edgewatch/venv
 COPY --from=model /model/yolov3-tiny-coco.onnx /opt/edgewatch/models/yolov3-tiny-coco.onnx
 COPY systemd/config.example.toml /etc/edgewatch/config.toml
 # Secrets come at run time: ${VAR} from the environment, the Roboflow key from a mounted secret file
-# ($CREDENTIALS_DIRECTORY/roboflow_api_key, e.g. a Docker or Compose secret).
+# ($CREDENTIALS_DIRECTORY/roboflow_api_key, e.g. a Docker or Compose secret). `video` has the NVIDIA
+# Container Toolkit mount the driver's decoder library too, for cameras with decoder = "cuda".
 ENV PATH=/opt/edgewatch/venv/bin:$PATH \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     MALLOC_MMAP_THRESHOLD_=1048576 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

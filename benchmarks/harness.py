@@ -20,7 +20,8 @@ from benchmarks.pipeline import Measured, bench_config, run_pipeline
 from benchmarks.sources import camera_factory
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.session import Model
-from daemon.pipeline.capture import open_capture, parse_source
+from daemon.pipeline.capture import open_capture
+from daemon.pipeline.source import Decoder, parse_source
 from daemon.pipeline.video import VideoStream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,13 +110,13 @@ def raw_fps(
 
 
 def raw_fps_beside_decoding(
-    model: Model, frames: list[np.ndarray], clip: Path, cameras: int, seconds: float
+    model: Model, frames: list[np.ndarray], clip: Path, cameras: int, seconds: float, decoder: Decoder = "cpu"
 ) -> tuple[float, float]:
     """`raw_fps` at B=`cameras` while `cameras` threads decode `clip` as the daemon's unpaced file cameras do:
     each decodes its next frame once the previous one was taken (here: once per `session.run`), with the
     capture's own settings. No daemon: what decoding alone costs the model on this machine's cores.
     Returns (frames/s, the decoders' CPU time per inferred frame in ms)."""
-    probe = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
+    probe = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10, decoder=decoder)
     opened = probe.isOpened()
     probe.release()
     if not opened:
@@ -125,7 +126,7 @@ def raw_fps_beside_decoding(
     cpu: list[float] = []
 
     def decode(turns: threading.Semaphore) -> None:
-        capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10)
+        capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10, decoder=decoder)
         assert isinstance(capture, VideoStream)
         decoding = time.thread_time()  # the decoding from here on, not FFmpeg's probing at open
         try:
@@ -234,11 +235,21 @@ class Bench:
     bracket: float = 3.0
     runs: int = 0
     api: ApiConfig | None = None  # the HTTP API and the page's history: on in the soak
+    decoder: Decoder = "cpu"  # where the file cameras decode (--decoder)
 
     @property
     def frames(self) -> list[np.ndarray]:
         """Every scene's frames, one after the other (the raw reference's batches are cut from them)."""
         return [frame for scene in self.scenes for frame in scene]
+
+    def file_cameras(self, clip: Path, count: int, fps: float, realtime: bool = True) -> list[CameraConfig]:
+        """`count` cameras playing `clip` in a loop, on the bench's decoder."""
+        return [
+            CameraConfig(
+                id=f"cam-{i + 1}", url=str(clip), fps=fps, loop=True, realtime=realtime, decoder=self.decoder
+            )
+            for i in range(count)
+        ]
 
     def pipeline(
         self,

@@ -80,6 +80,7 @@ from benchmarks.scale import (
 from benchmarks.sources import demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
+from daemon.pipeline.video import cuda_unavailable
 
 OWN_CPU_PER_FRAME_MS = 0.5  # outside session.run: the inference loop, the events and dispatcher threads
 
@@ -240,10 +241,7 @@ def bench_decode(
     print("pipeline with decode: file cameras (the real capture code) playing H.264 clips", flush=True)
     for name, path in clips.items():
         for count in counts:
-            cameras = [
-                CameraConfig(id=f"cam-{i + 1}", url=str(path), fps=240, loop=True, realtime=False)
-                for i in range(count)
-            ]
+            cameras = bench.file_cameras(path, count, fps=240, realtime=False)
             checked = name == "640x480" and count == OVERLOAD_CAMERAS
             ratios = []
             for _ in range(repeats if checked else 1):
@@ -282,7 +280,9 @@ def decoding_alone(bench: Bench, clip: Path, count: int, pairs: int) -> float:
     ratios, fps, decode_ms = [], [], []
     for _ in range(pairs):
         alone = raw_fps(bench.model, bench.frames, count, bench.bracket)
-        beside, ms = raw_fps_beside_decoding(bench.model, bench.frames, clip, count, bench.bracket)
+        beside, ms = raw_fps_beside_decoding(
+            bench.model, bench.frames, clip, count, bench.bracket, bench.decoder
+        )
         ratios.append(beside / alone)
         fps.append(beside)
         decode_ms.append(ms)
@@ -309,10 +309,7 @@ def highest_paced_fps(bench: Bench, path: Path, count: int, quick: bool) -> tupl
     while low <= high:  # binary search: drops grow with the rate
         mid = (low + high) // 2
         fps = ladder[mid]
-        cameras = [
-            CameraConfig(id=f"cam-{i + 1}", url=str(path), fps=fps, loop=True, realtime=True)
-            for i in range(count)
-        ]
+        cameras = bench.file_cameras(path, count, fps)
         m, _ = bench.pipeline(cameras, seconds=bench.window / 2 if quick else bench.window)
         ratio = m.dropped_total / m.offered if m.offered else 1.0
         print(f"    {fps:g} fps per camera: {m.fps:.1f} inferred/s, dropped {ratio:.1%}", flush=True)
@@ -331,10 +328,7 @@ def bench_memory(bench: Bench, clip: Path | None, long: bool) -> None:
         flush=True,
     )
     if clip is not None:
-        cameras = [
-            CameraConfig(id=f"cam-{i + 1}", url=str(clip), fps=OVERLOAD_FPS, loop=True, realtime=True)
-            for i in range(OVERLOAD_CAMERAS)
-        ]
+        cameras = bench.file_cameras(clip, OVERLOAD_CAMERAS, OVERLOAD_FPS)
     else:
         cameras = memory_cameras(OVERLOAD_CAMERAS, "paced", OVERLOAD_FPS)
     saved = bench.warmup
@@ -449,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         help="letterbox the next batch and decode the last one while a batch runs (Model.overlap_runs): auto "
         "as the daemon does (on with a GPU provider), on or off to measure what it buys on this host",
     )
+    parser.add_argument(
+        "--decoder",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the file and RTSP cameras decode (the cameras' `decoder` key): cuda decodes on an NVIDIA "
+        "GPU's NVDEC, or says why it cannot",
+    )
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-timeout-ms", type=float, default=10)
     parser.add_argument(
@@ -552,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         model.overlap_runs = args.overlap == "on"
     model.warm_up()
     report = Report()
+    if args.decoder == "cuda" and (problem := cuda_unavailable()):
+        report.notes.append(f"--decoder cuda: the cameras decode on the CPU: {problem}")
     scenes = demo_scenes((640, 480))
     quick = args.quick
     frames = [frame for scene in scenes for frame in scene]
@@ -581,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 bracket=1.0 if quick else 3.0,
                 report=report,
                 profile=args.profile,
+                decoder=args.decoder,
             )
             steps: list[tuple[str, Callable[[], None]]] = [
                 ("memory", lambda: bench_unpaced(bench, (1, 4) if quick else (1, 2, 4, 8), letterbox_ms)),
@@ -631,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}, provider {model.provider}, "
         f"intra-op threads {model.threads}; model {path.name} at {model.input_size[1]}x"
         f"{model.input_size[0]}, max_batch {args.max_batch}, batch_timeout_ms {args.batch_timeout_ms:g}, "
-        f"runs {'overlapped' if model.overlap_runs else 'in turn'}"
+        f"runs {'overlapped' if model.overlap_runs else 'in turn'}, cameras' decoder {args.decoder}"
     )
     print(f"load average before {load_before}, after {load_average()}; peak RSS {rss_mib('VmHWM'):.0f} MiB")
     print()

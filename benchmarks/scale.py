@@ -162,7 +162,12 @@ def bench_cameras(bench: Bench, workdir: Path, counts: tuple[int, ...], seconds:
             server.start()
         for count in counts:
             cameras = [
-                CameraConfig(id=f"rtsp-{i + 1}", url=servers[i % len(servers)].url, fps=STREAM_FPS)
+                CameraConfig(
+                    id=f"rtsp-{i + 1}",
+                    url=servers[i % len(servers)].url,
+                    fps=STREAM_FPS,
+                    decoder=bench.decoder,
+                )
                 for i in range(count)
             ]
             m, _ = bench.pipeline(cameras, seconds=seconds, online_timeout=ONLINE_TIMEOUT)
@@ -218,10 +223,7 @@ def bench_capacity(bench: Bench, clip: Path, counts: tuple[int, ...], fps: float
     )
     carried = 0
     for count in counts:
-        cameras = [
-            CameraConfig(id=f"cam-{i + 1}", url=str(clip), fps=fps, loop=True, realtime=True)
-            for i in range(count)
-        ]
+        cameras = bench.file_cameras(clip, count, fps)
         m, _ = bench.pipeline(cameras, online_timeout=ONLINE_TIMEOUT)
         dropped = m.dropped_total / m.offered if m.offered else 1.0
         shares = m.shares([camera.id for camera in cameras])
@@ -289,10 +291,7 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
         f"(API and history included); RSS every {step:.0f} s, growth from minute {settle / 60:g}",
         flush=True,
     )
-    cameras = [
-        CameraConfig(id=f"cam-{i + 1}", url=str(clip), fps=SOAK_FPS, loop=True, realtime=True)
-        for i in range(SOAK_CAMERAS)
-    ]
+    cameras = bench.file_cameras(clip, SOAK_CAMERAS, SOAK_FPS)
     end = minutes * 60
     samples = tuple(np.arange(step, end + step / 2, step))
     saved_warmup, saved_api = bench.warmup, bench.api

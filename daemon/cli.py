@@ -185,10 +185,11 @@ def _check(config: Config) -> int:
     )
     failed = 0
     for camera in config.cameras:
-        problem = probe_source(camera.url)
+        problem, decoding = probe_source(camera.url, decoder=camera.decoder)
+        decoded = f" (decoder = {camera.decoder!r}: decoding {decoding})" if decoding else ""
         if problem:
             failed += 1
-            print(f"FAIL: cameras.{camera.id}: {redact_url(camera.url)}: {problem}")
+            print(f"FAIL: cameras.{camera.id}: {redact_url(camera.url)}: {problem}{decoded}")
         else:
-            print(f"ok: cameras.{camera.id}: {redact_url(camera.url)}")
+            print(f"ok: cameras.{camera.id}: {redact_url(camera.url)}{decoded}")
     return EXIT_FAILED if failed else EXIT_OK

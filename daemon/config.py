@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.pipeline.source import Decoder, parse_source
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
@@ -139,9 +141,23 @@ class CameraConfig(_Section):
     realtime: bool = True
     metadata: dict[str, str] = {}
     stall_timeout: Annotated[float, Field(gt=0)] = 10
+    decoder: Decoder = Field(
+        default="cpu",
+        description="where a file or network stream is decoded: cpu, or cuda (the NVIDIA GPU's video "
+        "decoder, through FFmpeg; a camera whose GPU or codec cannot falls back to the CPU and says so)",
+    )
     track: bool = Field(default=False, description="track objects (on by itself with zones or lines)")
     zones: list[ZoneConfig] = []
     lines: list[LineConfig] = []
+
+    @model_validator(mode="after")
+    def _decoder_for_ffmpeg_sources(self) -> CameraConfig:
+        if self.decoder != "cpu" and parse_source(self.url).kind in ("gst", "v4l2"):
+            raise ValueError(
+                f"decoder = {self.decoder!r} is for files and network streams; a gst: pipeline names its own "
+                "decoder (e.g. nvv4l2decoder), and V4L2 devices are read by OpenCV"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_zone_and_line_names(self) -> CameraConfig:

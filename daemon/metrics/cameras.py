@@ -1,4 +1,4 @@
-"""Each camera's connection: up, reconnects, the time of its newest frame."""
+"""Each camera's connection: up, reconnects, the time of its newest frame, where it is decoded."""
 
 from __future__ import annotations
 
@@ -25,8 +25,15 @@ class CameraMetrics:
             ["camera"],
             registry=registry,
         )
+        self.camera_gpu_decoding = Gauge(
+            "edgewatch_camera_gpu_decoding",
+            "1 while the camera's stream is decoded on the GPU (decoder = cuda), 0 while on the CPU.",
+            ["camera"],
+            registry=registry,
+        )
 
     def init_camera(self, camera: str) -> None:
         self.camera_up.labels(camera).set(0)
         self.camera_reconnects.labels(camera)
         self.camera_last_frame.labels(camera)
+        self.camera_gpu_decoding.labels(camera).set(0)

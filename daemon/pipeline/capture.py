@@ -23,9 +23,8 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import cv2
@@ -37,6 +36,7 @@ from daemon.frames import CameraState, CameraStatusListener, Frame
 from daemon.metrics.cameras import CameraMetrics
 from daemon.metrics.frames import FrameMetrics
 from daemon.pipeline.board import FrameBoard
+from daemon.pipeline.source import Decoder, Source, parse_source
 from daemon.pipeline.video import OPTIONS_VARIABLE, VideoStream
 
 log = logging.getLogger("edgewatch.capture")
@@ -71,30 +71,6 @@ class _Retry(Exception):
     """Ends the current open-read session with a problem; the camera reopens after the backoff."""
 
 
-@dataclass(frozen=True)
-class Source:
-    kind: Literal["network", "file", "v4l2", "gst"]
-    target: str | int  # what OpenCV opens: URL, path, V4L2 index or device, GStreamer pipeline
-
-    @property
-    def live(self) -> bool:
-        return self.kind != "file"
-
-
-def parse_source(url: str) -> Source:
-    if url.startswith("gst:"):
-        return Source("gst", url[len("gst:") :].strip())
-    if url.isdigit():
-        return Source("v4l2", int(url))
-    if url.startswith("/dev/video"):
-        return Source("v4l2", url)
-    if url.startswith("file://"):
-        return Source("file", url[len("file://") :])
-    if "://" in url:
-        return Source("network", url)
-    return Source("file", url)
-
-
 @functools.lru_cache(maxsize=1)
 def gstreamer_available() -> bool:
     return re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()) is not None
@@ -108,9 +84,11 @@ def prefer_rtsp_over_tcp() -> None:
 Capture = cv2.VideoCapture | VideoStream
 
 
-def open_capture(source: Source, open_timeout: float, read_timeout: float) -> Capture:
-    """The source opened (check `isOpened()`): files and network streams with PyAV, within the timeouts;
-    V4L2 and GStreamer with OpenCV."""
+def open_capture(
+    source: Source, open_timeout: float, read_timeout: float, decoder: Decoder = "cpu"
+) -> Capture:
+    """The source opened (check `isOpened()`): files and network streams with PyAV, within the timeouts and
+    on the `decoder`; V4L2 and GStreamer with OpenCV."""
     if source.kind == "gst":
         if not gstreamer_available():
             raise SourceError(
@@ -119,7 +97,7 @@ def open_capture(source: Source, open_timeout: float, read_timeout: float) -> Ca
         return cv2.VideoCapture(str(source.target), cv2.CAP_GSTREAMER)
     if source.kind == "v4l2":
         return cv2.VideoCapture(source.target, cv2.CAP_V4L2)
-    return VideoStream(str(source.target), open_timeout, read_timeout)
+    return VideoStream(str(source.target), open_timeout, read_timeout, decoder)
 
 
 def missing_local_source(source: Source) -> str | None:
@@ -195,11 +173,13 @@ class Camera(threading.Thread):
         self._up = cameras.camera_up.labels(camera)
         self._reconnects = cameras.camera_reconnects.labels(camera)
         self._last_frame = cameras.camera_last_frame.labels(camera)
+        self._gpu_decoding = cameras.camera_gpu_decoding.labels(camera)
         self._up.set(0)
         self._state = CameraState(since_mono=time.monotonic())
         self._frame_id = 0
         self._attempt = 0  # failed opens since frames last flowed: the backoff step
         self._finished = False
+        self._decoder_said = ""  # where an open last decoded, as logged: each change is logged once
         if self._source.kind == "network" and config.url.lower().startswith("rtsp"):
             prefer_rtsp_over_tcp()
 
@@ -254,6 +234,8 @@ class Camera(threading.Thread):
         try:
             if not capture.isOpened():
                 return self._scrub(cannot_open(self._source, capture))
+            if isinstance(capture, VideoStream):
+                self._report_decoder(capture)
             if self._source.live:
                 return self._read_live(capture)
             assert isinstance(capture, VideoStream)  # files are always read through PyAV
@@ -278,7 +260,9 @@ class Camera(threading.Thread):
                 problem = self._source.kind == "network" and unreachable(self.config.url, OPEN_TIMEOUT)
                 if problem:
                     raise _Retry(problem)
-                result = open_capture(self._source, OPEN_TIMEOUT, self.config.stall_timeout)
+                result = open_capture(
+                    self._source, OPEN_TIMEOUT, self.config.stall_timeout, self.config.decoder
+                )
             except BaseException as exc:
                 result = exc
             with lock:
@@ -395,6 +379,21 @@ class Camera(threading.Thread):
 
     # state, metrics and status
 
+    def _report_decoder(self, capture: VideoStream) -> None:
+        self._gpu_decoding.set(1 if capture.on_gpu else 0)
+        if self.config.decoder == "cpu":
+            return
+        if capture.decoding == self._decoder_said:
+            return
+        self._decoder_said = capture.decoding
+        log.log(
+            logging.INFO if capture.on_gpu else logging.WARNING,
+            "camera %s: decoder = %r: decoding %s",
+            self.config.id,
+            self.config.decoder,
+            capture.decoding,
+        )
+
     def _deliver(self, image: np.ndarray) -> None:
         self._frame_id += 1
         captured_at, captured_mono = time.time(), time.monotonic()
@@ -449,8 +448,13 @@ class Camera(threading.Thread):
         return text.replace(self._password, "***") if self._password else text
 
 
-def probe_source(url: str, timeout: float = 10) -> str | None:
-    """Open the source once and read one frame: None if that works, else a one-line problem (no URL)."""
+class Probe(NamedTuple):
+    problem: str | None  # None when a frame was read, else one line (never the URL)
+    decoding: str  # with a decoder other than the CPU: where it decodes (`VideoStream.decoding`); else ""
+
+
+def probe_source(url: str, timeout: float = 10, decoder: Decoder = "cpu") -> Probe:
+    """Open the source once, on the `decoder`, and read one frame."""
     source = parse_source(url)
     problem = missing_local_source(source)
     if source.kind == "network":
@@ -458,22 +462,24 @@ def probe_source(url: str, timeout: float = 10) -> str | None:
         if url.lower().startswith("rtsp"):
             prefer_rtsp_over_tcp()
     if problem:
-        return problem
+        return Probe(problem, "")
     try:
-        capture = open_capture(source, timeout, timeout)
+        capture = open_capture(source, timeout, timeout, decoder)
     except SourceError as exc:
-        return str(exc)
+        return Probe(str(exc), "")
     except cv2.error:
-        return "OpenCV cannot open this source"
+        return Probe("OpenCV cannot open this source", "")
     try:
         if not capture.isOpened():
-            return cannot_open(source, capture)
+            return Probe(cannot_open(source, capture), "")
+        decoding = capture.decoding if isinstance(capture, VideoStream) and decoder != "cpu" else ""
         if not capture.grab():
-            return "no frame could be decoded" if source.kind == "file" else f"no frame within {timeout:g} s"
+            problem = f"no frame within {timeout:g} s" if source.live else "no frame could be decoded"
+            return Probe(problem, decoding)
         ok, image = capture.retrieve()
         if not ok or image is None:
-            return "opened, but the frame could not be decoded"
-        return None
+            return Probe("opened, but the frame could not be decoded", decoding)
+        return Probe(None, decoding)
     finally:
         capture.release()
 

@@ -137,6 +137,13 @@ def test_model_lands_where_the_shipped_config_looks(dockerfile: Path) -> None:
     assert any(words[-1] == str(model) and words[0].startswith("--from=") for words in copies), copies
 
 
+def test_the_gpu_image_gets_the_drivers_video_decoder() -> None:
+    # the NVIDIA Container Toolkit mounts the driver's NVDEC library (decoder = "cuda") only with `video`
+    env = " ".join(stages(REPO / "Dockerfile")[1][-1].all("ENV"))
+    capabilities = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", env)
+    assert capabilities and {"compute", "utility", "video"} <= set(capabilities.group(1).split(",")), env
+
+
 def test_no_secret_is_baked_in(dockerfile: Path) -> None:
     for keyword, args in instructions(dockerfile):
         if keyword in ("ENV", "ARG", "LABEL"):

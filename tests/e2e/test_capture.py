@@ -27,6 +27,7 @@ from daemon.pipeline.capture import (
     probe_source,
     redact_url,
 )
+from daemon.pipeline.video import cuda_unavailable
 from tests.support.daemon import free_port, wait_until
 from tests.support.holding import HoldingServer
 from tests.support.media import CLIP_FPS, CLIP_SECONDS, STREAM_FPS
@@ -211,6 +212,32 @@ def test_file_with_loop_keeps_going_past_the_end(demo_clips) -> None:
         assert cv2.absdiff(first, again).mean() < 1  # after the end comes the first frame again
 
 
+def test_decoder_cuda_decodes_on_the_gpu_or_says_once_why_on_the_cpu(demo_clips, rtsp_server, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="edgewatch")
+    configs = (
+        camera("file", demo_clips["coffee"], loop=True, decoder="cuda"),
+        camera("stream", rtsp_server.url, decoder="cuda"),
+        camera("plain", demo_clips["motorcycle"], loop=True),
+    )
+    with Rig(*configs) as rig:
+        wait_until(
+            lambda: all(len(frames) >= 5 for frames in rig.frames.values()), timeout=20, message="frames each"
+        )
+        problem = cuda_unavailable()
+        on_gpu = problem is None
+        assert rig.value("edgewatch_camera_gpu_decoding", "file") == rig.value(
+            "edgewatch_camera_gpu_decoding", "stream"
+        ) == (1 if on_gpu else 0)
+        assert rig.value("edgewatch_camera_gpu_decoding", "plain") == 0
+        said = [record for record in caplog.records if "decoder = " in record.getMessage()]
+        where = "on the GPU" if on_gpu else f"on the CPU: {problem}"
+        assert sorted(record.getMessage() for record in said) == [
+            f"camera file: decoder = 'cuda': decoding {where}",
+            f"camera stream: decoder = 'cuda': decoding {where}",
+        ]
+        assert {record.levelno for record in said} == {logging.INFO if on_gpu else logging.WARNING}
+
+
 def test_realtime_file_plays_at_its_own_rate_capped_at_fps(demo_clips) -> None:
     with Rig(camera("paced", demo_clips["camera"], fps=5, loop=True)) as rig:
         wait_until(lambda: len(rig.frames["paced"]) >= 11, timeout=10, message="paced frames")
@@ -276,7 +303,7 @@ def test_a_file_of_undecodable_frames_is_retried_with_backoff(tmp_path, demo_cli
     data[frames_start:index_start] = bytes(index_start - frames_start)  # the container stays, the frames go
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(bytes(data))
-    assert probe_source(str(corrupt)) == "no frame could be decoded"
+    assert probe_source(str(corrupt)).problem == "no frame could be decoded"
     with Rig(camera("broken", corrupt, loop=True)) as rig:
         wait_until(
             lambda: rig.value("edgewatch_camera_reconnects_total", "broken") >= 1,
@@ -360,23 +387,23 @@ def test_redact_url() -> None:
 
 
 def test_probe_source(demo_clips, rtsp_server, tmp_path, silent_port) -> None:
-    assert probe_source(str(demo_clips["coffee"])) is None
-    assert probe_source(rtsp_server.url) is None
-    assert probe_source(str(tmp_path / "missing.mp4")) == "no such file"
+    assert probe_source(str(demo_clips["coffee"])).problem is None
+    assert probe_source(rtsp_server.url).problem is None
+    assert probe_source(str(tmp_path / "missing.mp4")).problem == "no such file"
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    problem = probe_source(str(text))
+    problem = probe_source(str(text)).problem
     assert problem == "cannot read the file as video: Invalid data found when processing input"
     port = free_port()
     assert (
-        probe_source(f"rtsp://u:pw@127.0.0.1:{port}/x", timeout=3)
+        probe_source(f"rtsp://u:pw@127.0.0.1:{port}/x", timeout=3).problem
         == f"connection refused by 127.0.0.1:{port}"
     )
     started = time.monotonic()
-    problem = probe_source(f"rtsp://127.0.0.1:{silent_port}/x", timeout=2)
+    problem = probe_source(f"rtsp://127.0.0.1:{silent_port}/x", timeout=2).problem
     assert problem == "cannot open the source: no answer within 2 s"
     assert time.monotonic() - started < 5
-    problem = probe_source("gst:videotestsrc num-buffers=5 ! videoconvert ! appsink", timeout=3)
+    problem = probe_source("gst:videotestsrc num-buffers=5 ! videoconvert ! appsink", timeout=3).problem
     if gstreamer_available():
         assert problem is None
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.pipeline.video import cuda_unavailable
 from tests.support.daemon import REPO, free_port, run_cli, wait_until
 from tests.support.models import failing_model
 
@@ -61,6 +62,18 @@ def test_check_passes_on_a_good_config(tmp_path, demo_model, demo_clips) -> None
         re.M,
     )
     assert "ok: cameras.kitchen" in done.stdout and "ok: cameras.street" in done.stdout
+
+
+def test_check_says_where_a_camera_with_decoder_cuda_decodes(tmp_path, demo_model, demo_clips) -> None:
+    clip = demo_clips["coffee"]
+    cameras = camera_block("gpu", clip, decoder='"cuda"') + camera_block("cpu", clip)
+    done = check(tmp_path, daemon_config(demo_model, cameras, tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    problem = cuda_unavailable()
+    where = "on the GPU" if problem is None else f"on the CPU: {problem}"
+    said = f"ok: cameras.gpu: {clip} (decoder = 'cuda': decoding {where})"
+    assert said in done.stdout.splitlines(), done.stdout
+    assert f"ok: cameras.cpu: {clip}" in done.stdout.splitlines()
 
 
 def test_check_reports_a_dead_source_with_exit_1(tmp_path, demo_model, demo_clips) -> None:

@@ -1,5 +1,5 @@
 """Files and network streams are decoded by FFmpeg through PyAV: one decoding thread per camera, and the same
-BGR pictures OpenCV's FFmpeg capture gives, so that no detection changes."""
+BGR pictures OpenCV's FFmpeg capture gives, so that no detection changes; on the GPU's decoder too."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import os
 import shutil
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
 
 from benchmarks.clips import encode_h264
-from daemon.pipeline.capture import open_capture, parse_source
-from daemon.pipeline.video import VideoStream
+from daemon.pipeline.capture import open_capture
+from daemon.pipeline.source import parse_source
+from daemon.pipeline.video import VideoStream, cuda_unavailable
 
 CAPTURES = 6
 
@@ -90,6 +92,17 @@ def test_a_file_rewinds_to_its_first_picture_and_states_its_rate(demo_clips: dic
         stream.release()
 
 
+def test_a_peeked_picture_is_the_next_one_grabbed(demo_clips: dict[str, Path]) -> None:
+    # decoder = "cuda" peeks at open, to learn whether FFmpeg decodes on the GPU: no picture may be lost
+    expected = all_frames(VideoStream(str(demo_clips["coffee"]), 10, 10))
+    stream = VideoStream(str(demo_clips["coffee"]), 10, 10)
+    assert stream.peek() and stream.peek()
+    found = all_frames(stream)
+
+    assert len(found) == len(expected) > 10
+    assert all(np.array_equal(a, b) for a, b in zip(found, expected, strict=True))
+
+
 def test_what_cannot_be_opened_says_why_without_the_url(tmp_path: Path) -> None:
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
@@ -100,3 +113,55 @@ def test_what_cannot_be_opened_says_why_without_the_url(tmp_path: Path) -> None:
     refused = VideoStream("rtsp://admin:hunter2@127.0.0.1:1/nothing", 2, 2)
     assert not refused.isOpened()
     assert refused.error == "Connection refused"
+
+
+def raw_clip(pictures: list[av.VideoFrame], pixel_format: str, path: Path) -> Path:
+    """The pictures stored uncompressed in `pixel_format`: what a decoder hands over in that layout."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, pixel_format
+        for picture in pictures:
+            out.mux(stream.encode(picture.reformat(format=pixel_format)))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_picture_in_nv12_gives_the_bgr_bytes_of_the_same_picture_in_planes(
+    h264_clip: Path, tmp_path: Path
+) -> None:
+    # the GPU's decoder hands pictures over as NV12 (chroma interleaved), the CPU's as 4:2:0 planes; FFmpeg
+    # converts the two to BGR by different paths, up to 40 levels apart
+    with av.open(str(h264_clip)) as container:
+        pictures = list(container.decode(video=0))[:12]
+    planes = all_frames(VideoStream(str(raw_clip(pictures, "yuv420p", tmp_path / "planes.nut")), 10, 10))
+    nv12_clip = raw_clip(pictures, "nv12", tmp_path / "nv12.nut")
+    with av.open(str(nv12_clip)) as container:
+        assert next(container.decode(video=0)).format.name == "nv12"
+    interleaved = all_frames(VideoStream(str(nv12_clip), 10, 10))
+
+    assert len(planes) == len(interleaved) == 12
+    for index, (picture, reference) in enumerate(zip(interleaved, planes, strict=True)):
+        assert np.array_equal(picture, reference), f"frame {index}"
+
+
+@pytest.mark.skipif(cuda_unavailable() is None, reason="this host's FFmpeg can decode on a GPU")
+def test_decoder_cuda_without_a_gpu_decodes_on_the_cpu_and_says_why(h264_clip: Path) -> None:
+    stream = VideoStream(str(h264_clip), 10, 10, decoder="cuda")
+    found = all_frames(stream)
+
+    assert not stream.on_gpu
+    assert stream.decoding == f"on the CPU: {cuda_unavailable()}"
+    assert stream.decoding.startswith("on the CPU: no CUDA device (") and "Traceback" not in stream.decoding
+    assert len(found) == len(all_frames(VideoStream(str(h264_clip), 10, 10))) > 10
+
+
+@pytest.mark.skipif(cuda_unavailable() is not None, reason=f"no GPU decoding here: {cuda_unavailable()}")
+def test_decoder_cuda_on_a_gpu_gives_the_cpu_decoders_pictures(h264_clip: Path) -> None:
+    stream = VideoStream(str(h264_clip), 10, 10, decoder="cuda")
+    assert stream.on_gpu and stream.decoding == "on the GPU"
+    found = all_frames(stream)
+    expected = all_frames(VideoStream(str(h264_clip), 10, 10))
+
+    assert len(found) == len(expected) > 10
+    for index, (picture, reference) in enumerate(zip(found, expected, strict=True)):
+        assert np.array_equal(picture, reference), f"frame {index}"

@@ -104,6 +104,12 @@ def test_credentials_directory_supplies_the_api_key(tmp_path: Path, monkeypatch:
             "cameras[1].metadata: 'camera' is set by edgewatch",
         ),
         ("[surprise]\na = 1\n", "surprise: unknown key"),
+        ("[[cameras]]\nid='y'\nurl='a'\ndecoder='gpu'\n", "cameras[1].decoder: Input should be 'cpu' or"),
+        (
+            "[[cameras]]\nid='y'\nurl='gst:videotestsrc ! appsink'\ndecoder='cuda'\n",
+            "cameras[1]: decoder = 'cuda' is for files and network streams; a gst: pipeline names its own",
+        ),
+        ("[[cameras]]\nid='y'\nurl='/dev/video0'\ndecoder='cuda'\n", "V4L2 devices are read by OpenCV"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, extra: str, expected: str) -> None:
