@@ -25,9 +25,10 @@ class CameraMetrics:
             ["camera"],
             registry=registry,
         )
+        # only cameras with decoder = cuda have a series: 0 is then "asked for the GPU, decoding on the CPU"
         self.camera_gpu_decoding = Gauge(
             "edgewatch_camera_gpu_decoding",
-            "1 while the camera's stream is decoded on the GPU (decoder = cuda), 0 while on the CPU.",
+            "For cameras with decoder = cuda: 1 while the stream is decoded on the GPU, 0 while on the CPU.",
             ["camera"],
             registry=registry,
         )
@@ -36,4 +37,3 @@ class CameraMetrics:
         self.camera_up.labels(camera).set(0)
         self.camera_reconnects.labels(camera)
         self.camera_last_frame.labels(camera)
-        self.camera_gpu_decoding.labels(camera).set(0)

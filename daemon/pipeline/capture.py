@@ -173,7 +173,9 @@ class Camera(threading.Thread):
         self._up = cameras.camera_up.labels(camera)
         self._reconnects = cameras.camera_reconnects.labels(camera)
         self._last_frame = cameras.camera_last_frame.labels(camera)
-        self._gpu_decoding = cameras.camera_gpu_decoding.labels(camera)
+        self._gpu_decoding = cameras.camera_gpu_decoding.labels(camera) if config.decoder != "cpu" else None
+        if self._gpu_decoding is None:
+            cameras.camera_gpu_decoding.remove(camera)  # left by this camera before a reload to "cpu"
         self._up.set(0)
         self._state = CameraState(since_mono=time.monotonic())
         self._frame_id = 0
@@ -380,9 +382,9 @@ class Camera(threading.Thread):
     # state, metrics and status
 
     def _report_decoder(self, capture: VideoStream) -> None:
-        self._gpu_decoding.set(1 if capture.on_gpu else 0)
-        if self.config.decoder == "cpu":
+        if self._gpu_decoding is None:
             return
+        self._gpu_decoding.set(1 if capture.on_gpu else 0)
         if capture.decoding == self._decoder_said:
             return
         self._decoder_said = capture.decoding

@@ -46,6 +46,7 @@ def test_promtool_accepts_the_scrape_config_and_the_rules():
 def test_rules_use_only_metrics_edgewatch_exports():
     metrics = Metrics()
     metrics.init_cameras(["cam-1"])
+    metrics.cameras.camera_gpu_decoding.labels("cam-1")  # as a camera with decoder = "cuda" makes it
     Health(metrics.registry)  # the groups the service adds beside Metrics
     ServerMetrics(metrics.registry).init("exporter")
     ReloadMetrics(metrics.registry)
@@ -162,6 +163,25 @@ SCENARIOS = {
             series("edgewatch_frames_dropped_total", "0+3x80", camera="cam-1", reason="stale"),  # 4 %
         ],
         [alert("EdgewatchFramesDroppedHigh", "19m", None)],
+    ),
+    "gpu_decoding_unavailable": (
+        [
+            series("edgewatch_camera_gpu_decoding", "0x120", camera="cam-1"),
+            series("edgewatch_camera_up", "0x20 1x100", camera="cam-1"),  # up from 5m15s on
+        ],
+        [
+            alert("EdgewatchGpuDecodingUnavailable", "14m", None),
+            alert("EdgewatchGpuDecodingUnavailable", "16m", {**CAMERA, "severity": "warning"}),
+        ],
+    ),
+    "gpu_decoding_working_or_camera_down_is_not_this_alert": (
+        [
+            series("edgewatch_camera_gpu_decoding", "1x120", camera="cam-1"),
+            series("edgewatch_camera_up", "1x120", camera="cam-1"),
+            series("edgewatch_camera_gpu_decoding", "0x120", camera="cam-2"),
+            series("edgewatch_camera_up", "0x120", camera="cam-2"),
+        ],
+        [alert("EdgewatchGpuDecodingUnavailable", "25m", None)],
     ),
     "mqtt_disconnected": (
         [series("edgewatch_mqtt_connected", "1x4 0x40")],
