@@ -239,6 +239,21 @@ def test_decoder_cuda_decodes_on_the_gpu_or_says_once_why_on_the_cpu(demo_clips,
         assert {record.levelno for record in said} == {logging.INFO if on_gpu else logging.WARNING}
 
 
+def test_a_camera_reloaded_with_decoder_cpu_leaves_no_gpu_decoding_series(demo_clips) -> None:
+    metrics = Metrics()
+    board = FrameBoard(["door"], on_stale=lambda _frame: None)
+
+    def make(decoder: str) -> Camera:
+        config = camera("door", demo_clips["coffee"], decoder=decoder)
+        return Camera(config, board, metrics.frames, metrics.cameras, threading.Event())
+
+    make("cuda")
+    assert metrics.registry.get_sample_value("edgewatch_camera_gpu_decoding", {"camera": "door"}) == 0
+    make("cpu")  # what a reload that changes the key does: a new camera thread
+    assert metrics.registry.get_sample_value("edgewatch_camera_gpu_decoding", {"camera": "door"}) is None
+    board.close()
+
+
 def test_realtime_file_plays_at_its_own_rate_capped_at_fps(demo_clips) -> None:
     with Rig(camera("paced", demo_clips["camera"], fps=5, loop=True)) as rig:
         wait_until(lambda: len(rig.frames["paced"]) >= 11, timeout=10, message="paced frames")
