@@ -1,8 +1,8 @@
 """A real headless browser for page tests: Debian's chromium driven by Playwright, with a fresh profile.
 
 Playwright's own browser download is never used (`executable_path` points at the system's chromium). Every
-console error, uncaught exception, failed request and HTTP error answer of the page is collected in
-`problems`, so a test can assert that the page ran clean.
+console error, uncaught exception, failed request (but one the page cancelled itself) and HTTP error answer of
+the page is collected in `problems`, so a test can assert that the page ran clean.
 """
 
 from __future__ import annotations
@@ -66,7 +66,15 @@ def chromium(profile: Path, width: int = 1400, height: int = 1100) -> Iterator[B
                 ),
             )
             page.on("pageerror", lambda error: browser.problems.append(f"uncaught: {error}"))
-            page.on("requestfailed", lambda request: browser.problems.append(f"failed: {request.url}"))
+            # a request the page itself cancels, as a reload does with the favicon still loading, is no fault
+            page.on(
+                "requestfailed",
+                lambda request: (
+                    browser.problems.append(f"failed ({request.failure}): {request.url}")
+                    if request.failure != "net::ERR_ABORTED"
+                    else None
+                ),
+            )
             page.on(
                 "response",
                 lambda response: (
