@@ -301,6 +301,9 @@ class Bench:
         overhead (with paced cameras it is mostly waiting, and is left out)."""
         dropped = f"{m.dropped_total}/{m.offered}" if m.offered else "0"
         overhead = m.overhead_ms if busy else None
+        if m.gpu_decoding is not None:
+            on_gpu, asked = m.gpu_decoding
+            note = f"{note + ', ' if note else ''}decoding on the GPU: {on_gpu} of {asked} cameras"
         row = Row(
             section,
             case,

@@ -205,6 +205,8 @@ class Measured:
     online_seconds: float | None = None
     # the window's whole batches (`whole_batches`); None: counted at the window's two ends instead
     batches_span: Span | None = None
+    # at the window's end: (cameras decoding on the GPU, cameras with decoder = "cuda"); None: none asked
+    gpu_decoding: tuple[int, int] | None = None
 
     @property
     def _counted(self) -> Span:
@@ -370,6 +372,15 @@ def bench_config(
     )
 
 
+def _gpu_decoding(service: Service) -> tuple[int, int] | None:
+    """(cameras decoding on the GPU, cameras that asked for it) from `edgewatch_camera_gpu_decoding`."""
+    asked = [camera.id for camera in service.config.cameras if camera.decoder != "cpu"]
+    if not asked:
+        return None
+    value = service.metrics.registry.get_sample_value
+    return sum(value("edgewatch_camera_gpu_decoding", {"camera": c}) == 1 for c in asked), len(asked)
+
+
 def _counters(service: Service) -> Counters:
     registry = service.metrics.registry
     cameras = [camera.id for camera in service.config.cameras]
@@ -449,6 +460,7 @@ def run_pipeline(
         rss_end = rss_mib()
         closed = loop.decoded
         after, cpu_after = _counters(service), thread_cpu(service)
+        gpu_decoding = _gpu_decoding(service)
         sink_cpu = dict(sinks.used)
         loop_cpu = loop.per_frame_ms()
         latencies = recorder.disarm()
@@ -478,5 +490,6 @@ def run_pipeline(
         loop_cpu_ms=loop_cpu,
         online_seconds=online_seconds,
         batches_span=whole_batches(opened, closed),
+        gpu_decoding=gpu_decoding,
     )
     return measured, totals

@@ -27,6 +27,7 @@ from benchmarks.scale import bench_cameras, bench_capacity, bench_frame_cost
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
+from daemon.pipeline.video import cuda_unavailable
 from tests.support.edge import photo
 from tests.support.inference import infer
 from tests.support.mosquitto import Mosquitto
@@ -219,6 +220,21 @@ def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were
         f"capacity: one daemon carried 1 camera of clip.mp4 at 15 fps with under 1% of frames dropped; "
         f"16 dropped {dropped[1]:.1f}%" in report.notes
     )
+
+
+def test_a_run_with_decoder_cuda_says_how_many_cameras_decoded_on_the_gpu(
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+) -> None:
+    clip = encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
+    report = Report()
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
+    bench.decoder = "cuda"
+
+    bench_capacity(bench, clip, (2,), fps=5)
+
+    on_gpu = 2 if cuda_unavailable() is None else 0
+    [row] = [row for row in report.rows if row.section == "capacity"]
+    assert row.note.endswith(f", decoding on the GPU: {on_gpu} of 2 cameras"), row.note
 
 
 @pytest.mark.parametrize(
