@@ -196,10 +196,15 @@ def test_rtsp_cameras_report_when_all_were_online_and_every_one_delivered(
     assert [ok for ok, text in report.checks if "every camera delivered" in text] == [True, True]
 
 
+@pytest.fixture
+def clip(tmp_path: Path, scenes: list) -> Path:
+    """The scenes as the capacity section plays them: a 640x480 H.264 file at 15 fps."""
+    return encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
+
+
 def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were_carried(
-    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list, clip: Path
 ) -> None:
-    clip = encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
     report = Report()
     bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
 
@@ -223,9 +228,8 @@ def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were
 
 
 def test_a_run_with_decoder_cuda_says_how_many_cameras_decoded_on_the_gpu(
-    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list
+    tmp_path: Path, model: Model, demo_model: Path, mosquitto: Mosquitto, scenes: list, clip: Path
 ) -> None:
-    clip = encode_h264([frame for scene in scenes for frame in scene], (640, 480), 15, tmp_path / "clip.mp4")
     report = Report()
     bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
     bench.decoder = "cuda"
