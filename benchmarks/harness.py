@@ -20,8 +20,7 @@ from benchmarks.pipeline import Measured, bench_config, run_pipeline
 from benchmarks.sources import camera_factory
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.session import Model
-from daemon.pipeline.capture import open_capture
-from daemon.pipeline.source import Decoder, parse_source
+from daemon.pipeline.source import Decoder
 from daemon.pipeline.video import VideoStream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,18 +115,21 @@ def raw_fps_beside_decoding(
     each decodes its next frame once the previous one was taken (here: once per `session.run`), with the
     capture's own settings. No daemon: what decoding alone costs the model on this machine's cores.
     Returns (frames/s, the decoders' CPU time per inferred frame in ms)."""
-    probe = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10, decoder=decoder)
-    opened = probe.isOpened()
+
+    def open_clip() -> VideoStream:  # as a file camera opens it
+        return VideoStream(str(clip), open_timeout=10, read_timeout=10, decoder=decoder)
+
+    probe = open_clip()
+    opened, problem = probe.isOpened(), probe.error
     probe.release()
     if not opened:
-        raise RuntimeError(f"{clip}: OpenCV cannot open it")
+        raise RuntimeError(f"{clip}: FFmpeg cannot open it: {problem}")
     taken = [threading.Semaphore(0) for _ in range(cameras)]
     stop = threading.Event()
     cpu: list[float] = []
 
     def decode(turns: threading.Semaphore) -> None:
-        capture = open_capture(parse_source(str(clip)), open_timeout=10, read_timeout=10, decoder=decoder)
-        assert isinstance(capture, VideoStream)
+        capture = open_clip()
         decoding = time.thread_time()  # the decoding from here on, not FFmpeg's probing at open
         try:
             while not stop.is_set():

@@ -57,13 +57,13 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
 
 
+_CUDA_PROBE_LOCK = threading.Lock()  # the probe changes FFmpeg's log level for a moment: one probe at a time
+
+
 def cuda_unavailable() -> str | None:
     """Why FFmpeg cannot decode on an NVIDIA GPU on this host, or None when it can; asked once per process."""
-    with _CUDA_PROBE_LOCK:  # the probe changes FFmpeg's log level for a moment: one probe at a time
+    with _CUDA_PROBE_LOCK:
         return _probe_cuda()
-
-
-_CUDA_PROBE_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -208,7 +208,7 @@ class VideoStream:
     def _planar(self, picture: av.VideoFrame) -> av.VideoFrame:
         """The picture with 4:2:0 chroma in planes, as the CPU's decoder gives it. The GPU's decoder hands
         over NV12 (interleaved chroma), which FFmpeg converts to BGR by another path, with other rounding:
-        up to 40 levels apart, enough to move detections. Planes first, and the BGR bytes are the same."""
+        up to 64 levels apart, enough to move detections. Planes first, and the BGR bytes are the same."""
         if picture.format.name == "nv12":
             return self._yuv420p.reformat(picture, format="yuv420p", threads=1)
         return picture

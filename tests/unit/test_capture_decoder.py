@@ -130,7 +130,7 @@ def test_a_picture_in_nv12_gives_the_bgr_bytes_of_the_same_picture_in_planes(
     h264_clip: Path, tmp_path: Path
 ) -> None:
     # the GPU's decoder hands pictures over as NV12 (chroma interleaved), the CPU's as 4:2:0 planes; FFmpeg
-    # converts the two to BGR by different paths, up to 40 levels apart
+    # converts the two to BGR by different paths, up to 64 levels apart
     with av.open(str(h264_clip)) as container:
         pictures = list(container.decode(video=0))[:12]
     planes = all_frames(VideoStream(str(raw_clip(pictures, "yuv420p", tmp_path / "planes.nut")), 10, 10))
