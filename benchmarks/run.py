@@ -548,13 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     model_config = ModelConfig(
         path=path, providers=[args.provider], threads=args.threads, max_batch=args.max_batch, fp16=args.fp16
     )
+    report = Report()
+    # as the daemon does: FFmpeg makes the GPU's CUDA context before the model, so that both can share it
+    if args.decoder == "cuda" and (problem := cuda_unavailable()):
+        report.notes.append(f"--decoder cuda: the cameras decode on the CPU: {problem}")
     model = Model.load(model_config)
     if args.overlap != "auto":
         model.overlap_runs = args.overlap == "on"
     model.warm_up()
-    report = Report()
-    if args.decoder == "cuda" and (problem := cuda_unavailable()):
-        report.notes.append(f"--decoder cuda: the cameras decode on the CPU: {problem}")
     scenes = demo_scenes((640, 480))
     quick = args.quick
     frames = [frame for scene in scenes for frame in scene]

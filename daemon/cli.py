@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 def _load_model(config: Config):
     from daemon.model.session import Model, ModelError
 
+    if any(camera.decoder == "cuda" for camera in config.cameras):
+        from daemon.pipeline.video import cuda_unavailable
+
+        cuda_unavailable()  # before the model's GPU session: FFmpeg makes the CUDA context, which both share
     try:
         model = Model.load(config.model)
         model.warm_up()

@@ -61,26 +61,37 @@ _CUDA_PROBE_LOCK = threading.Lock()  # the probe changes FFmpeg's log level for 
 
 
 def cuda_unavailable() -> str | None:
-    """Why FFmpeg cannot decode on an NVIDIA GPU on this host, or None when it can; asked once per process."""
+    """Why FFmpeg cannot decode on an NVIDIA GPU on this host, or None when it can; asked once per process.
+
+    FFmpeg shares the GPU's primary CUDA context only if that context was made with blocking
+    synchronisation. ONNX Runtime's GPU providers make it with the driver's default flags, which serve them
+    better: with FFmpeg's, an H100 ran the model up to a third slower at batch 1 (docs/performance.md). So
+    only a process whose cameras decode on the GPU asks this before it loads the model: the device the probe
+    opens stays open, and the context with it, made as FFmpeg wants it."""
     with _CUDA_PROBE_LOCK:
-        return _probe_cuda()
+        return _open_cuda_device()[1]
 
 
 @functools.lru_cache(maxsize=1)
-def _probe_cuda() -> str | None:
+def _open_cuda_device() -> tuple[HWAccel | None, str | None]:
     level = av.logging.get_level()
     av.logging.set_level(av.logging.ERROR)  # FFmpeg's own words on why, e.g. "Cannot load libcuda.so.1"
     try:
         with av.logging.Capture() as said:
-            HWAccel("cuda", options=CUDA_DEVICE_OPTIONS).create(av.codec.Codec("h264", "r"))
+            device = HWAccel("cuda", options=CUDA_DEVICE_OPTIONS).create(av.codec.Codec("h264", "r"))
     except NotImplementedError:
-        return "this FFmpeg has no CUDA decoding"
+        return None, "this FFmpeg has no CUDA decoding"
     except (av.FFmpegError, OSError) as exc:
         words = "; ".join(message.strip() for _level, _name, message in said) or _reason(exc)
-        return f"no CUDA device ({words})"
+        if "incompatible flags" in words:
+            return None, (
+                "the model's GPU session made the CUDA context first, as FFmpeg cannot share it; restart "
+                "edgewatch to decode on the GPU"
+            )
+        return None, f"no CUDA device ({words})"
     finally:
         av.logging.set_level(level)
-    return None
+    return device, None
 
 
 class VideoStream:

@@ -24,13 +24,20 @@ def camera_block(camera_id: str, url: Path | str, **keys: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-def daemon_config(model: Path, cameras: str, tmp_path: Path, metrics_port: int = 0, extra: str = "") -> str:
+def daemon_config(
+    model: Path,
+    cameras: str,
+    tmp_path: Path,
+    metrics_port: int = 0,
+    extra: str = "",
+    providers: str = '"cpu"',
+) -> str:
     return f"""
 [device]
 id = "test-box"
 [model]
 path = "{model}"
-providers = ["cpu"]
+providers = [{providers}]
 max_batch = 4
 batch_timeout_ms = 20
 threads = 2
@@ -67,7 +74,8 @@ def test_check_passes_on_a_good_config(tmp_path, demo_model, demo_clips) -> None
 def test_check_says_where_a_camera_with_decoder_cuda_decodes(tmp_path, demo_model, demo_clips) -> None:
     clip = demo_clips["coffee"]
     cameras = camera_block("gpu", clip, decoder='"cuda"') + camera_block("cpu", clip)
-    done = check(tmp_path, daemon_config(demo_model, cameras, tmp_path))
+    # with onnxruntime-gpu the model's session holds a CUDA context too: the camera must decode beside it
+    done = check(tmp_path, daemon_config(demo_model, cameras, tmp_path, providers='"cuda", "cpu"'))
     assert done.returncode == 0, done.stdout + done.stderr
     problem = cuda_unavailable()
     where = "on the GPU" if problem is None else f"on the CPU: {problem}"
