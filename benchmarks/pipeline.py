@@ -317,29 +317,28 @@ def process_counts() -> tuple[int, int, int]:
     return sys.getallocatedblocks(), len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
 
 
-def thread_cpu(service: Service) -> dict[str, float]:
-    """CPU seconds each pipeline thread, each camera's thread (named `camera-ID`), and the whole process, have
-    used so far (waiting for a core does not count)."""
+def thread_cpu(service: Service) -> dict[tuple[str, str], float]:
+    """CPU seconds each pipeline thread, keyed by its role (`Service.threads_by_role`) and its name, and the
+    whole process, keyed ("process", "process"), have used so far (waiting for a core does not count)."""
     used = {
-        thread.name: time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-        for _, thread in service.threads_by_role()
+        (role, thread.name): time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        for role, thread in service.threads_by_role()
         if thread.ident is not None and thread.is_alive()
     }
-    used["process"] = time.process_time()
+    used["process", "process"] = time.process_time()
     return used
 
 
-def cpu_per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float]:
-    """Milliseconds of CPU per frame between two `thread_cpu` readings: each pipeline thread, then the camera
-    threads alive at both together (`cameras`: capture and decoding), then the whole process."""
-    used = {name: after[name] - before[name] for name in after if name in before}
-    cameras = [name for name in used if name.startswith("camera-")]
-    process = used.pop("process")
-    folded = {name: seconds for name, seconds in used.items() if name not in cameras}
-    if cameras:
-        folded["cameras"] = sum(used[name] for name in cameras)
-    folded["process"] = process
-    return {name: seconds / frames * 1000 if frames else 0.0 for name, seconds in folded.items()}
+def cpu_per_frame(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], frames: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per frame between two `thread_cpu` readings, by role: the threads read at both (a
+    camera started in between is left out), so the camera threads together as `cameras`, and the process."""
+    by_role: dict[str, float] = {}
+    for (role, name), seconds in after.items():
+        if (role, name) in before:
+            by_role[role] = by_role.get(role, 0.0) + seconds - before[role, name]
+    return {role: seconds / frames * 1000 if frames else 0.0 for role, seconds in by_role.items()}
 
 
 def rss_mib(field: str = "VmRSS") -> float:

@@ -260,11 +260,14 @@ def test_shares_count_as_fair_within_10_percent_or_one_frame(
 
 
 def test_cpu_per_frame_folds_the_camera_threads_alive_at_both_readings_into_one_figure() -> None:
-    before = {"inference": 1.0, "dispatcher": 0.5, "camera-a": 2.0, "camera-b": 3.0, "process": 10.0}
+    before = {
+        ("inference", "inference"): 1.0, ("dispatcher", "dispatcher"): 0.5, ("cameras", "camera-a"): 2.0,
+        ("cameras", "camera-b"): 3.0, ("process", "process"): 10.0,
+    }
     # camera-c started within the window: its time before it is unknown, so it is left out
     after = {
-        "inference": 1.2, "dispatcher": 0.6, "camera-a": 2.3, "camera-b": 3.1, "camera-c": 0.4,
-        "process": 11.0,
+        ("inference", "inference"): 1.2, ("dispatcher", "dispatcher"): 0.6, ("cameras", "camera-a"): 2.3,
+        ("cameras", "camera-b"): 3.1, ("cameras", "camera-c"): 0.4, ("process", "process"): 11.0,
     }
     per_frame = pipeline.cpu_per_frame(before, after, frames=100)
     assert list(per_frame) == ["inference", "dispatcher", "cameras", "process"]
