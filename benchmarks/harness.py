@@ -22,6 +22,7 @@ from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.session import Model
 from daemon.pipeline.source import Decoder
 from daemon.pipeline.video import VideoStream
+from daemon.service import Service
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "demo" / "bench"  # made once, kept (demo/ is not committed)
@@ -261,6 +262,7 @@ class Bench:
         profile: Path | None = None,
         online_timeout: float = 0.0,
         live: int | None = None,
+        profile_threads: tuple[str, ...] = ("inference", "dispatcher"),
     ) -> tuple[Measured, int]:
         """Measure one run; also returns how many frames are unaccounted for (offered - inferred - drops).
         `live`: how many of `cameras` deliver (default all), for the batch size of the raw reference."""
@@ -270,14 +272,19 @@ class Bench:
             self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms, self.api
         )
         window = seconds or self.window
-        recorders = []
-        on_window = (lambda _service: recorders.append(sampler.start(profile, window))) if profile else None
+        recorders: list[subprocess.Popen[bytes]] = []
+        gil_profile = profile.with_name(f"{profile.stem}-gil{profile.suffix}") if profile else None
+
+        def on_window(_service: Service) -> None:
+            assert profile is not None and gil_profile is not None
+            recorders.extend([sampler.start(profile, window), sampler.start(gil_profile, window, gil=True)])
+
         frames = self.frames
         expected = min(live or len(cameras), self.max_batch, self.model.max_batch)
         before = raw_fps(self.model, frames, expected, self.bracket) if self.bracket else None
         measured, totals = run_pipeline(
-            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at, on_window,
-            online_timeout,
+            config, self.model, camera_factory(self.scenes), self.warmup, window, rss_at,
+            on_window if profile else None, online_timeout,
         )
         if self.bracket and measured.batches:
             taken = max(1, min(round(measured.mean_batch), self.model.max_batch))
@@ -288,8 +295,10 @@ class Bench:
             _, errors = recorder.communicate(timeout=60)
             if recorder.returncode != 0:
                 raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace').strip()}")
-            assert profile is not None
-            text = sampler.summary(profile)
+        if recorders:
+            assert profile is not None and gil_profile is not None
+            measured.gil_held, held = sampler.gil_summary(gil_profile, window)
+            text = f"{sampler.summary(profile, profile_threads)}\n{held}"
             profile.with_suffix(".summary.txt").write_text(text + "\n")
             print(text, flush=True)
         # read errors are never offered, and a result the dispatcher dropped was inferred: stale drops only
@@ -303,6 +312,8 @@ class Bench:
         overhead (with paced cameras it is mostly waiting, and is left out)."""
         dropped = f"{m.dropped_total}/{m.offered}" if m.offered else "0"
         overhead = m.overhead_ms if busy else None
+        if m.gil_held is not None:
+            note = f"{note + ', ' if note else ''}GIL held {m.gil_held:.0%} of the window"
         if m.gpu_decoding is not None:
             on_gpu, asked = m.gpu_decoding
             note = f"{note + ', ' if note else ''}decoding on the GPU: {on_gpu} of {asked} cameras"

@@ -207,6 +207,8 @@ class Measured:
     batches_span: Span | None = None
     # at the window's end: (cameras decoding on the GPU, cameras with decoder = "cuda"); None: none asked
     gpu_decoding: tuple[int, int] | None = None
+    # with --profile: the share of the window in which a thread held the GIL (py-spy's samples)
+    gil_held: float | None = None
 
     @property
     def _counted(self) -> Span:

@@ -1,4 +1,5 @@
-"""Sampling profile of the benchmark's own process with py-spy (the `bench` extra), summarised per thread."""
+"""Sampling profile of the benchmark's own process with py-spy (the `bench` extra), summarised per thread; and
+which threads hold the GIL, and for what share of the time."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from collections import Counter
 from pathlib import Path
 
 SKIP = ("Thread._bootstrap", "Thread.run ", "Thread._bootstrap_inner")
+RATE = 250  # samples a second
 
 
-def start(out: Path, seconds: float, rate: int = 250) -> subprocess.Popen[bytes]:
-    """Record this process for `seconds` into `out` (py-spy's raw, collapsed-stack format)."""
+def _thread_role(thread: str) -> str:
+    """A thread's name, with the camera threads (`camera-ID`) counted together."""
+    return "cameras" if thread.startswith("camera-") else thread
+
+
+def start(out: Path, seconds: float, rate: int = RATE, gil: bool = False) -> subprocess.Popen[bytes]:
+    """Record this process for `seconds` into `out` (py-spy's raw, collapsed-stack format). With `gil`, each
+    sample is only the thread holding the GIL, if any."""
     py_spy = shutil.which(
         "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )
@@ -35,12 +43,14 @@ def start(out: Path, seconds: float, rate: int = 250) -> subprocess.Popen[bytes]
         str(out),
         "--threads",
         "--nonblocking",
+        *(["--gil"] if gil else []),
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def summary(raw: Path, threads: tuple[str, ...] = ("inference", "dispatcher"), top: int = 12) -> str:
-    """Per thread of `threads`: its samples, and the functions most often on its stack (inclusive)."""
+    """Per thread of `threads` (`cameras`: every camera thread): its samples, and the functions most often on
+    its stack (inclusive)."""
     samples: Counter[str] = Counter()
     functions: dict[str, Counter[str]] = {thread: Counter() for thread in threads}
     for line in raw.read_text().splitlines():
@@ -48,7 +58,7 @@ def summary(raw: Path, threads: tuple[str, ...] = ("inference", "dispatcher"), t
         if not stack:
             continue
         frames = stack.split(";")
-        thread = frames[0].rpartition(": ")[2]
+        thread = _thread_role(frames[0].rpartition(": ")[2])
         samples[thread] += int(count)
         if thread in functions:
             for frame in set(frames[1:]):
@@ -60,3 +70,26 @@ def summary(raw: Path, threads: tuple[str, ...] = ("inference", "dispatcher"), t
         lines.append(f"{thread}: {samples[thread]} samples")
         lines += [f"  {n / total:6.1%}  {frame}" for frame, n in functions[thread].most_common(top)]
     return "\n".join(lines)
+
+
+def gil_summary(raw: Path, seconds: float, rate: int = RATE, top: int = 3) -> tuple[float, str]:
+    """From a recording made with `gil`: the share of the window's samples in which a thread held the GIL, and
+    the text: that share per thread (camera threads together), each with the lines where that thread most
+    often held it (as shares of its own)."""
+    held: Counter[str] = Counter()
+    lines_of: dict[str, Counter[str]] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        role = _thread_role(frames[0].rpartition(": ")[2])
+        held[role] += int(count)
+        lines_of.setdefault(role, Counter())[frames[-1]] += int(count)
+    ticks = max(1, round(seconds * rate))
+    share = min(1.0, sum(held.values()) / ticks)
+    text = [f"GIL held in {share:.0%} of {ticks} samples"]
+    for role, count in held.most_common():
+        where = ", ".join(f"{frame} {n / count:.0%}" for frame, n in lines_of[role].most_common(top))
+        text.append(f"  {count / ticks:6.1%}  {role}: {where}")
+    return share, "\n".join(text)

@@ -518,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record the N=4 unpaced run and the batching runs with py-spy into DIR and print where the "
-        "threads spend time",
+        help="record the N=4 unpaced run, the batching runs and each capacity count with py-spy into DIR, and"
+        " print where the threads spend time and which of them hold the GIL",
     )
     args = parser.parse_args(argv)
     if args.fp16 and args.provider == "cpu":

@@ -46,6 +46,7 @@ SMALL_BATCH = 8
 STREAM_FPS = 2  # the 64-camera case: each camera streams, and is read, at this rate
 STREAM_COUNTS = (1, 4, 16, 64)
 CAPACITY_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
+CAPACITY_THREADS = ("cameras", "inference", "events", "dispatcher")  # the threads --profile sums up there
 # cameras per local RTSP server: one gst-rtsp-server process answers its clients' requests on one thread,
 # and 64 handshakes at once outlast the cameras' open timeout on a busy machine; real cameras are servers each
 CAMERAS_PER_SERVER = 16
@@ -222,9 +223,13 @@ def bench_capacity(bench: Bench, clip: Path, counts: tuple[int, ...], fps: float
         flush=True,
     )
     carried = 0
+    profiled = " (profiled: py-spy took CPU from the daemon)" if bench.profile else ""
     for count in counts:
         cameras = bench.file_cameras(clip, count, fps)
-        m, _ = bench.pipeline(cameras, online_timeout=ONLINE_TIMEOUT)
+        profile = bench.profile / f"py-spy-capacity-{count}.txt" if bench.profile else None
+        m, _ = bench.pipeline(
+            cameras, online_timeout=ONLINE_TIMEOUT, profile=profile, profile_threads=CAPACITY_THREADS
+        )
         dropped = m.dropped_total / m.offered if m.offered else 1.0
         shares = m.shares([camera.id for camera in cameras])
         cpu = m.thread_cpu_ms.get("process", float("nan"))
@@ -242,13 +247,13 @@ def bench_capacity(bench: Bench, clip: Path, counts: tuple[int, ...], fps: float
             bench.report.notes.append(
                 f"capacity: one daemon carried {carried} camera{'' if carried == 1 else 's'} of {clip.name} "
                 f"at {fps:g} fps with under {MAX_DROP_RATIO:.0%} of frames dropped; {count} dropped "
-                f"{dropped:.1%}"
+                f"{dropped:.1%}{profiled}"
             )
             return
         carried = count
     bench.report.notes.append(
         f"capacity: one daemon carried all {carried} cameras of {clip.name} at {fps:g} fps with under "
-        f"{MAX_DROP_RATIO:.0%} of frames dropped (more were not tried)"
+        f"{MAX_DROP_RATIO:.0%} of frames dropped (more were not tried){profiled}"
     )
 
 

@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto
 
 from benchmarks import pipeline
+from benchmarks import profile as sampler
 from benchmarks.clips import encode_h264
 from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, float16_copy, memory_cameras
@@ -273,6 +274,29 @@ def test_cpu_per_frame_folds_the_camera_threads_alive_at_both_readings_into_one_
     assert list(per_frame) == ["inference", "dispatcher", "cameras", "process"]
     assert per_frame == pytest.approx({"inference": 2.0, "dispatcher": 1.0, "cameras": 4.0, "process": 10.0})
     assert pipeline.cpu_per_frame(before, after, frames=0)["cameras"] == 0.0
+
+
+def test_the_gil_summary_gives_the_share_of_the_window_each_thread_held_it_with_the_camera_threads_together(
+    tmp_path: Path,
+) -> None:
+    raw = tmp_path / "py-spy-gil.txt"  # py-spy's raw format: a thread and its stack, then the samples
+    retrieve = "VideoStream.retrieve (daemon/pipeline/video.py:212)"
+    raw.write_text(
+        f"thread (101): camera-cam-1;Thread._bootstrap (threading.py:1002);{retrieve} 100\n"
+        f"thread (102): camera-cam-2;Thread._bootstrap (threading.py:1002);{retrieve} 50\n"
+        "thread (103): inference;InferenceWorker.run (daemon/pipeline/inference.py:147) 60\n"
+        "thread (103): inference;Model.detections (daemon/model/session.py:540) 40\n"
+    )
+
+    share, text = sampler.gil_summary(raw, seconds=2, rate=250)
+
+    assert share == pytest.approx(0.5)
+    assert text.splitlines() == [
+        "GIL held in 50% of 500 samples",
+        f"   30.0%  cameras: {retrieve} 100%",
+        "   20.0%  inference: InferenceWorker.run (daemon/pipeline/inference.py:147) 60%, "
+        "Model.detections (daemon/model/session.py:540) 40%",
+    ]
 
 
 def test_a_window_holds_whole_batches_only_when_one_ended_before_it_and_one_in_it() -> None:
