@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 SKIP = ("Thread._bootstrap", "Thread.run ", "Thread._bootstrap_inner")
@@ -48,22 +49,27 @@ def start(out: Path, seconds: float, rate: int = RATE, gil: bool = False) -> sub
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _stacks(raw: Path) -> Iterator[tuple[str, list[str], int]]:
+    """A py-spy raw recording's lines: (the thread, camera threads as `cameras`; its stack, outermost first;
+    the samples of that stack)."""
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            thread, *frames = stack.split(";")
+            yield _thread_role(thread.rpartition(": ")[2]), frames, int(count)
+
+
 def summary(raw: Path, threads: tuple[str, ...] = ("inference", "dispatcher"), top: int = 12) -> str:
     """Per thread of `threads` (`cameras`: every camera thread): its samples, and the functions most often on
     its stack (inclusive)."""
     samples: Counter[str] = Counter()
     functions: dict[str, Counter[str]] = {thread: Counter() for thread in threads}
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        frames = stack.split(";")
-        thread = _thread_role(frames[0].rpartition(": ")[2])
-        samples[thread] += int(count)
+    for thread, frames, count in _stacks(raw):
+        samples[thread] += count
         if thread in functions:
-            for frame in set(frames[1:]):
+            for frame in set(frames):
                 if not frame.startswith(SKIP):
-                    functions[thread][frame] += int(count)
+                    functions[thread][frame] += count
     lines = []
     for thread in threads:
         total = samples[thread] or 1
@@ -78,14 +84,9 @@ def gil_summary(raw: Path, seconds: float, rate: int = RATE, top: int = 3) -> tu
     often held it (as shares of its own)."""
     held: Counter[str] = Counter()
     lines_of: dict[str, Counter[str]] = {}
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        frames = stack.split(";")
-        role = _thread_role(frames[0].rpartition(": ")[2])
-        held[role] += int(count)
-        lines_of.setdefault(role, Counter())[frames[-1]] += int(count)
+    for role, frames, count in _stacks(raw):
+        held[role] += count
+        lines_of.setdefault(role, Counter())[frames[-1]] += count
     ticks = max(1, round(seconds * rate))
     share = min(1.0, sum(held.values()) / ticks)
     text = [f"GIL held in {share:.0%} of {ticks} samples"]
