@@ -15,6 +15,11 @@ SKIP = ("Thread._bootstrap", "Thread.run ", "Thread._bootstrap_inner")
 RATE = 250  # samples a second
 
 
+def _duration(seconds: float) -> int:
+    """The whole seconds py-spy records for a window of `seconds`."""
+    return max(1, round(seconds))
+
+
 def _thread_role(thread: str) -> str:
     """A thread's name, with the camera threads (`camera-ID`) counted together."""
     return "cameras" if thread.startswith("camera-") else thread
@@ -35,7 +40,7 @@ def start(out: Path, seconds: float, rate: int = RATE, gil: bool = False) -> sub
         "--pid",
         str(os.getpid()),
         "--duration",
-        str(max(1, round(seconds))),
+        str(_duration(seconds)),
         "--rate",
         str(rate),
         "--format",
@@ -87,7 +92,7 @@ def gil_summary(raw: Path, seconds: float, rate: int = RATE, top: int = 3) -> tu
     for role, frames, count in _stacks(raw):
         held[role] += count
         lines_of.setdefault(role, Counter())[frames[-1]] += count
-    ticks = max(1, round(seconds * rate))
+    ticks = _duration(seconds) * rate
     share = min(1.0, sum(held.values()) / ticks)
     text = [f"GIL held in {share:.0%} of {ticks} samples"]
     for role, count in held.most_common():
