@@ -274,9 +274,13 @@ class Bench:
         window = seconds or self.window
         recorders: list[subprocess.Popen[bytes]] = []
         gil_profile = profile.with_name(f"{profile.stem}-gil{profile.suffix}") if profile else None
+        roles: dict[int, str] = {}  # native thread id -> role, as the service names them
 
-        def on_window(_service: Service) -> None:
+        def on_window(service: Service) -> None:
             assert profile is not None and gil_profile is not None
+            roles.update(
+                (thread.native_id, role) for role, thread in service.threads_by_role() if thread.native_id
+            )
             recorders.extend([sampler.start(profile, window), sampler.start(gil_profile, window, gil=True)])
 
         frames = self.frames
@@ -297,8 +301,8 @@ class Bench:
                 raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace').strip()}")
         if recorders:
             assert profile is not None and gil_profile is not None
-            measured.gil_held, held = sampler.gil_summary(gil_profile, window)
-            text = f"{sampler.summary(profile, profile_threads)}\n{held}"
+            measured.gil_held, held = sampler.gil_summary(gil_profile, roles, window)
+            text = f"{sampler.summary(profile, roles, profile_threads)}\n{held}"
             profile.with_suffix(".summary.txt").write_text(text + "\n")
             print(text, flush=True)
         # read errors are never offered, and a result the dispatcher dropped was inferred: stale drops only

@@ -20,11 +20,6 @@ def _duration(seconds: float) -> int:
     return max(1, round(seconds))
 
 
-def _thread_role(thread: str) -> str:
-    """A thread's name, with the camera threads (`camera-ID`) counted together."""
-    return "cameras" if thread.startswith("camera-") else thread
-
-
 def start(out: Path, seconds: float, rate: int = RATE, gil: bool = False) -> subprocess.Popen[bytes]:
     """Record this process for `seconds` into `out` (py-spy's raw, collapsed-stack format). With `gil`, each
     sample is only the thread holding the GIL, if any."""
@@ -54,22 +49,25 @@ def start(out: Path, seconds: float, rate: int = RATE, gil: bool = False) -> sub
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _stacks(raw: Path) -> Iterator[tuple[str, list[str], int]]:
-    """A py-spy raw recording's lines: (the thread, camera threads as `cameras`; its stack, outermost first;
-    the samples of that stack)."""
+def _stacks(raw: Path, roles: dict[int, str]) -> Iterator[tuple[str, list[str], int]]:
+    """A py-spy raw recording's lines (`thread (TID): NAME;frame;... COUNT`): (the thread's role by its native
+    id in `roles` (`Service.threads_by_role`: the camera threads are `cameras`), else its name; its stack,
+    outermost first; the samples of that stack)."""
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack:
             thread, *frames = stack.split(";")
-            yield _thread_role(thread.rpartition(": ")[2]), frames, int(count)
+            tid, _, name = thread.removeprefix("thread (").partition("): ")
+            yield roles.get(int(tid), name), frames, int(count)
 
 
-def summary(raw: Path, threads: tuple[str, ...] = ("inference", "dispatcher"), top: int = 12) -> str:
-    """Per thread of `threads` (`cameras`: every camera thread): its samples, and the functions most often on
-    its stack (inclusive)."""
+def summary(
+    raw: Path, roles: dict[int, str], threads: tuple[str, ...] = ("inference", "dispatcher"), top: int = 12
+) -> str:
+    """Per role of `threads`: its samples, and the functions most often on its stack (inclusive)."""
     samples: Counter[str] = Counter()
     functions: dict[str, Counter[str]] = {thread: Counter() for thread in threads}
-    for thread, frames, count in _stacks(raw):
+    for thread, frames, count in _stacks(raw, roles):
         samples[thread] += count
         if thread in functions:
             for frame in set(frames):
@@ -83,13 +81,15 @@ def summary(raw: Path, threads: tuple[str, ...] = ("inference", "dispatcher"), t
     return "\n".join(lines)
 
 
-def gil_summary(raw: Path, seconds: float, rate: int = RATE, top: int = 3) -> tuple[float, str]:
+def gil_summary(
+    raw: Path, roles: dict[int, str], seconds: float, rate: int = RATE, top: int = 3
+) -> tuple[float, str]:
     """From a recording made with `gil`: the share of the window's samples in which a thread held the GIL, and
-    the text: that share per thread (camera threads together), each with the lines where that thread most
-    often held it (as shares of its own)."""
+    the text: that share per role (as in `summary`), each with the lines where it most often held it (as
+    shares of its own)."""
     held: Counter[str] = Counter()
     lines_of: dict[str, Counter[str]] = {}
-    for role, frames, count in _stacks(raw):
+    for role, frames, count in _stacks(raw, roles):
         held[role] += count
         lines_of.setdefault(role, Counter())[frames[-1]] += count
     ticks = _duration(seconds) * rate

@@ -276,7 +276,7 @@ def test_cpu_per_frame_folds_the_camera_threads_alive_at_both_readings_into_one_
     assert pipeline.cpu_per_frame(before, after, frames=0)["cameras"] == 0.0
 
 
-def test_the_gil_summary_gives_the_share_of_the_window_each_thread_held_it_with_the_camera_threads_together(
+def test_the_gil_summary_gives_the_share_of_the_window_each_role_held_it_with_the_camera_threads_together(
     tmp_path: Path,
 ) -> None:
     raw = tmp_path / "py-spy-gil.txt"  # py-spy's raw format: a thread and its stack, then the samples
@@ -288,7 +288,9 @@ def test_the_gil_summary_gives_the_share_of_the_window_each_thread_held_it_with_
         "thread (103): inference;Model.detections (daemon/model/session.py:540) 40\n"
     )
 
-    share, text = sampler.gil_summary(raw, seconds=2, rate=250)
+    roles = {101: "cameras", 102: "cameras", 103: "inference"}  # as Service.threads_by_role names them
+
+    share, text = sampler.gil_summary(raw, roles, seconds=2, rate=250)
 
     assert share == pytest.approx(0.5)
     assert text.splitlines() == [
