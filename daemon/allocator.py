@@ -11,7 +11,8 @@ import os
 # Blocks this large and larger are mapped on their own and go back to the kernel when freed. glibc's default
 # starts at 128 KiB and rises to the largest block freed so far, so after the first 720p or 1080p frames every
 # later frame comes from the heap, which keeps its high-water mark: 4 cameras at 1080p held 820-940 MiB of RSS
-# against 490-500 MiB with this setting (docs/performance.md). A 640x480 frame (900 KiB) stays in the heap.
+# against 490-500 MiB with this setting (docs/performance-record.md). A 640x480 frame (900 KiB) stays in the
+# heap.
 MMAP_THRESHOLD = 1 << 20
 # What glibc keeps free at the top of a heap before giving it back: its default, which raising the mmap
 # threshold raised too (to twice the largest block freed) before the daemon fixed it

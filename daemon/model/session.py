@@ -64,7 +64,8 @@ def short_provider_name(ort_name: str) -> str:
 # (max_batch, batch_timeout_ms) where the config leaves them unset, by the provider that runs the model.
 # On a CPU a batch of B costs B single runs, so a frame batched with others only waits longer; on a GPU a
 # batch of 8 costs about one run. CUDA pads every run to one size (see Model.full_batches), so waiting for a
-# batch to fill saves nothing and only adds latency. Measurements: docs/performance.md, "Latency policy".
+# batch to fill saves nothing and only adds latency. Measurements: "Latency policy" in
+# docs/performance-record.md.
 BATCH_DEFAULTS = {"cpu": (1, 0.0), "cuda": (8, 0.0), "tensorrt": (8, 10.0)}
 
 
@@ -390,7 +391,7 @@ class Model:
         self.fixed_batch = fixed_batch
         # the inference worker letterboxes the next batch and decodes the last one while a batch runs: on a
         # GPU, where that CPU work takes about as long as the run. Not on a CPU: there it takes the cores the
-        # run needs, and a frame taken a run early waits that run out (measured: docs/performance.md)
+        # run needs, and a frame taken a run early waits that run out (measured: docs/performance-record.md)
         self.overlap_runs = on_gpu
         self.threads = threads  # ONNX Runtime intra-op threads (CPU kernels)
         self._session = session

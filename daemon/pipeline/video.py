@@ -65,9 +65,9 @@ def cuda_unavailable() -> str | None:
 
     FFmpeg shares the GPU's primary CUDA context only if that context was made with blocking
     synchronisation. ONNX Runtime's GPU providers make it with the driver's default flags, which serve them
-    better: with FFmpeg's, an H100 ran the model up to a third slower at batch 1 (docs/performance.md). So
-    only a process whose cameras decode on the GPU asks this before it loads the model: the device the probe
-    opens stays open, and the context with it, made as FFmpeg wants it."""
+    better: with FFmpeg's, an H100 ran the model up to a third slower at batch 1 (docs/performance-record.md).
+    So only a process whose cameras decode on the GPU asks this before it loads the model: the device the
+    probe opens stays open, and the context with it, made as FFmpeg wants it."""
     with _CUDA_PROBE_LOCK:
         return _open_cuda_device()[1]
 
@@ -131,7 +131,8 @@ class VideoStream:
             return
         finally:
             # FFmpeg's probe decodes a few pictures and frees them, in this thread's heap: with cameras
-            # opening side by side, 64 of them held about 230 MiB more until trimmed (docs/performance.md)
+            # opening side by side, 64 of them held about 230 MiB more until trimmed
+            # (docs/performance-record.md)
             allocator.return_freed_memory()
         if not isinstance(container, av.container.InputContainer) or not container.streams.video:
             container.close()
