@@ -61,9 +61,7 @@ def _stacks(raw: Path, roles: dict[int, str]) -> Iterator[tuple[str, list[str], 
             yield roles.get(int(tid), name), frames, int(count)
 
 
-def summary(
-    raw: Path, roles: dict[int, str], threads: tuple[str, ...] = ("inference", "dispatcher"), top: int = 12
-) -> str:
+def summary(raw: Path, roles: dict[int, str], threads: tuple[str, ...], top: int = 12) -> str:
     """Per role of `threads`: its samples, and the functions most often on its stack (inclusive)."""
     samples: Counter[str] = Counter()
     functions: dict[str, Counter[str]] = {thread: Counter() for thread in threads}
