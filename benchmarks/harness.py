@@ -18,6 +18,7 @@ import onnx
 from benchmarks import profile as sampler
 from benchmarks.pipeline import Measured, bench_config, run_pipeline
 from benchmarks.sources import camera_factory
+from benchmarks.standins import StandIns
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.model.session import Model
 from daemon.pipeline.source import Decoder
@@ -238,6 +239,7 @@ class Bench:
     bracket: float = 3.0
     runs: int = 0
     api: ApiConfig | None = None  # the HTTP API and the page's history: on in the soak
+    uploads: StandIns | None = None  # local Roboflow stand-ins the daemon uploads to: in the soak
     decoder: Decoder = "cpu"  # where the file cameras decode (--decoder)
 
     @property
@@ -269,7 +271,8 @@ class Bench:
         self.runs += 1
         workdir = Path(tempfile.mkdtemp(prefix=f"run-{self.runs}-", dir=self.workdir))  # copies count apart
         config = bench_config(
-            self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms, self.api
+            self.model_config, cameras, workdir, self.broker, self.max_batch, self.batch_timeout_ms, self.api,
+            self.uploads,
         )
         window = seconds or self.window
         recorders: list[subprocess.Popen[bytes]] = []

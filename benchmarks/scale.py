@@ -7,12 +7,15 @@
   throughput, fairness, latency and RSS per camera;
 - capacity: how many 640x480 H.264 file cameras at 15 fps one daemon carries on this host, every sink on:
   1, 2, 4, ... cameras until a count drops 1 % of its frames;
-- soak: 8 file cameras at 5 fps with every sink on (MQTT, Model Monitoring's spool, the API and the page's
-  history) for a given time, RSS sampled each minute; growth measured after the first 10 minutes.
+- soak: 8 file cameras at 5 fps with every sink on for a given time, as a device runs for months: each
+  camera tracked, with two zones and a line (events, snapshots), Model Monitoring and Vision Events uploading
+  to local stand-ins of Roboflow's endpoints, MQTT, the API and the page's history; RSS sampled each minute,
+  growth measured after the first 10 minutes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import threading
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.events import LINE, ZONES
 from benchmarks.harness import (
     MAX_DROP_RATIO,
     OVERLOAD_CAMERAS,
@@ -35,6 +39,7 @@ from benchmarks.harness import (
     memory_cameras,
 )
 from benchmarks.pipeline import Measured, rss_mib
+from benchmarks.standins import stand_ins
 from daemon.config import ApiConfig, CameraConfig, ModelConfig
 from daemon.demo import write_demo_clips
 from daemon.model.preprocess import LetterboxBuffer
@@ -293,10 +298,14 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
     settle = min(SOAK_SETTLE_MINUTES, minutes / 3) * 60
     print(
         f"soak: {SOAK_CAMERAS} file cameras at {SOAK_FPS:g} fps for {minutes:g} min, every sink on "
-        f"(API and history included); RSS every {step:.0f} s, growth from minute {settle / 60:g}",
+        "(tracking, 2 zones and a line per camera, snapshots, Model Monitoring and Vision Events to local "
+        f"stand-ins, MQTT, the API and history); RSS every {step:.0f} s, growth from minute {settle / 60:g}",
         flush=True,
     )
-    cameras = bench.file_cameras(clip, SOAK_CAMERAS, SOAK_FPS)
+    cameras = [
+        camera.model_copy(update={"zones": list(ZONES), "lines": [LINE]})
+        for camera in bench.file_cameras(clip, SOAK_CAMERAS, SOAK_FPS)
+    ]
     end = minutes * 60
     samples = tuple(np.arange(step, end + step / 2, step))
     saved_warmup, saved_api = bench.warmup, bench.api
@@ -305,9 +314,10 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
     moments = (60.0, settle, end - 5)
     snapshots, timers = start_snapshots(moments) if trace else ([], [])
     try:
-        m, _ = bench.pipeline(cameras, seconds=end - bench.warmup + 1, rss_at=samples)
+        with stand_ins() as (bench.uploads, tally):
+            m, _ = bench.pipeline(cameras, seconds=end - bench.warmup + 1, rss_at=samples)
     finally:
-        bench.warmup, bench.api = saved_warmup, saved_api
+        bench.warmup, bench.api, bench.uploads = saved_warmup, saved_api, None
         for timer in timers:
             timer.cancel()
         if trace:
@@ -336,6 +346,29 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
         per_hour < 0.01,
         f"soak: RSS growth after minute {start_at / 60:g} {per_hour:+.2%} per hour < 1% "
         f"({minutes:g} min run{'' if minutes >= 60 else ': shorter than the hour the target asks for'})",
+    )
+    report_uploads(bench, tally)
+
+
+def report_uploads(bench: Bench, tally: collections.Counter[str]) -> None:
+    """What the stand-ins answered over the soak, and what the run left on disk; checks that the uploads went
+    through, every one accepted."""
+    print("  the stand-ins answered: " + ", ".join(f"{key} x{count}" for key, count in sorted(tally.items())))
+    folder = next(bench.workdir.glob(f"run-{bench.runs}-*"))
+    spools = sum(path.stat().st_size for path in folder.glob("*.db*"))
+    pictures = list(folder.rglob("*.jpg"))
+    print(
+        f"  left on disk: spools {spools / 1024:.0f} KiB, snapshots {len(pictures)} files, "
+        f"{sum(path.stat().st_size for path in pictures) / 2**20:.1f} MiB",
+        flush=True,
+    )
+    refused = sum(count for key, count in tally.items() if key.split()[-1][0] in "45")
+    reports, events = tally["monitoring report 200"], tally["vision-events events"]
+    images = tally["vision-events upload 201"]
+    bench.report.check(
+        refused == 0 and reports > 0 and events > 0 and images > 0,
+        f"soak: uploads accepted: {reports} Model Monitoring reports, {events} Vision Events with {images} "
+        f"images; {refused} requests refused",
     )
 
 

@@ -24,7 +24,7 @@ from benchmarks.events import event_cameras, events_thread_work
 from benchmarks.harness import Bench, Report, bench_raw, float16_copy, memory_cameras
 from benchmarks.pipeline import LatencyRecorder, LoopTimer, bench_config, run_pipeline
 from benchmarks.run import OWN_CPU_PER_FRAME_MS, bench_decode, bench_unpaced, main, table
-from benchmarks.scale import bench_cameras, bench_capacity, bench_frame_cost
+from benchmarks.scale import bench_cameras, bench_capacity, bench_frame_cost, bench_soak
 from benchmarks.sources import camera_factory, demo_scenes
 from daemon.config import CameraConfig, ModelConfig
 from daemon.model.session import Model
@@ -226,6 +226,38 @@ def test_capacity_adds_cameras_until_a_count_drops_frames_and_says_how_many_were
         f"capacity: one daemon carried 1 camera of clip.mp4 at 15 fps with under 1% of frames dropped; "
         f"16 dropped {dropped[1]:.1f}%" in report.notes
     )
+
+
+def test_the_soak_runs_the_events_and_uploads_to_roboflow_stand_ins_that_accept_every_request(
+    tmp_path: Path,
+    model: Model,
+    demo_model: Path,
+    mosquitto: Mosquitto,
+    scenes: list,
+    clip: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = Report()
+    bench = short_bench(tmp_path, model, demo_model, mosquitto, scenes, report)
+
+    bench_soak(bench, clip, minutes=0.5)
+
+    printed = capsys.readouterr().out
+    assert len(report.rows) == 1 and report.rows[0].case.startswith("0.5 min, RSS ")
+    uploads = [line for ok, line in report.checks if line.startswith("soak: uploads accepted")]
+    found = re.fullmatch(
+        r"soak: uploads accepted: (\d+) Model Monitoring reports, (\d+) Vision Events with (\d+) images; "
+        r"(\d+) requests refused",
+        uploads[0],
+    )
+    assert found, uploads
+    reports, events, images, refused = (int(value) for value in found.groups())
+    assert reports > 0 and events > 0 and images > 0 and refused == 0
+    assert (True, uploads[0]) in report.checks
+    # the stand-ins ran in a process of their own, and said what they answered
+    assert f"monitoring report 200 x{reports}," in printed and f"vision-events events x{events}" in printed
+    assert re.search(r"left on disk: spools \d+ KiB, snapshots [1-9]\d* files", printed), printed
+    assert bench.uploads is None  # the next section uploads nothing
 
 
 def test_a_run_with_decoder_cuda_says_how_many_cameras_decoded_on_the_gpu(

@@ -11,6 +11,7 @@ it got.
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -108,6 +109,14 @@ class RoboflowServer(Served):
                 r for r in self.requests
                 if (endpoint is None or r.endpoint == endpoint) and (status is None or r.status == status)
             ]
+
+    def forget(self) -> collections.Counter[str]:
+        """Forget the requests recorded so far (they keep every body: a run of hours would pile them up);
+        returns how many there were, by `endpoint status`."""
+        with self._changed:
+            tally = collections.Counter(f"{r.endpoint} {r.status}" for r in self.requests)
+            self.requests.clear()
+        return tally
 
     def accepted(self, endpoint: str) -> list[Any]:
         """Bodies of the requests to `endpoint` that got a 200, in arrival order."""

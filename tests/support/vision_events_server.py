@@ -13,6 +13,7 @@ while, 429 with Retry-After, 401...), `trickle(...)` an answer that comes one by
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.parser
 import email.policy
@@ -187,6 +188,19 @@ class VisionEventsServer(Served):
                 r for r in self.requests
                 if (endpoint is None or r.endpoint == endpoint) and (status is None or r.status == status)
             ]
+
+    def forget(self) -> collections.Counter[str]:
+        """Forget the requests, events and image bytes recorded so far (a run of hours would pile them up;
+        uploaded images stay known, so that later events may name them); returns how many requests there
+        were, by `endpoint status`, and the events accepted (`events`)."""
+        with self._changed:
+            tally = collections.Counter(f"{r.endpoint} {r.status}" for r in self.requests)
+            tally["events"] = len(self.arrivals)
+            self.requests.clear()
+            self.events.clear()
+            self.arrivals.clear()
+            self.images = dict.fromkeys(self.images, b"")
+        return tally
 
     def wait_for(self, condition: Callable[[], Any], timeout: float = 15, message: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
