@@ -18,7 +18,8 @@ Sections, in one process, one model, one set of thread settings:
 7. latency: the overload case (or --latency-load) at max_batch 1, 2, 4, 8 and batch timeouts 0 and 10 ms (the
    defaults' basis);
 8. cameras: 1, 4, 16, 64 RTSP cameras at 2 fps each: fairness, latency, RSS per camera;
-9. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, RSS growth per hour.
+9. soak (only with --soak MINUTES): 8 file cameras at 5 fps, every sink on, events and uploads to local
+   stand-ins of Roboflow included: RSS growth per hour.
 Every figure is printed with the load average: on a shared machine compare only within one run.
 
 Prints a table, the targets met or missed, and the command line. Not part of the test suite.
@@ -506,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         "--soak",
         type=float,
         metavar="MINUTES",
-        help="run only the soak: 8 file cameras at 5 fps, every sink on, for MINUTES (the target: 60)",
+        help="run only the soak: 8 file cameras at 5 fps, every sink on (events, snapshots and uploads to"
+        " local Roboflow stand-ins included), for MINUTES (the target: 60)",
     )
     parser.add_argument(
         "--soak-trace",

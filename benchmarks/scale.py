@@ -355,10 +355,10 @@ def report_uploads(bench: Bench, tally: collections.Counter[str]) -> None:
     through, every one accepted."""
     print("  the stand-ins answered: " + ", ".join(f"{key} x{count}" for key, count in sorted(tally.items())))
     folder = next(bench.workdir.glob(f"run-{bench.runs}-*"))
-    spools = sum(path.stat().st_size for path in folder.glob("*.db*"))
+    stores = sum(path.stat().st_size for path in folder.glob("*.db*"))  # the spools and the history
     pictures = list(folder.rglob("*.jpg"))
     print(
-        f"  left on disk: spools {spools / 1024:.0f} KiB, snapshots {len(pictures)} files, "
+        f"  left on disk: spools and history {stores / 1024:.0f} KiB, snapshots {len(pictures)} files, "
         f"{sum(path.stat().st_size for path in pictures) / 2**20:.1f} MiB",
         flush=True,
     )

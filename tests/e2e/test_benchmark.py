@@ -256,7 +256,7 @@ def test_the_soak_runs_the_events_and_uploads_to_roboflow_stand_ins_that_accept_
     assert (True, uploads[0]) in report.checks
     # the stand-ins ran in a process of their own, and said what they answered
     assert f"monitoring report 200 x{reports}," in printed and f"vision-events events x{events}" in printed
-    assert re.search(r"left on disk: spools \d+ KiB, snapshots [1-9]\d* files", printed), printed
+    assert re.search(r"left on disk: spools and history \d+ KiB, snapshots [1-9]\d* files", printed), printed
     assert bench.uploads is None  # the next section uploads nothing
 
 
