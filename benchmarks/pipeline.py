@@ -2,13 +2,12 @@
 
 Sinks on: Prometheus metrics, progress, confidence tracker, Model Monitoring (aggregator + SQLite spool, no
 API key so nothing leaves the machine; in the soak uploading to local stand-ins, and Vision Events too) and
-MQTT to a real local Mosquitto. The run warms up, then measures a
-window: frames offered, inferred and dropped (from the daemon's own Prometheus counters), `session.run`
-time (the inference duration histogram), each frame's latency from capture until every sink is done (a
-recording sink placed after the daemon's own, so it sees the frame when they have all handled it), and the
-CPU time of the pipeline's threads (inference worker and its session.run thread, events thread, dispatcher),
-of the worker's steps (letterboxing, `session.run`, decoding, the rest), of each sink (its `handle` and
-`drained`) and of the whole process per inferred frame.
+MQTT to a real local Mosquitto. The run warms up, then measures a window: frames offered, inferred and dropped
+(from the daemon's own Prometheus counters), `session.run` time (the inference duration histogram), each
+frame's latency from capture until every sink is done (a recording sink placed after the daemon's own, so it
+sees the frame when they have all handled it), and the CPU time of the pipeline's threads (inference worker
+and its session.run thread, events thread, dispatcher), of the worker's steps (letterboxing, `session.run`,
+decoding, the rest), of each sink (its `handle` and `drained`) and of the whole process per inferred frame.
 """
 
 from __future__ import annotations
@@ -368,28 +367,23 @@ def bench_config(
     """Every sink on. Model Monitoring spools without a key (nothing leaves the machine), unless `uploads`
     names local stand-ins: then it uploads to them, and so does Vision Events, with every kind of event."""
     model_config = model.model_copy(update={"max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms})
-    roboflow = RoboflowConfig(enabled=True, api_key="", spool=workdir / "spool.db", frequency=5)
-    vision_events = VisionEventsConfig()
-    if uploads is not None:
-        roboflow = RoboflowConfig(
-            enabled=True,
-            api_key=uploads.monitoring_key,
-            api_url=uploads.monitoring_url,
-            spool=workdir / "spool.db",
-            frequency=5,
-        )
-        vision_events = VisionEventsConfig(
+    endpoint = {"api_key": uploads.monitoring_key, "api_url": uploads.monitoring_url} if uploads else {}
+    vision_events = (
+        VisionEventsConfig(
             enabled=True,
             api_key=uploads.vision_events_key,
             api_url=uploads.vision_events_url,
             use_case="bench",
             send=["alerts", "zones", "lines", "counts"],
         )
+        if uploads
+        else VisionEventsConfig()
+    )
     return Config(
         device=DeviceConfig(id="bench"),
         model=model_config,
         cameras=cameras,
-        roboflow=roboflow,
+        roboflow=RoboflowConfig(enabled=True, spool=workdir / "spool.db", frequency=5, **endpoint),
         vision_events=vision_events,
         mqtt=MqttConfig(enabled=True, host=broker[0], port=broker[1]),
         metrics=MetricsConfig(host="127.0.0.1", port=0),

@@ -38,13 +38,11 @@ def serve() -> None:
 
     monitoring, vision_events = RoboflowServer().start(), VisionEventsServer().start()
     tally: collections.Counter[str] = collections.Counter()
-    lock = threading.Lock()
     done = threading.Event()
 
-    def forget() -> None:
-        with lock:
-            for service, server in (("monitoring", monitoring), ("vision-events", vision_events)):
-                tally.update({f"{service} {key}": count for key, count in server.forget().items()})
+    def forget() -> None:  # on the forgetting thread, then (once it has ended) on this one
+        for service, server in (("monitoring", monitoring), ("vision-events", vision_events)):
+            tally.update({f"{service} {key}": count for key, count in server.forget().items()})
 
     def keep_forgetting() -> None:
         while not done.wait(FORGET_EVERY):
