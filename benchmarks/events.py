@@ -1,7 +1,8 @@
 """The events' cost: cameras with tracking, two zones and a line each, and the events thread's work per frame.
 
-- `event_cameras`: in-memory cameras as the pipeline benchmark's, each with `track = true`, two zones (the
-  left and right halves of the lower frame) and a line down the middle, every class counted;
+- `with_events`: a camera with `track = true`, two zones (the left and right halves of the lower frame) and
+  a line down the middle, every class counted (the soak's cameras too); `event_cameras`: in-memory cameras as
+  the pipeline benchmark's, each with them;
 - `events_thread_work`: the events sink alone on one thread (as the events thread runs it), fed frames of
   `objects` boxes that move across the zones and the line: seconds per `handle`, i.e. what tracking, zones,
   lines and the event lifecycle cost per frame.
@@ -17,6 +18,7 @@ import numpy as np
 import supervision as sv
 from prometheus_client import CollectorRegistry
 
+from benchmarks.harness import memory_cameras
 from daemon.config import (
     CameraConfig,
     Config,
@@ -37,13 +39,13 @@ ZONES = (
 LINE = LineConfig(name="middle", start=(0.5, 0.0), end=(0.5, 1.0))
 
 
+def with_events(camera: CameraConfig) -> CameraConfig:
+    """`camera` tracked, with the two zones and the line."""
+    return camera.model_copy(update={"track": True, "zones": list(ZONES), "lines": [LINE]})
+
+
 def event_cameras(count: int, mode: str, fps: float = 240) -> list[CameraConfig]:
-    return [
-        CameraConfig(
-            id=f"cam-{i + 1}", url=f"memory:{mode}", fps=fps, track=True, zones=list(ZONES), lines=[LINE]
-        )
-        for i in range(count)
-    ]
+    return [with_events(camera) for camera in memory_cameras(count, mode, fps)]
 
 
 def moving_boxes(objects: int, frame: int) -> sv.Detections:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.events import LINE, ZONES
+from benchmarks.events import with_events
 from benchmarks.harness import (
     MAX_DROP_RATIO,
     OVERLOAD_CAMERAS,
@@ -302,10 +302,7 @@ def bench_soak(bench: Bench, clip: Path, minutes: float | None, trace: bool = Fa
         f"stand-ins, MQTT, the API and history); RSS every {step:.0f} s, growth from minute {settle / 60:g}",
         flush=True,
     )
-    cameras = [
-        camera.model_copy(update={"zones": list(ZONES), "lines": [LINE]})
-        for camera in bench.file_cameras(clip, SOAK_CAMERAS, SOAK_FPS)
-    ]
+    cameras = [with_events(camera) for camera in bench.file_cameras(clip, SOAK_CAMERAS, SOAK_FPS)]
     end = minutes * 60
     samples = tuple(np.arange(step, end + step / 2, step))
     saved_warmup, saved_api = bench.warmup, bench.api
