@@ -89,7 +89,8 @@ def gil_summary(
     lines_of: dict[str, Counter[str]] = {}
     for role, frames, count in _stacks(raw, roles):
         held[role] += count
-        lines_of.setdefault(role, Counter())[frames[-1]] += count
+        # py-spy can catch a thread between two Python frames: it held the GIL all the same
+        lines_of.setdefault(role, Counter())[frames[-1] if frames else "(no Python frame)"] += count
     ticks = _duration(seconds) * rate
     share = min(1.0, sum(held.values()) / ticks)
     text = [f"GIL held in {share:.0%} of {ticks} samples"]

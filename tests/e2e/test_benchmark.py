@@ -318,18 +318,20 @@ def test_the_gil_summary_gives_the_share_of_the_window_each_role_held_it_with_th
         f"thread (102): camera-cam-2;Thread._bootstrap (threading.py:1002);{retrieve} 50\n"
         "thread (103): inference;InferenceWorker.run (daemon/pipeline/inference.py:147) 60\n"
         "thread (103): inference;Model.detections (daemon/model/session.py:540) 40\n"
+        "thread (104): events 25\n"  # caught between two Python frames, as py-spy can
     )
 
-    roles = {101: "cameras", 102: "cameras", 103: "inference"}  # as Service.threads_by_role names them
+    roles = {101: "cameras", 102: "cameras", 103: "inference", 104: "events"}  # as Service.threads_by_role
 
     share, text = sampler.gil_summary(raw, roles, seconds=2, rate=250)
 
-    assert share == pytest.approx(0.5)
+    assert share == pytest.approx(0.55)
     assert text.splitlines() == [
-        "GIL held in 50% of 500 samples",
+        "GIL held in 55% of 500 samples",
         f"   30.0%  cameras: {retrieve} 100%",
         "   20.0%  inference: InferenceWorker.run (daemon/pipeline/inference.py:147) 60%, "
         "Model.detections (daemon/model/session.py:540) 40%",
+        "    5.0%  events: (no Python frame) 100%",
     ]
 
 
