@@ -11,7 +11,6 @@ it got.
 
 from __future__ import annotations
 
-import collections
 import json
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.served import Scripted, Served, next_scripted, read_body, send_json
+from tests.support.served import Recording, Scripted, Served, next_scripted, read_body, send_json
 
 ENDPOINTS = ("workspace", "report", "metadata")
 
@@ -43,7 +42,7 @@ class Recorded:
 
 
 @dataclass
-class RoboflowServer(Served):
+class RoboflowServer(Served, Recording[Recorded]):
     api_key: str = "rf_test_key"
     workspace: str = "edge-tests"
     requests: list[Recorded] = field(default_factory=list)
@@ -102,21 +101,6 @@ class RoboflowServer(Served):
             self.api_key = key
 
     # --- what arrived ------------------------------------------------------------------------------
-
-    def recorded(self, endpoint: str | None = None, status: int | None = None) -> list[Recorded]:
-        with self._changed:
-            return [
-                r for r in self.requests
-                if (endpoint is None or r.endpoint == endpoint) and (status is None or r.status == status)
-            ]
-
-    def forget(self) -> collections.Counter[str]:
-        """Forget the requests recorded so far (they keep every body: a run of hours would pile them up);
-        returns how many there were, by `endpoint status`."""
-        with self._changed:
-            tally = collections.Counter(f"{r.endpoint} {r.status}" for r in self.requests)
-            self.requests.clear()
-        return tally
 
     def accepted(self, endpoint: str) -> list[Any]:
         """Bodies of the requests to `endpoint` that got a 200, in arrival order."""

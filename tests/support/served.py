@@ -1,14 +1,16 @@
-"""What the local stand-in servers share: one serving thread, scripted failures and JSON answers."""
+"""What the local stand-in servers share: one serving thread, the requests they record, scripted failures and
+JSON answers."""
 
 from __future__ import annotations
 
+import collections
 import json
 import socketserver
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+; the suite also runs on 3.10 (JetPack 6)
     from typing import Self
@@ -29,6 +31,36 @@ class Served:
         self._served.shutdown()
         self._served.server_close()
         self._serving.join(5)
+
+
+class Arrival(Protocol):
+    endpoint: str
+    status: int  # what the server answered
+
+
+A = TypeVar("A", bound=Arrival)
+
+
+class Recording(Generic[A]):
+    """Mixed into a stand-in that records each request it answers in `requests`, under `_changed`."""
+
+    requests: list[A]
+    _changed: threading.Condition
+
+    def recorded(self, endpoint: str | None = None, status: int | None = None) -> list[A]:
+        with self._changed:
+            return [
+                r for r in self.requests
+                if (endpoint is None or r.endpoint == endpoint) and (status is None or r.status == status)
+            ]
+
+    def forget(self) -> collections.Counter[str]:
+        """Forget the requests recorded so far (they keep every body: a run of hours would pile them up);
+        returns how many there were, by `endpoint status`."""
+        with self._changed:
+            tally = collections.Counter(f"{r.endpoint} {r.status}" for r in self.requests)
+            self.requests.clear()
+        return tally
 
 
 @dataclass

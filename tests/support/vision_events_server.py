@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.served import Scripted, Served, next_scripted, read_body, send_json
+from tests.support.served import Recording, Scripted, Served, next_scripted, read_body, send_json
 
 ENDPOINTS = ("upload", "batch", "single")
 EVENT_TYPES = {"quality_check", "inventory_count", "safety_alert", "custom", "operator_feedback"}
@@ -125,7 +125,7 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, bytes]:
 
 
 @dataclass
-class VisionEventsServer(Served):
+class VisionEventsServer(Served, Recording[Recorded]):
     api_key: str = "rf_ve_test_key"
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS
     requests: list[Recorded] = field(default_factory=list)
@@ -182,21 +182,13 @@ class VisionEventsServer(Served):
 
     # --- what arrived ------------------------------------------------------------------------------
 
-    def recorded(self, endpoint: str | None = None, status: int | None = None) -> list[Recorded]:
-        with self._changed:
-            return [
-                r for r in self.requests
-                if (endpoint is None or r.endpoint == endpoint) and (status is None or r.status == status)
-            ]
-
     def forget(self) -> collections.Counter[str]:
         """Forget the requests, events and image bytes recorded so far (a run of hours would pile them up;
         uploaded images stay known, so that later events may name them); returns how many requests there
         were, by `endpoint status`, and the events accepted (`events`)."""
-        with self._changed:
-            tally = collections.Counter(f"{r.endpoint} {r.status}" for r in self.requests)
+        with self._changed:  # a reentrant lock: the requests and the events are forgotten together
+            tally = super().forget()
             tally["events"] = len(self.arrivals)
-            self.requests.clear()
             self.events.clear()
             self.arrivals.clear()
             self.images = dict.fromkeys(self.images, b"")
