@@ -121,7 +121,9 @@ def _get(url: str, limit: int, ends: float, allowed: Callable[[Address], bool]) 
         if response.status != 200:
             raise _Refused
         chunks, size = [], 0
-        while True:
+        # Since Python 3.11.8 and 3.12.2, the response closes itself (and with it the socket) as soon as its
+        # last byte is read, so the socket's timeout may only be set while the response is open.
+        while not response.isclosed():
             if connection.pinned is not None:
                 connection.pinned.settimeout(_left(ends))
             chunk = response.read1(min(65536, limit + 1 - size))
