@@ -144,6 +144,22 @@ def test_the_gpu_image_gets_the_drivers_video_decoder() -> None:
     assert capabilities and {"compute", "utility", "video"} <= set(capabilities.group(1).split(",")), env
 
 
+def test_ci_tests_the_library_versions_of_the_jetson_image() -> None:
+    """CI's unit tests on Python 3.10 take their numpy and onnxruntime from .ci/jetson-versions.txt: the same
+    numpy major and onnxruntime release as the Jetson recipe installs."""
+    pins = dict(re.findall(r"(?m)^([\w-]+)==(\S+)", (REPO / ".ci/jetson-versions.txt").read_text()))
+    args, found = stages(REPO / "Dockerfile.jetson")
+    ort_release = re.fullmatch(r"[\w./-]+:(\d+\.\d+)-r[\d.]+", args["ORT_IMAGE"])
+    assert ort_release, args["ORT_IMAGE"]
+    assert pins["onnxruntime"].startswith(f"{ort_release.group(1)}."), (pins, args["ORT_IMAGE"])
+    installs = " ".join(" ".join(stage.all("RUN")) for stage in found)
+    numpy_range = re.search(r'"numpy>=([\d.]+),<(\d+)"', installs)
+    assert numpy_range, "the Jetson recipe no longer pins numpy's major"
+    low, below = numpy_range.groups()
+    assert tuple(map(int, low.split("."))) <= tuple(map(int, pins["numpy"].split(".")[:2])), pins
+    assert int(pins["numpy"].split(".")[0]) < int(below), pins
+
+
 def test_no_secret_is_baked_in(dockerfile: Path) -> None:
     for keyword, args in instructions(dockerfile):
         if keyword in ("ENV", "ARG", "LABEL"):

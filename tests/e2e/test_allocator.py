@@ -21,15 +21,18 @@ FRAME_1080P = 1920 * 1080 * 3
 FRAME_720P = 1280 * 720 * 3
 # Frees a 1080p frame, as a camera does, then counts the blocks glibc maps on their own (mallinfo2's hblks)
 # before and after allocating a 720p frame: 1 if that frame is mapped, 0 if it comes from the heap.
-PROBE = f"""
-import ctypes, sys
-from daemon import allocator
+MALLINFO = """
+import ctypes
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
                  "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
+"""
+PROBE = MALLINFO + f"""
+import sys
+from daemon import allocator
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
@@ -40,8 +43,9 @@ before = libc.mallinfo2().hblks
 frame = libc.malloc({FRAME_720P})
 print(libc.mallinfo2().hblks - before)
 """
-# The daemon's RSS in MiB with the demo model loaded and warmed up, then once started on a photo camera
-STARTED = """
+# With the demo model loaded and warmed up: the daemon's RSS and what its heaps hold free, in MiB; then its
+# RSS once started on a photo camera
+STARTED = MALLINFO + """
 import pathlib, sys, tempfile
 from benchmarks.pipeline import rss_mib
 from daemon.model.session import Model
@@ -51,10 +55,10 @@ config = edge_config(pathlib.Path(tempfile.mkdtemp()), pathlib.Path(sys.argv[1])
                      "http://127.0.0.1:9")
 model = Model.load(config.model)
 model.warm_up()
-loaded = int(rss_mib())
+loaded, free = int(rss_mib()), libc.mallinfo2().fordblks >> 20
 service = Service(config, model, camera_factory=PhotoCamera)
 service.start()
-print(loaded, int(rss_mib()))
+print(loaded, free, int(rss_mib()))
 service.shutdown()
 """
 
@@ -90,6 +94,8 @@ def test_an_operator_setting_in_the_environment_is_kept() -> None:
 
 @needs_glibc
 def test_the_daemon_gives_back_what_loading_the_model_freed_when_it_starts(demo_model: Path) -> None:
-    loaded, started = _python(STARTED, str(demo_model))
-    # the demo model leaves 87 MiB free in the heaps; without the daemon's trim RSS grows a little here
-    assert started < loaded - 40, (loaded, started)
+    loaded, free, started = _python(STARTED, str(demo_model))
+    # loading leaves 80-90 MiB free in the heaps on onnxruntime 1.31, 45-60 on 1.20 (JetPack's); without the
+    # daemon's trim RSS grows a little here
+    assert free >= 20, f"loading the model left only {free} MiB free: nothing to give back here"
+    assert loaded - started >= free / 2, (loaded, free, started)

@@ -326,10 +326,11 @@ def test_predictions_in_roboflow_format_equal_the_element_by_element_reading_on_
         )
         xyxy, widths = detections.xyxy, detections.xyxy[:, 2] - detections.xyxy[:, 0]
         heights = xyxy[:, 3] - xyxy[:, 1]
+        two = np.float32(2)  # numpy 1.x (JetPack's) turns a float32 element divided by an int into float64
         expected = [
             {
-                "x": round(float(xyxy[i, 0] + widths[i] / 2), 1),
-                "y": round(float(xyxy[i, 1] + heights[i] / 2), 1),
+                "x": round(float(xyxy[i, 0] + widths[i] / two), 1),
+                "y": round(float(xyxy[i, 1] + heights[i] / two), 1),
                 "width": round(float(widths[i]), 1),
                 "height": round(float(heights[i]), 1),
                 "confidence": round(float(detections.confidence[i]), 4),
